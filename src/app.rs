@@ -1,0 +1,237 @@
+//! The wiring: turns a parsed command line into a running node (or a one-shot command).
+//!
+//! `serve` brings things up in an order that survives a database outage at start: the HTTP server
+//! and health monitor first (so `/healthz` answers and `/readyz` tells the truth), then migrations
+//! and the engine, retried until the database answers. SIGTERM and Ctrl-C take the same path:
+//! stop the engine gracefully, then the HTTP server, exit 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, ConfigCommand, Role};
+use crate::config::{Config, Secrets};
+use crate::db::{self, DbHealth};
+use crate::http::{self, HttpState};
+use crate::jobs::{self, AppState};
+use crate::queue::{Engine, EngineConfig};
+
+pub async fn run(cli: Cli) -> ExitCode {
+    crate::tls::install_crypto_provider();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("baseaim-worker: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", config.to_redacted_toml());
+            println!("\n# secrets (from the environment)");
+            print!("{}", Secrets::from_env().describe());
+            Ok(())
+        }
+        Command::Migrate => {
+            crate::telemetry::init(config.log.format, &config.log.level);
+            migrate(&config).await
+        }
+        Command::Serve { role, no_migrate } => {
+            crate::telemetry::init(config.log.format, &config.log.level);
+            serve(config, Secrets::from_env(), role, !no_migrate).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "failed");
+            eprintln!("baseaim-worker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    tracing::info!(version = db::latest_migration(), "database is migrated");
+    Ok(())
+}
+
+/// Runs a node until SIGTERM or Ctrl-C.
+pub async fn serve(
+    config: Config,
+    secrets: Secrets,
+    role: Role,
+    migrate: bool,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    let node = Node::start(config, secrets, role, migrate, stop.clone()).await?;
+    stop.cancelled().await;
+    tracing::info!("shutting down");
+    node.stop().await
+}
+
+/// A running node: its HTTP server and (once the database answered) its engine.
+pub struct Node {
+    pub addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine: tokio::task::JoinHandle<Option<Engine<AppState>>>,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts everything `role` runs. Returns once the HTTP server is bound; migrations and the
+    /// engine come up in the background as soon as the database answers.
+    pub async fn start(
+        config: Config,
+        secrets: Secrets,
+        role: Role,
+        migrate: bool,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect(&config.database).await?;
+        let health = DbHealth::spawn(pool.clone(), Duration::from_secs(1), stop.child_token());
+        let app = http::router(HttpState {
+            pool: pool.clone(),
+            health: health.clone(),
+        });
+        let http_stop = CancellationToken::new();
+        let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())
+            .await
+            .with_context(|| format!("binding the HTTP server to {}", config.http.bind))?;
+        tracing::info!(%addr, role = role.as_str(), "listening");
+        // The HTTP server outlives the engine's graceful stop: Node::stop cancels it last.
+        let config = Arc::new(config);
+        let state = AppState {
+            pool: pool.clone(),
+            config: config.clone(),
+            secrets: Arc::new(secrets),
+        };
+        let engine = tokio::spawn(start_engine(state, role, migrate, stop.clone()));
+        notify_systemd_ready();
+        let watchdog = tokio::spawn(watchdog(stop.clone()));
+        Ok(Node {
+            addr,
+            stop: http_stop,
+            http,
+            engine,
+            watchdog,
+        })
+    }
+
+    /// Stops the engine gracefully, then the HTTP server.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if let Ok(Some(engine)) = self.engine.await {
+            engine.shutdown().await;
+        }
+        self.stop.cancel();
+        self.watchdog.abort();
+        self.http
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
+        Ok(())
+    }
+}
+
+/// Migrates (if asked) and starts the engine, retrying until the database answers or the node
+/// is stopped. None: stopped before it could start.
+async fn start_engine(
+    state: AppState,
+    role: Role,
+    migrate: bool,
+    stop: CancellationToken,
+) -> Option<Engine<AppState>> {
+    let mut wait = Duration::from_millis(200);
+    let mut logged = false;
+    loop {
+        let attempt = async {
+            if migrate {
+                db::migrate(&state.pool)
+                    .await
+                    .context("applying migrations")?;
+            }
+            let mut engine_config = EngineConfig::from_config(&state.config, role.as_str());
+            if !role.runs_workers() {
+                engine_config.queues.clear();
+            }
+            if !role.runs_maintenance() {
+                engine_config.maintenance = None;
+            }
+            Engine::start(
+                state.pool.clone(),
+                jobs::registry(),
+                state.clone(),
+                engine_config,
+            )
+            .await
+            .context("starting the engine")
+        };
+        let attempt = tokio::select! {
+            attempt = attempt => attempt,
+            _ = stop.cancelled() => return None,
+        };
+        match attempt {
+            Ok(engine) => return Some(engine),
+            Err(error) => {
+                if !logged {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "cannot start the engine yet; retrying until the database answers"
+                    );
+                    logged = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return None,
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn cancel_on_signal(stop: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    stop.cancel();
+}
+
+/// `READY=1` under systemd (`Type=notify`); a no-op elsewhere.
+fn notify_systemd_ready() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+/// Pings systemd's watchdog at half its interval while the runtime is responsive.
+async fn watchdog(stop: CancellationToken) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_micros(usec / 2));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+            _ = stop.cancelled() => return,
+        }
+    }
+}

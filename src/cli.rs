@@ -1,0 +1,81 @@
+//! The command line. `main` parses it and hands it to [`crate::app::run`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baseaim-worker",
+    version,
+    about = "Background work of the BaseAim client dashboard, on PostgreSQL"
+)]
+pub struct Cli {
+    /// A TOML file overriding config/default.toml (environment variables override both).
+    #[arg(long, global = true, env = "BAW_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP intake, workers, schedules, maintenance.
+    Serve {
+        /// Which parts this process runs (split intake and workers across processes).
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+        /// Do not apply pending migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending migrations (creating the database if needed) and exit.
+    Migrate,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration, secrets redacted; exit non-zero if it is invalid.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Everything.
+    All,
+    /// The HTTP intake and dashboard only.
+    Web,
+    /// Job workers and leader-only maintenance.
+    Worker,
+    /// Schedule evaluation and leader-only maintenance.
+    Scheduler,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Web => "web",
+            Role::Worker => "worker",
+            Role::Scheduler => "scheduler",
+        }
+    }
+
+    pub fn runs_http_intake(self) -> bool {
+        matches!(self, Role::All | Role::Web)
+    }
+
+    pub fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+
+    pub fn runs_maintenance(self) -> bool {
+        matches!(self, Role::All | Role::Worker | Role::Scheduler)
+    }
+}

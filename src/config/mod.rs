@@ -1,0 +1,286 @@
+//! One typed config tree for the whole daemon.
+//!
+//! Layers, later wins: `config/default.toml` (compiled in, documents every key) < the file named
+//! by `--config` / `BAW_CONFIG` < environment variables `BAW__SECTION__KEY` < `DATABASE_URL`.
+//! Secrets are not part of the tree: [`Secrets`] reads them from the environment only and keeps
+//! them in [`SecretString`]s, so they cannot reach a log line or `config check` by accident.
+
+mod secrets;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use secrecy::SecretString;
+pub use secrets::{Secrets, redact_url};
+
+/// The defaults, compiled into the binary so a bare `baseaim-worker serve` needs no files.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub node: NodeConfig,
+    pub worker: WorkerConfig,
+    /// Queues this node works, by name.
+    pub queues: BTreeMap<String, QueueConfig>,
+    pub maintenance: MaintenanceConfig,
+    /// Cluster-wide token buckets, by name (job kinds refer to them).
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// May carry a password: print it through [`redact_url`] only.
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub bind: SocketAddr,
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Empty: `<hostname>-<pid>`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub claim_batch: u32,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    #[serde(with = "humantime_serde")]
+    pub leader_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rescue_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub prune_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    pub prune_batch: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Tokens added per `per`.
+    pub rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Most tokens the bucket holds (how many calls may go at once after a quiet spell).
+    pub burst: f64,
+}
+
+/// A config that loaded but makes no sense, naming the key and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}", describe_figment(.0))]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid value for `{key}`: expected {expected}")]
+    Invalid { key: String, expected: String },
+}
+
+impl Config {
+    /// Loads the layers from this process's environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads the layers with an explicit environment, so tests need not touch the process's.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    expected: format!("an existing file, but {} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // `BAW__HTTP__BIND` -> `http.bind`. Single-underscore names (BAW_CONFIG) are not keys.
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("BAW__")?;
+                Some((key.to_ascii_lowercase().replace("__", "."), v.clone()))
+            })
+            .collect();
+        for (key, value) in vars {
+            // Env values are parsed like TOML values (numbers, booleans), else taken as strings.
+            figment = figment.merge(Serialized::default(&key, parse_env_value(&value)));
+        }
+        if let Some(url) = env.get("DATABASE_URL").filter(|u| !u.is_empty()) {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, expected: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                expected: expected.into(),
+            })
+        };
+        if url::Url::parse(&self.database.url).map(|u| u.scheme().starts_with("postgres"))
+            != Ok(true)
+        {
+            return invalid("database.url", "a postgres:// or postgresql:// URL");
+        }
+        if self.database.max_connections < 2 {
+            return invalid("database.max_connections", "at least 2");
+        }
+        if self.worker.heartbeat >= self.worker.lease {
+            return invalid("worker.heartbeat", "a duration shorter than worker.lease");
+        }
+        if self.worker.claim_batch == 0 {
+            return invalid("worker.claim_batch", "at least 1");
+        }
+        if !["trace", "debug", "info", "warn", "error"].contains(&self.log.level.as_str()) {
+            return invalid("log.level", "one of trace, debug, info, warn, error");
+        }
+        for (name, queue) in &self.queues {
+            if queue.concurrency == 0 {
+                return invalid(&format!("queues.{name}.concurrency"), "at least 1");
+            }
+        }
+        for (name, limit) in &self.rate_limits {
+            if !(limit.rate > 0.0 && limit.burst >= 1.0 && !limit.per.is_zero()) {
+                return invalid(
+                    &format!("rate_limits.{name}"),
+                    "rate > 0, burst >= 1 and a non-zero `per`",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML with the password of `database.url` redacted: what
+    /// `config check` prints. Secrets are not in the tree at all.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        toml_string(&shown)
+    }
+
+    /// This node's display name.
+    pub fn node_name(&self) -> String {
+        if self.node.name.is_empty() {
+            let host = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "node".into());
+            format!("{host}-{}", std::process::id())
+        } else {
+            self.node.name.clone()
+        }
+    }
+}
+
+/// One line per problem: the key, what was wrong, and where the value came from.
+fn describe_figment(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let name = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            // Values merged from the environment carry a Rust type name as their source.
+            let source = if name.contains("::") {
+                if key == "database.url" {
+                    "DATABASE_URL".to_string()
+                } else {
+                    format!(
+                        "environment variable BAW__{}",
+                        key.to_uppercase().replace('.', "__")
+                    )
+                }
+            } else {
+                name
+            };
+            let key = if key.is_empty() {
+                String::from("<config>")
+            } else {
+                key
+            };
+            format!("invalid value for `{key}`: {} (from {source})", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Env values are read as TOML values (numbers, booleans, arrays, inline tables) when they
+/// parse as one, else as plain strings: `BAW__QUEUES__DEFAULT__CONCURRENCY=8` is a number,
+/// `BAW__HTTP__BIND=127.0.0.1:9000` a string.
+fn parse_env_value(value: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.into())),
+        Err(_) => toml::Value::String(value.into()),
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    toml::to_string(config).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+}

@@ -1,0 +1,96 @@
+//! The database: the pool, the embedded migrations, creating the database when it is missing, and
+//! a health monitor that `/readyz` reads.
+//!
+//! Migrations are plain numbered SQL files in `migrations/`, compiled into the binary; an applied
+//! migration is never edited (sqlx checks its checksum and refuses to start otherwise).
+
+mod health;
+
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+pub use health::{DbHealth, DbState};
+
+use crate::config::{DatabaseConfig, redact_url};
+
+/// The migrations in `migrations/`, embedded at compile time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create database {url}: {source}")]
+    Create { url: String, source: sqlx::Error },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// Creates the database if it does not exist (when the role may), then opens a pool.
+///
+/// The pool connects lazily: a node started while PostgreSQL is down comes up, reports not-ready
+/// and recovers by itself when the database returns.
+pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    crate::tls::install_crypto_provider();
+    let url = &config.url;
+    let shown = redact_url(url);
+    match Postgres::database_exists(url).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(database = %shown, "database does not exist; creating it");
+            Postgres::create_database(url)
+                .await
+                .map_err(|source| DbError::Create {
+                    url: shown.clone(),
+                    source,
+                })?;
+        }
+        // Unreachable server: carry on with a lazy pool; readiness will say so.
+        Err(error) => tracing::warn!(database = %shown, %error, "cannot check the database yet"),
+    }
+    pool(config)
+}
+
+/// A lazily connecting pool with the configured limits.
+pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = config.url.parse().map_err(|source| DbError::Connect {
+        url: redact_url(&config.url),
+        source,
+    })?;
+    let options = options.application_name("baseaim-worker");
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy_with(options))
+}
+
+/// Applies the pending migrations; a second run is a no-op.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// The newest migration compiled into this binary.
+pub fn latest_migration() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// True when the database answers and has every migration this binary knows.
+pub async fn is_ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let applied: Option<i64> =
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+            .fetch_one(pool)
+            .await
+            .or_else(|e| match &e {
+                // No migrations table yet: reachable, but not migrated.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+                _ => Err(e),
+            })?;
+    Ok(applied.unwrap_or(0) >= latest_migration())
+}

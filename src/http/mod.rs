@@ -1,0 +1,48 @@
+//! The axum intake. One module per surface, each with its own `router()`: `health` (liveness and
+//! readiness) for now; webhooks, the enqueue API, uploads and metrics join it in later issues.
+
+pub mod error;
+mod health;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::db::DbHealth;
+
+/// What every handler may need.
+#[derive(Clone)]
+pub struct HttpState {
+    pub pool: PgPool,
+    pub health: DbHealth,
+}
+
+/// The whole HTTP surface of a node.
+pub fn router(state: HttpState) -> Router {
+    // 5xx answers are logged where they arise (ApiError), with their cause; the trace layer's own
+    // failure line would only repeat them (and flag every not-ready /readyz).
+    Router::new()
+        .merge(health::router())
+        .layer(TraceLayer::new_for_http().on_failure(()))
+        .with_state(state)
+}
+
+/// Binds `addr` and serves until `stop` is cancelled; in-flight requests are finished.
+/// Returns the bound address (port 0 picks a free one) and the server's task.
+pub async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    Ok((local, task))
+}

@@ -1,0 +1,244 @@
+//! Operations on jobs and queues for operators: the dashboard, the admin API and the CLI call
+//! these. Each works on many jobs at once; each wakes or tells the nodes concerned.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::sql;
+use super::worker::{CHANNEL_CONTROL, CHANNEL_JOBS};
+
+/// The states, in lifecycle order.
+pub const STATES: [&str; 7] = [
+    "scheduled",
+    "available",
+    "running",
+    "retryable",
+    "completed",
+    "discarded",
+    "cancelled",
+];
+
+/// A whole job row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub args: serde_json::Value,
+    pub state: String,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub unique_key: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub errors: Option<serde_json::Value>,
+    pub result: Option<serde_json::Value>,
+    pub tags: Vec<String>,
+}
+
+/// Filters for [`list`]; unset fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub tag: Option<String>,
+    /// JSON containment: `{"client_id": 42}` matches args having that pair.
+    pub args_contains: Option<serde_json::Value>,
+    /// Keyset pagination: only jobs with a smaller id (the last id of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "unknown state `{0}` (expected one of scheduled, available, running, retryable, completed, discarded, cancelled)"
+    )]
+    UnknownState(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The columns of [`JobRow`], as a literal so statements can be built with `concat!`.
+macro_rules! job_columns {
+    () => {
+        "id, kind, queue, args, state, priority, attempt, max_attempts, run_at, unique_key, \
+         lease_owner, lease_expires_at, created_at, attempted_at, finished_at, errors, result, tags"
+    };
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        job_columns!(),
+        " from jobs where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Jobs matching `filter`, newest first, one page.
+pub async fn list(pool: &PgPool, filter: &JobFilter) -> Result<Vec<JobRow>, AdminError> {
+    if let Some(state) = &filter.state
+        && !STATES.contains(&state.as_str())
+    {
+        return Err(AdminError::UnknownState(state.clone()));
+    }
+    let rows = sqlx::query_as(concat!(
+        "select ",
+        job_columns!(),
+        " from jobs
+         where ($1::text is null or state = $1)
+           and ($2::text is null or kind = $2)
+           and ($3::text is null or queue = $3)
+           and ($4::text is null or $4 = any(tags))
+           and ($5::jsonb is null or args @> $5)
+           and ($6::bigint is null or id < $6)
+         order by id desc
+         limit $7"
+    ))
+    .bind(&filter.state)
+    .bind(&filter.kind)
+    .bind(&filter.queue)
+    .bind(&filter.tag)
+    .bind(&filter.args_contains)
+    .bind(filter.before_id)
+    .bind(filter.limit.clamp(1, 1000))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// Runs the given jobs again now: any state but `running`. A job that used up its attempts gets
+/// one more. A finished job whose unique key is now held by another unfinished job is skipped.
+/// Returns how many were set to run.
+pub async fn retry(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let queues: Vec<String> = sqlx::query_scalar(
+        "update jobs j
+         set state = 'available', run_at = now(), finished_at = null, lease_expires_at = null,
+             max_attempts = greatest(j.max_attempts, j.attempt + 1)
+         where j.id = any($1) and j.state <> 'running'
+           and (j.unique_key is null or j.state in ('scheduled', 'available', 'retryable')
+                or not exists (select 1 from jobs o
+                               where o.unique_key = j.unique_key and o.id <> j.id
+                                 and o.state in ('scheduled', 'available', 'running', 'retryable')))
+         returning j.queue",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    notify_queues(pool, &queues).await?;
+    Ok(queues.len() as u64)
+}
+
+/// Cancels the given unfinished jobs. A running job is told through its context and stops at its
+/// next await point; its row is `cancelled` at once. Returns how many were cancelled.
+pub async fn cancel(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(i64, bool)> = sqlx::query_as(
+        "with target as (
+             select id, state = 'running' as was_running from jobs
+             where id = any($1) and state in ('scheduled', 'available', 'running', 'retryable')
+             for update
+         )
+         update jobs j
+         set state = 'cancelled', finished_at = now(), lease_expires_at = null,
+             errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+                 'attempt', j.attempt, 'at', now(), 'error', 'cancelled by an operator'))
+         from target
+         where j.id = target.id
+         returning j.id, target.was_running",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let running: Vec<String> = rows
+        .iter()
+        .filter(|(_, was)| *was)
+        .map(|(id, _)| format!("cancel:{id}"))
+        .collect();
+    if !running.is_empty() {
+        sqlx::query("select pg_notify($1, m) from unnest($2::text[]) m")
+            .bind(CHANNEL_CONTROL)
+            .bind(&running)
+            .execute(pool)
+            .await?;
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Deletes the given finished jobs (completed, discarded, cancelled). Returns how many.
+pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "delete from jobs where id = any($1) and state in ('completed', 'discarded', 'cancelled')",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// How many jobs each queue has in each state.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QueueStateCount {
+    pub queue: String,
+    pub state: String,
+    pub count: i64,
+}
+
+pub async fn counts(pool: &PgPool) -> Result<Vec<QueueStateCount>, sqlx::Error> {
+    sqlx::query_as("select queue, state, count(*) as count from jobs group by queue, state order by queue, state")
+        .fetch_all(pool)
+        .await
+}
+
+/// Pauses a queue on every node: no job of it is claimed until it is resumed. Running jobs
+/// finish.
+pub async fn pause(pool: &PgPool, queue: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::QUEUE_SET_PAUSED)
+        .bind(queue)
+        .bind(true)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn resume(pool: &PgPool, queue: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::QUEUE_SET_PAUSED)
+        .bind(queue)
+        .bind(false)
+        .execute(pool)
+        .await?;
+    sqlx::query("select pg_notify($1, 'resume:' || $2)")
+        .bind(CHANNEL_CONTROL)
+        .bind(queue)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Queues that are paused now.
+pub async fn paused_queues(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("select name from queues where paused_at is not null order by name")
+        .fetch_all(pool)
+        .await
+}
+
+async fn notify_queues(pool: &PgPool, queues: &[String]) -> Result<(), sqlx::Error> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("select pg_notify($1, q) from (select distinct unnest($2::text[]) as q) d")
+        .bind(CHANNEL_JOBS)
+        .bind(queues)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

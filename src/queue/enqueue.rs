@@ -1,0 +1,226 @@
+//! Enqueue: one job or many in one statement, on a pool or inside a caller's own transaction (so
+//! a webhook row and its job commit together or not at all). The SQL function `enqueue_job` in
+//! the migrations is the same operation for the web app.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Acquire, Postgres};
+
+use super::job::JobArgs;
+use super::sql;
+
+/// A job about to be enqueued. Build it from a payload with [`NewJob::of`], adjust with the
+/// builder methods, then [`enqueue`] it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub kind: String,
+    pub args: serde_json::Value,
+    pub queue: String,
+    pub priority: i16,
+    /// None: now.
+    pub run_at: Option<DateTime<Utc>>,
+    pub max_attempts: i32,
+    pub unique_key: Option<String>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("cannot serialize the args of `{kind}`: {source}")]
+    Args {
+        kind: String,
+        source: serde_json::Error,
+    },
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The outcome of one enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: i64,
+    /// False when the unique key was held by an unfinished job, whose id is `id`.
+    pub inserted: bool,
+}
+
+impl NewJob {
+    /// A job of kind `J` with its policy's defaults and unique key.
+    pub fn of<J: JobArgs>(job: &J) -> Result<Self, EnqueueError> {
+        let policy = J::policy();
+        let args = serde_json::to_value(job).map_err(|source| EnqueueError::Args {
+            kind: J::KIND.into(),
+            source,
+        })?;
+        Ok(NewJob {
+            kind: J::KIND.into(),
+            args,
+            queue: policy.queue.into(),
+            priority: policy.priority,
+            run_at: None,
+            max_attempts: policy.max_attempts,
+            unique_key: job.unique_key(),
+            tags: Vec::new(),
+        })
+    }
+
+    /// A job of any kind by name, with engine defaults (for the API and the CLI, which validate
+    /// the kind themselves).
+    pub fn raw(kind: impl Into<String>, args: serde_json::Value) -> Self {
+        NewJob {
+            kind: kind.into(),
+            args,
+            queue: "default".into(),
+            priority: 0,
+            run_at: None,
+            max_attempts: 25,
+            unique_key: None,
+            tags: Vec::new(),
+        }
+    }
+
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_at = Some(Utc::now() + delay);
+        self
+    }
+
+    pub fn max_attempts(mut self, max_attempts: i32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    pub fn tags<I: IntoIterator<Item = T>, T: Into<String>>(mut self, tags: I) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    fn validate(&self) -> Result<(), EnqueueError> {
+        if self.kind.trim().is_empty() {
+            return Err(EnqueueError::Invalid("kind must not be empty".into()));
+        }
+        if self.queue.trim().is_empty() {
+            return Err(EnqueueError::Invalid("queue must not be empty".into()));
+        }
+        if self.max_attempts < 1 {
+            return Err(EnqueueError::Invalid(
+                "max_attempts must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Enqueues one job. Pass a pool, or `&mut *tx` to commit it with the caller's own writes.
+pub async fn enqueue<'a, A>(db: A, job: NewJob) -> Result<Enqueued, EnqueueError>
+where
+    A: Acquire<'a, Database = Postgres>,
+{
+    let mut out = enqueue_many(db, vec![job]).await?;
+    Ok(out.pop().expect("one result per job"))
+}
+
+/// Enqueues many jobs in one statement; returns one [`Enqueued`] per input, in order.
+pub async fn enqueue_many<'a, A>(db: A, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, EnqueueError>
+where
+    A: Acquire<'a, Database = Postgres>,
+{
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    for job in &jobs {
+        job.validate()?;
+    }
+    let mut conn = db.acquire().await?;
+    let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+    // A unique key found taken is looked up; if its holder finished in between, the key is free
+    // again and the job is inserted on the next round.
+    for _round in 0..5 {
+        let batch: Vec<&NewJob> = pending.iter().map(|&i| &jobs[i]).collect();
+        let rows: Vec<(i64, bool)> = sqlx::query_as(sql::JOB_INSERT_MANY)
+            .bind(batch.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| &j.args).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.priority).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.run_at).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|j| j.unique_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                batch
+                    .iter()
+                    .map(|j| serde_json::json!(j.tags))
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut conflicted = Vec::new();
+        for (&index, (id, inserted)) in pending.iter().zip(rows) {
+            if inserted {
+                results[index] = Some(Enqueued { id, inserted: true });
+            } else {
+                conflicted.push(index);
+            }
+        }
+        if conflicted.is_empty() {
+            break;
+        }
+        let keys: Vec<&str> = conflicted
+            .iter()
+            .filter_map(|&i| jobs[i].unique_key.as_deref())
+            .collect();
+        let holders: HashMap<String, i64> = sqlx::query_as(sql::JOB_FIND_UNIQUE)
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        pending.clear();
+        for index in conflicted {
+            let key = jobs[index].unique_key.as_deref().unwrap_or_default();
+            match holders.get(key) {
+                Some(&id) => {
+                    results[index] = Some(Enqueued {
+                        id,
+                        inserted: false,
+                    })
+                }
+                None => pending.push(index),
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| EnqueueError::Invalid("unique key kept changing hands".into())))
+        .collect()
+}

@@ -1,0 +1,251 @@
+//! Running one claimed job, and recording what came of it.
+//!
+//! [`run`] turns a claimed row into a [`Finish`]: it takes the kind's rate-limit token, calls
+//! `perform` under the kind's timeout, catches a panic, and watches the job's cancel token.
+//! [`finish_many`] writes many finishes in one fenced statement.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::job::{JobContext, JobError};
+use super::rate_limit;
+use super::registry::Registry;
+use super::sql;
+
+/// A row as claimed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub args: serde_json::Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub unique_key: Option<String>,
+}
+
+/// What came of one attempt, ready to be written.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub id: i64,
+    pub attempt: i32,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(Option<serde_json::Value>),
+    /// Attempt spent; runs again at `run_at`.
+    Retry {
+        error: String,
+        run_at: DateTime<Utc>,
+    },
+    /// Attempt given back; runs again at `run_at`.
+    Snooze {
+        run_at: DateTime<Utc>,
+    },
+    Discarded(String),
+    Cancelled(String),
+    /// The node is stopping: available again at once, attempt given back.
+    Released,
+}
+
+impl Outcome {
+    fn state(&self) -> &'static str {
+        match self {
+            Outcome::Completed(_) => "completed",
+            Outcome::Retry { .. } => "retryable",
+            Outcome::Snooze { .. } => "scheduled",
+            Outcome::Discarded(_) => "discarded",
+            Outcome::Cancelled(_) => "cancelled",
+            Outcome::Released => "available",
+        }
+    }
+
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Completed(_) => "completed",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Snooze { .. } => "snooze",
+            Outcome::Discarded(_) => "discarded",
+            Outcome::Cancelled(_) => "cancelled",
+            Outcome::Released => "released",
+        }
+    }
+}
+
+/// Runs one claimed job to a [`Finish`]. `stop` is the node's hard stop (after the shutdown
+/// grace): a job interrupted by it is released, not failed.
+pub async fn run<S: Clone + Send + Sync + 'static>(
+    registry: &Registry<S>,
+    job: ClaimedJob,
+    state: S,
+    pool: PgPool,
+    cancel: CancellationToken,
+    stop: &CancellationToken,
+) -> Finish {
+    let (id, attempt) = (job.id, job.attempt);
+    let outcome = run_outcome(registry, job, state, pool, cancel, stop).await;
+    Finish {
+        id,
+        attempt,
+        outcome,
+    }
+}
+
+async fn run_outcome<S: Clone + Send + Sync + 'static>(
+    registry: &Registry<S>,
+    job: ClaimedJob,
+    state: S,
+    pool: PgPool,
+    cancel: CancellationToken,
+    stop: &CancellationToken,
+) -> Outcome {
+    let Some(entry) = registry.get(&job.kind) else {
+        return Outcome::Discarded(format!(
+            "unknown kind `{}`: no worker for it is registered on this node",
+            job.kind
+        ));
+    };
+    let policy = &entry.policy;
+    if let Some(bucket) = policy.rate_limit {
+        match rate_limit::take(&pool, bucket).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => {
+                return Outcome::Snooze {
+                    run_at: Utc::now() + wait,
+                };
+            }
+            Err(error) => {
+                // The bucket could not be read (database trouble): not the job's fault.
+                tracing::warn!(%error, bucket, "rate limit unavailable; snoozing the job");
+                return Outcome::Snooze {
+                    run_at: Utc::now() + Duration::from_secs(1),
+                };
+            }
+        }
+    }
+    let ctx = JobContext {
+        id: job.id,
+        kind: job.kind.clone(),
+        queue: job.queue.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        unique_key: job.unique_key.clone(),
+        state,
+        pool,
+        cancel: cancel.clone(),
+    };
+    let perform = AssertUnwindSafe(entry.perform(job.args, ctx)).catch_unwind();
+    let timeout = policy.timeout.unwrap_or(Duration::MAX);
+    let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            return if stop.is_cancelled() {
+                Outcome::Released
+            } else {
+                Outcome::Cancelled("cancelled while running".into())
+            };
+        }
+        result = tokio::time::timeout(timeout, perform) => result,
+    };
+    let error = match result {
+        Ok(Ok(Ok(value))) => return Outcome::Completed(value),
+        Ok(Ok(Err(error))) => error,
+        Ok(Err(panic)) => JobError::retry(format!("panicked: {}", panic_message(&panic))),
+        Err(_) => JobError::retry(format!("timed out after {timeout:?}")),
+    };
+    match error {
+        JobError::Retry { error, after } => {
+            if job.attempt >= job.max_attempts {
+                Outcome::Discarded(format!(
+                    "{error} (attempt {} of {})",
+                    job.attempt, job.max_attempts
+                ))
+            } else {
+                let wait = after.unwrap_or_else(|| policy.backoff.delay(job.attempt));
+                Outcome::Retry {
+                    error,
+                    run_at: Utc::now() + wait,
+                }
+            }
+        }
+        JobError::Snooze(wait) => Outcome::Snooze {
+            run_at: Utc::now() + wait,
+        },
+        JobError::Discard(reason) => Outcome::Discarded(reason),
+        JobError::Cancel(reason) => Outcome::Cancelled(reason),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".into()
+    }
+}
+
+/// Writes many finishes in one statement, fenced on (node, id, attempt, running). Returns how
+/// many rows were still held and written.
+pub async fn finish_many(
+    pool: &PgPool,
+    node: &str,
+    finishes: &[Finish],
+) -> Result<u64, sqlx::Error> {
+    let n = finishes.len();
+    let (mut ids, mut attempts, mut states) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut run_ats, mut errors, mut results, mut refunds) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for finish in finishes {
+        ids.push(finish.id);
+        attempts.push(finish.attempt);
+        states.push(finish.outcome.state());
+        let (run_at, error, result, refund): (
+            Option<DateTime<Utc>>,
+            Option<&str>,
+            Option<&serde_json::Value>,
+            bool,
+        ) = match &finish.outcome {
+            Outcome::Completed(result) => (None, None, result.as_ref(), false),
+            Outcome::Retry { error, run_at } => (Some(*run_at), Some(error), None, false),
+            Outcome::Snooze { run_at } => (Some(*run_at), None, None, true),
+            Outcome::Discarded(error) | Outcome::Cancelled(error) => {
+                (None, Some(error), None, false)
+            }
+            Outcome::Released => (Some(Utc::now()), None, None, true),
+        };
+        run_ats.push(run_at);
+        errors.push(error);
+        results.push(result);
+        refunds.push(refund);
+    }
+    let done = sqlx::query(sql::JOB_FINISH_MANY)
+        .bind(node)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&states)
+        .bind(&run_ats)
+        .bind(&errors)
+        .bind(&results)
+        .bind(&refunds)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}

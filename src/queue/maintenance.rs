@@ -1,0 +1,168 @@
+//! Leader-only maintenance: the rescuer (jobs whose lease expired) and the pruner (old finished
+//! jobs), run by one node at a time.
+//!
+//! Leadership is a row in `leaders` with a TTL: every node tries to take or renew it every
+//! `ttl / 3`; the holder renews it, anyone may take it once it has expired. A leader that dies is
+//! replaced within `ttl`; a leader that loses its database connection stops acting as leader as
+//! soon as a renewal fails, before its row can expire. A row (not an advisory lock held on a
+//! connection) survives connection blips and needs no dedicated connection.
+//!
+//! Each service has the same shape: `run_once()`, called on a tick; a database error is logged
+//! and the loop carries on.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::sql;
+use super::worker::Outage;
+use crate::config::MaintenanceConfig;
+
+/// The leader row the maintenance services share.
+pub const LEADER_NAME: &str = "maintenance";
+
+#[derive(Debug, Clone)]
+pub struct MaintenanceSettings {
+    pub leader_ttl: Duration,
+    pub rescue_interval: Duration,
+    pub prune_after: Duration,
+    pub prune_interval: Duration,
+    pub prune_batch: i64,
+}
+
+impl MaintenanceSettings {
+    pub fn from_config(config: &MaintenanceConfig) -> Self {
+        MaintenanceSettings {
+            leader_ttl: config.leader_ttl,
+            rescue_interval: config.rescue_interval,
+            prune_after: config.prune_after,
+            prune_interval: config.prune_interval,
+            prune_batch: config.prune_batch as i64,
+        }
+    }
+}
+
+/// Tries to take or renew leadership `name` for `node`. True: `node` leads until `ttl` from now.
+pub async fn leader_acquire(
+    pool: &PgPool,
+    name: &str,
+    node: &str,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<String> = sqlx::query_scalar(sql::LEADER_ACQUIRE)
+        .bind(name)
+        .bind(node)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Gives leadership up at once (on shutdown), so another node need not wait for the TTL.
+pub async fn leader_resign(pool: &PgPool, name: &str, node: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::LEADER_RESIGN)
+        .bind(name)
+        .bind(node)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Rescues up to `limit` jobs whose lease expired before `now` (None: the database's clock).
+/// Returns how many were rescued.
+pub async fn rescue_once(
+    pool: &PgPool,
+    now: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(sql::JOB_RESCUE)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    for (id, state) in &rows {
+        tracing::warn!(job = id, %state, "rescued a job whose node stopped renewing its lease");
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Deletes finished jobs that finished before `before`, in batches. Returns how many.
+pub async fn prune_once(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(sql::JOB_PRUNE)
+            .bind(before)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += deleted;
+        if deleted < batch as u64 {
+            break;
+        }
+    }
+    sqlx::query(sql::NODE_PRUNE).execute(pool).await?;
+    Ok(total)
+}
+
+/// Campaigns for leadership and, while leader, runs the rescuer and the pruner.
+pub async fn run(
+    pool: PgPool,
+    node: String,
+    settings: MaintenanceSettings,
+    stop: CancellationToken,
+) {
+    let mut leading = false;
+    let mut outage = Outage::new("maintenance");
+    let mut campaign = tokio::time::interval(settings.leader_ttl / 3);
+    let mut rescue = tokio::time::interval(settings.rescue_interval);
+    let mut prune = tokio::time::interval(settings.prune_interval);
+    for ticker in [&mut campaign, &mut rescue, &mut prune] {
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = campaign.tick() => {
+                let now_leading = match leader_acquire(&pool, LEADER_NAME, &node, settings.leader_ttl).await {
+                    Ok(won) => { outage.recovered(); won }
+                    Err(error) => { outage.failed(&error); false }
+                };
+                if now_leading != leading {
+                    tracing::info!(%node, leading = now_leading, "maintenance leadership changed");
+                    leading = now_leading;
+                }
+            }
+            _ = rescue.tick(), if leading => {
+                if let Err(error) = rescue_once(&pool, None, 1000).await {
+                    outage.failed(&error);
+                }
+            }
+            _ = prune.tick(), if leading => {
+                let before = Utc::now() - settings.prune_after;
+                match prune_once(&pool, before, settings.prune_batch).await {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
+                    Err(error) => { outage.failed(&error); }
+                }
+            }
+        }
+    }
+    if leading {
+        let _ = leader_resign(&pool, LEADER_NAME, &node).await;
+    }
+}
+
+/// Who leads `name` now, if anyone (for the dashboard and tests).
+pub async fn leader_of(pool: &PgPool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select node from leaders where name = $1 and expires_at > now()")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}

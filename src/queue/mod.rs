@@ -1,0 +1,53 @@
+//! The job engine: durable jobs in PostgreSQL, claimed with `SKIP LOCKED`, run under leases.
+//!
+//! # The state machine
+//!
+//! ```text
+//!  enqueue ──▶ scheduled ─(run_at passes)─┐
+//!          └─▶ available ◀────────────────┤◀── retry (operator)
+//!                  │ claim (lease)        │
+//!                  ▼                      │
+//!               running ──▶ completed     │
+//!                  ├──────▶ retryable ────┘  (attempt spent; run_at = now + backoff)
+//!                  ├──────▶ scheduled        (snooze: attempt given back)
+//!                  ├──────▶ discarded        (permanent error, or attempts used up)
+//!                  ├──────▶ cancelled        (by the job or an operator)
+//!                  └──────▶ available        (released at shutdown: attempt given back)
+//! ```
+//!
+//! `scheduled` and `retryable` rows are claimable as soon as `run_at` passes; no promotion step
+//! rewrites them. A claim increments `attempt` and sets `lease_owner` and `lease_expires_at`. The
+//! owning node renews its leases every heartbeat; a job whose lease expired (its node died) is
+//! rescued by the leader to `retryable` with its attempt counted, or `discarded` when none is
+//! left. Every write that finishes an attempt is fenced on (id, attempt, `running`, owner): a
+//! node that lost a job (rescued, cancelled) cannot overwrite what happened since.
+//!
+//! Delivery is at least once (a node can die after the effect and before the finish is written);
+//! job kinds make their effects idempotent (see ARCHITECTURE.md).
+//!
+//! # Parts
+//! - [`job`]: the `JobArgs` / `Job` traits, policy, backoff, what `perform` returns.
+//! - [`enqueue`](mod@enqueue): one or many jobs, on a pool or in a caller's transaction.
+//! - [`worker`]: producers, completer, listener, heartbeat; the [`Engine`].
+//! - [`execute`]: running one job and writing finishes.
+//! - [`maintenance`]: leader election, rescuer, pruner.
+//! - [`rate_limit`]: cluster-wide token buckets.
+//! - [`admin`]: operators' operations (list, retry, cancel, delete, pause).
+//! - [`testing`]: `drain`, `assert_enqueued`, a row factory.
+//! - `sql`: every statement, named.
+
+pub mod admin;
+pub mod enqueue;
+pub mod execute;
+pub mod job;
+pub mod maintenance;
+pub mod rate_limit;
+pub mod registry;
+mod sql;
+pub mod testing;
+pub mod worker;
+
+pub use enqueue::{EnqueueError, Enqueued, NewJob, enqueue, enqueue_many};
+pub use job::{Backoff, Job, JobArgs, JobContext, JobError, JobResult, Policy};
+pub use registry::{Noop, Registry};
+pub use worker::{Engine, EngineConfig, EngineError};

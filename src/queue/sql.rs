@@ -1,0 +1,207 @@
+//! Every statement of the engine, named noun_verb. Time-dependent statements take an optional
+//! `now` (null: the database's clock) so tests can pin time.
+
+/// Bulk enqueue. Ids are drawn from the sequence up front so each input row knows its id whether
+/// or not it was inserted; rows whose unique key is held by an unfinished job are skipped by
+/// `on conflict do nothing` and reported as not inserted. Arrays are parallel, one element a job.
+pub const JOB_INSERT_MANY: &str = r#"
+with input as (
+    select nextval(pg_get_serial_sequence('jobs', 'id')) as id, t.*
+    from unnest($1::text[], $2::jsonb[], $3::text[], $4::smallint[], $5::timestamptz[],
+                $6::int[], $7::text[], $8::jsonb[])
+        with ordinality as t(kind, args, queue, priority, run_at, max_attempts, unique_key, tags, ord)
+),
+inserted as (
+    insert into jobs (id, kind, args, queue, priority, run_at, max_attempts, unique_key, tags,
+                      state)
+    select id, kind, args, queue, priority, coalesce(run_at, now()), max_attempts, unique_key,
+           case when tags is null or tags = '[]'::jsonb then '{}'::text[]
+                else array(select jsonb_array_elements_text(tags)) end,
+           case when run_at > now() then 'scheduled' else 'available' end
+    from input
+    order by ord
+    on conflict (unique_key)
+        where unique_key is not null
+          and state in ('scheduled', 'available', 'running', 'retryable')
+        do nothing
+    returning id
+)
+select input.id, (inserted.id is not null) as inserted
+from input left join inserted using (id)
+order by input.ord
+"#;
+
+/// The unfinished job holding each unique key (for enqueues that found their key taken).
+pub const JOB_FIND_UNIQUE: &str = r#"
+select unique_key, id from jobs
+where unique_key = any($1::text[])
+  and state in ('scheduled', 'available', 'running', 'retryable')
+"#;
+
+/// Claims up to $2 runnable jobs of queue $1 for node $3 under a lease of $4 seconds.
+///
+/// The CTE fences `limit ... for update skip locked`: rows are locked and limited first, then
+/// updated, so concurrent claimers skip each other's rows instead of blocking or over-claiming.
+/// The paused check is uncorrelated, so it runs once per statement (an InitPlan), not per row.
+pub const JOB_CLAIM: &str = r#"
+with next as (
+    select id from jobs
+    where state in ('available', 'scheduled', 'retryable')
+      and queue = $1
+      and run_at <= coalesce($5, now())
+      and not exists (select 1 from queues where name = $1 and paused_at is not null)
+    order by priority, run_at, id
+    limit $2
+    for update skip locked
+)
+update jobs j
+set state = 'running',
+    attempt = j.attempt + 1,
+    attempted_at = coalesce($5, now()),
+    lease_owner = $3,
+    lease_expires_at = coalesce($5, now()) + make_interval(secs => $4)
+from next
+where j.id = next.id
+returning j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.unique_key
+"#;
+
+/// Records the outcomes of many attempts at once. Fenced: only rows still `running` under this
+/// node ($1) at the same attempt are touched, so a node that lost a job (rescued, cancelled)
+/// cannot overwrite it.
+pub const JOB_FINISH_MANY: &str = r#"
+update jobs j
+set state = u.state,
+    attempt = j.attempt - (case when u.refund then 1 else 0 end),
+    run_at = coalesce(u.run_at, j.run_at),
+    finished_at = case when u.state in ('completed', 'discarded', 'cancelled') then now() end,
+    lease_expires_at = null,
+    result = coalesce(u.result, j.result),
+    errors = case
+        when u.error is null then j.errors
+        else coalesce(j.errors, '[]'::jsonb)
+             || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(),
+                                                     'error', u.error))
+    end
+from unnest($2::bigint[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::jsonb[],
+            $8::bool[]) as u(id, attempt, state, run_at, error, result, refund)
+where j.id = u.id
+  and j.attempt = u.attempt
+  and j.state = 'running'
+  and j.lease_owner = $1
+"#;
+
+/// The earliest future run of a queue: the worker sleeps until then (or a notification).
+pub const JOB_NEXT_DUE: &str = r#"
+select min(run_at) from jobs
+where queue = $1 and state in ('scheduled', 'retryable')
+"#;
+
+/// Renews the leases of a node's running jobs; returns the ids it still holds, so the node can
+/// stop jobs it lost (cancelled by an operator, rescued after a stall).
+pub const JOB_LEASE_RENEW: &str = r#"
+update jobs
+set lease_expires_at = now() + make_interval(secs => $2)
+where state = 'running' and lease_owner = $1
+returning id
+"#;
+
+/// Gives a stopping node's running jobs back: available at once, attempt not counted.
+pub const JOB_RELEASE_NODE: &str = r#"
+update jobs
+set state = 'available', attempt = greatest(attempt - 1, 0), lease_expires_at = null,
+    run_at = now()
+where state = 'running' and lease_owner = $1
+"#;
+
+/// Rescues jobs whose lease expired (their node died): retryable with the attempt counted, or
+/// discarded when none is left.
+pub const JOB_RESCUE: &str = r#"
+with expired as (
+    select id from jobs
+    where state = 'running' and lease_expires_at < coalesce($1, now())
+    order by lease_expires_at
+    limit $2
+    for update skip locked
+)
+update jobs j
+set state = case when j.attempt >= j.max_attempts then 'discarded' else 'retryable' end,
+    finished_at = case when j.attempt >= j.max_attempts then now() end,
+    run_at = now(),
+    lease_expires_at = null,
+    errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempt, 'at', now(),
+        'error', 'lease expired: node ' || coalesce(j.lease_owner, '?') || ' stopped renewing it'))
+from expired
+where j.id = expired.id
+returning j.id, j.state
+"#;
+
+/// Deletes a batch of finished jobs older than $1.
+pub const JOB_PRUNE: &str = r#"
+delete from jobs
+where id in (
+    select id from jobs
+    where state in ('completed', 'discarded', 'cancelled') and finished_at < $1
+    order by finished_at
+    limit $2
+)
+"#;
+
+/// Takes (or renews) the leader row `name` for node $2 when it is free or expired.
+pub const LEADER_ACQUIRE: &str = r#"
+insert into leaders (name, node, expires_at)
+values ($1, $2, now() + make_interval(secs => $3))
+on conflict (name) do update
+set node = excluded.node,
+    expires_at = excluded.expires_at,
+    elected_at = case when leaders.node = excluded.node then leaders.elected_at else now() end
+where leaders.node = excluded.node or leaders.expires_at < now()
+returning node
+"#;
+
+pub const LEADER_RESIGN: &str = "delete from leaders where name = $1 and node = $2";
+
+pub const NODE_UPSERT: &str = r#"
+insert into nodes (name, role, version) values ($1, $2, $3)
+on conflict (name) do update set heartbeat_at = now(), role = excluded.role
+"#;
+
+pub const NODE_DELETE: &str = "delete from nodes where name = $1";
+
+/// Nodes silent for a day are forgotten.
+pub const NODE_PRUNE: &str = "delete from nodes where heartbeat_at < now() - interval '1 day'";
+
+/// Declares (or re-configures) a token bucket, keeping its current tokens.
+pub const RATE_LIMIT_UPSERT: &str = r#"
+insert into rate_limits (name, rate_per_s, burst, tokens) values ($1, $2, $3, $3)
+on conflict (name) do update
+set rate_per_s = excluded.rate_per_s, burst = excluded.burst,
+    tokens = least(rate_limits.tokens, excluded.burst)
+"#;
+
+/// Takes one token from bucket $1 if one is there. Returns the tokens there were (after refill)
+/// and the rate, so a caller who found none knows how long until the next.
+pub const RATE_LIMIT_TAKE: &str = r#"
+with bucket as (
+    select name, rate_per_s,
+           least(burst, tokens + extract(epoch from (now() - updated_at)) * rate_per_s) as available
+    from rate_limits
+    where name = $1
+    for update
+),
+taken as (
+    update rate_limits r
+    set tokens = bucket.available - 1, updated_at = now()
+    from bucket
+    where r.name = bucket.name and bucket.available >= 1
+    returning r.name
+)
+select bucket.available, bucket.rate_per_s, exists (select 1 from taken) as taken
+from bucket
+"#;
+
+pub const QUEUE_SET_PAUSED: &str = r#"
+insert into queues (name, paused_at) values ($1, case when $2 then now() end)
+on conflict (name) do update
+set paused_at = case when $2 then coalesce(queues.paused_at, now()) end, updated_at = now()
+"#;

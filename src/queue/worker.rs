@@ -1,0 +1,594 @@
+//! The worker side of a node: one producer per queue, the completer, the listener and the
+//! heartbeat, all under one cancellation tree.
+//!
+//! Who talks to whom:
+//! - A **producer** (one per queue) owns the queue's semaphore. It takes a permit *before* it
+//!   claims, and claims at most as many jobs as it holds permits, so a node never holds a job it
+//!   has no slot for. Each claimed job is spawned with its own permit, which it drops when
+//!   `perform` returns.
+//! - A finished job sends its [`Finish`] to the **completer**, which writes whatever has piled up
+//!   in one statement; under load, finishes batch themselves while the previous write is in
+//!   flight.
+//! - The **listener** (LISTEN `baw_jobs`, `baw_control`) wakes a queue's producer when jobs are
+//!   inserted and cancels a running job an operator cancelled. A producer with nothing to do
+//!   sleeps until the earliest `run_at` of its queue, a notification, or the slow poll.
+//! - The **heartbeat** renews the leases of this node's running jobs and stops the ones the node
+//!   no longer holds.
+//!
+//! Shutdown (SIGTERM and Ctrl-C alike): producers stop claiming; running jobs get the grace
+//! period; the rest are interrupted and released (available again, attempt given back); the
+//! completer drains; nothing of this node stays `running`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::execute::{self, ClaimedJob, Finish, Outcome};
+use super::maintenance::{self, MaintenanceSettings};
+use super::rate_limit;
+use super::registry::Registry;
+use super::sql;
+use crate::config::{Config, RateLimitConfig};
+
+/// The notification channels.
+pub const CHANNEL_JOBS: &str = "baw_jobs";
+pub const CHANNEL_CONTROL: &str = "baw_control";
+
+/// Everything an engine needs to know, usually derived from [`Config`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This node's lease-owner name; unique per process.
+    pub node: String,
+    /// Shown in the `nodes` table.
+    pub role: String,
+    /// Queue name -> this node's slots for it. Empty: the node runs no jobs.
+    pub queues: BTreeMap<String, usize>,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub poll_interval: Duration,
+    pub claim_batch: usize,
+    pub shutdown_grace: Duration,
+    /// Leader-only services (rescuer, pruner); None: this node never runs them.
+    pub maintenance: Option<MaintenanceSettings>,
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+}
+
+impl EngineConfig {
+    pub fn from_config(config: &Config, role: &str) -> Self {
+        let suffix: u16 = rand::random();
+        EngineConfig {
+            node: format!("{}-{suffix:04x}", config.node_name()),
+            role: role.into(),
+            queues: config
+                .queues
+                .iter()
+                .map(|(n, q)| (n.clone(), q.concurrency as usize))
+                .collect(),
+            lease: config.worker.lease,
+            heartbeat: config.worker.heartbeat,
+            poll_interval: config.worker.poll_interval,
+            claim_batch: config.worker.claim_batch as usize,
+            shutdown_grace: config.worker.shutdown_grace,
+            maintenance: Some(MaintenanceSettings::from_config(&config.maintenance)),
+            rate_limits: config.rate_limits.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "kind `{kind}` names rate limit `{bucket}`, which is not configured ([rate_limits.{bucket}])"
+    )]
+    UnknownRateLimit { kind: String, bucket: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A queue's wake-up: notified by the listener (new jobs) and by this node's own retries and
+/// snoozes (which also note when they are due).
+#[derive(Default)]
+struct QueueWaker {
+    notify: Notify,
+    /// Earliest run_at this node set on the queue since the producer last looked.
+    local_due: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl QueueWaker {
+    fn due_at(&self, at: DateTime<Utc>) {
+        let mut due = self.local_due.lock().expect("waker lock");
+        if due.is_none_or(|d| at < d) {
+            *due = Some(at);
+        }
+        drop(due);
+        self.notify.notify_one();
+    }
+}
+
+struct Inner<S> {
+    pool: PgPool,
+    registry: Registry<S>,
+    state: S,
+    config: EngineConfig,
+    /// Jobs running on this node: their cancel token and when they were claimed. Written by the
+    /// producers and job tasks; read by the listener (cancel) and the heartbeat (lost jobs).
+    running: Mutex<HashMap<i64, (CancellationToken, Instant)>>,
+    wakers: HashMap<String, Arc<QueueWaker>>,
+    finish_tx: mpsc::UnboundedSender<Finish>,
+    /// Producers stop claiming.
+    stop_claiming: CancellationToken,
+    /// Running jobs are interrupted (after the grace period) and released.
+    hard_stop: CancellationToken,
+    /// Listener, heartbeat and maintenance stop.
+    stop_services: CancellationToken,
+}
+
+/// A started engine. Call [`Engine::shutdown`] to stop it cleanly.
+pub struct Engine<S> {
+    inner: Arc<Inner<S>>,
+    jobs: TaskTracker,
+    services: TaskTracker,
+    completer: tokio::task::JoinHandle<()>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Engine<S> {
+    /// Checks the registry against the config, declares the rate limits, registers the node and
+    /// starts the producers and services.
+    pub async fn start(
+        pool: PgPool,
+        registry: Registry<S>,
+        state: S,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        for (kind, bucket) in registry.rate_limits() {
+            if !config.rate_limits.contains_key(bucket) {
+                return Err(EngineError::UnknownRateLimit {
+                    kind: kind.into(),
+                    bucket: bucket.into(),
+                });
+            }
+        }
+        rate_limit::declare(&pool, &config.rate_limits).await?;
+        sqlx::query(sql::NODE_UPSERT)
+            .bind(&config.node)
+            .bind(&config.role)
+            .bind(env!("CARGO_PKG_VERSION"))
+            .execute(&pool)
+            .await?;
+
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let wakers = config
+            .queues
+            .keys()
+            .map(|q| (q.clone(), Arc::new(QueueWaker::default())))
+            .collect();
+        let inner = Arc::new(Inner {
+            pool,
+            registry,
+            state,
+            config,
+            running: Mutex::new(HashMap::new()),
+            wakers,
+            finish_tx,
+            stop_claiming: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            stop_services: CancellationToken::new(),
+        });
+        let jobs = TaskTracker::new();
+        let services = TaskTracker::new();
+        let completer = tokio::spawn(complete(
+            inner.pool.clone(),
+            inner.config.node.clone(),
+            finish_rx,
+        ));
+        services.spawn(listen(inner.clone()));
+        services.spawn(heartbeat(inner.clone()));
+        if let Some(settings) = inner.config.maintenance.clone() {
+            services.spawn(maintenance::run(
+                inner.pool.clone(),
+                inner.config.node.clone(),
+                settings,
+                inner.stop_services.clone(),
+            ));
+        }
+        for (queue, &concurrency) in &inner.config.queues {
+            services.spawn(produce(
+                inner.clone(),
+                queue.clone(),
+                concurrency,
+                jobs.clone(),
+            ));
+        }
+        tracing::info!(node = %inner.config.node, queues = ?inner.config.queues, "engine started");
+        Ok(Engine {
+            inner,
+            jobs,
+            services,
+            completer,
+        })
+    }
+
+    /// This node's lease-owner name.
+    pub fn node(&self) -> &str {
+        &self.inner.config.node
+    }
+
+    /// Jobs running on this node now.
+    pub fn running(&self) -> usize {
+        self.inner.running.lock().expect("running lock").len()
+    }
+
+    /// Stops claiming, gives running jobs the grace period, releases the rest, writes every
+    /// finish and leaves nothing of this node `running`.
+    pub async fn shutdown(self) {
+        let Engine {
+            inner,
+            jobs,
+            services,
+            completer,
+        } = self;
+        inner.stop_claiming.cancel();
+        jobs.close();
+        if tokio::time::timeout(inner.config.shutdown_grace, jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = inner.running.lock().expect("running lock").len(),
+                "shutdown grace elapsed; releasing the jobs still running"
+            );
+            inner.hard_stop.cancel();
+            jobs.wait().await;
+        }
+        inner.stop_services.cancel();
+        services.close();
+        services.wait().await;
+        let pool = inner.pool.clone();
+        let node = inner.config.node.clone();
+        // The completer ends when the last sender (held by `inner`) is gone.
+        drop(inner);
+        let _ = completer.await;
+        if let Err(error) = sqlx::query(sql::JOB_RELEASE_NODE)
+            .bind(&node)
+            .execute(&pool)
+            .await
+        {
+            tracing::error!(%error, "could not release this node's jobs; the rescuer will");
+        }
+        let _ = sqlx::query(sql::NODE_DELETE)
+            .bind(&node)
+            .execute(&pool)
+            .await;
+        tracing::info!(%node, "engine stopped");
+    }
+}
+
+/// One queue's producer: claim as many jobs as there are free slots, run each in its own task.
+async fn produce<S: Clone + Send + Sync + 'static>(
+    inner: Arc<Inner<S>>,
+    queue: String,
+    concurrency: usize,
+    jobs: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let waker = inner.wakers[&queue].clone();
+    let config = &inner.config;
+    let mut outage = Outage::new("claiming jobs");
+    loop {
+        let mut permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = inner.stop_claiming.cancelled() => break,
+        };
+        // Take whatever else is free, up to the batch size, without waiting for more.
+        let extra = slots
+            .available_permits()
+            .min(config.claim_batch.saturating_sub(1));
+        if extra > 0
+            && let Ok(more) = slots.clone().try_acquire_many_owned(extra as u32)
+        {
+            permit.merge(more);
+        }
+        let wanted = permit.num_permits();
+        let claimed: Result<Vec<ClaimedJob>, sqlx::Error> = sqlx::query_as(sql::JOB_CLAIM)
+            .bind(&queue)
+            .bind(wanted as i64)
+            .bind(&config.node)
+            .bind(config.lease.as_secs_f64())
+            .bind(None::<DateTime<Utc>>)
+            .fetch_all(&inner.pool)
+            .await;
+        let claimed = match claimed {
+            Ok(claimed) => {
+                outage.recovered();
+                claimed
+            }
+            Err(error) => {
+                drop(permit);
+                let wait = outage.failed(&error);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = inner.stop_claiming.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        let got = claimed.len();
+        for job in claimed {
+            let job_permit = permit.split(1).expect("one permit per claimed job");
+            spawn_job(&inner, &jobs, &waker, job, job_permit);
+        }
+        drop(permit);
+        if got < wanted {
+            wait_for_work(&inner, &queue, &waker).await;
+        }
+    }
+}
+
+fn spawn_job<S: Clone + Send + Sync + 'static>(
+    inner: &Arc<Inner<S>>,
+    jobs: &TaskTracker,
+    waker: &Arc<QueueWaker>,
+    job: ClaimedJob,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let cancel = inner.hard_stop.child_token();
+    inner
+        .running
+        .lock()
+        .expect("running lock")
+        .insert(job.id, (cancel.clone(), Instant::now()));
+    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt);
+    let inner = inner.clone();
+    let waker = waker.clone();
+    jobs.spawn(
+        async move {
+            let id = job.id;
+            let finish = execute::run(
+                &inner.registry,
+                job,
+                inner.state.clone(),
+                inner.pool.clone(),
+                cancel,
+                &inner.hard_stop,
+            )
+            .await;
+            inner.running.lock().expect("running lock").remove(&id);
+            match &finish.outcome {
+                Outcome::Completed(_) | Outcome::Released => {}
+                Outcome::Retry { error, run_at } => {
+                    tracing::warn!(%error, %run_at, "job failed; will retry");
+                    waker.due_at(*run_at);
+                }
+                Outcome::Snooze { run_at } => {
+                    tracing::debug!(%run_at, "job snoozed");
+                    waker.due_at(*run_at);
+                }
+                Outcome::Discarded(error) => tracing::error!(%error, "job discarded"),
+                Outcome::Cancelled(reason) => tracing::info!(%reason, "job cancelled"),
+            }
+            // The completer outlives every job task (shutdown waits for them first).
+            let _ = inner.finish_tx.send(finish);
+            drop(permit);
+        }
+        .instrument(span),
+    );
+}
+
+/// Sleeps until a notification, this node's own next retry, the queue's earliest `run_at` or the
+/// slow poll, whichever comes first.
+async fn wait_for_work<S>(inner: &Inner<S>, queue: &str, waker: &QueueWaker) {
+    let now = Utc::now();
+    let mut wake = now + inner.config.poll_interval;
+    if let Ok(Some(due)) = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql::JOB_NEXT_DUE)
+        .bind(queue)
+        .fetch_one(&inner.pool)
+        .await
+    {
+        wake = wake.min(due);
+    }
+    if let Some(due) = waker.local_due.lock().expect("waker lock").take() {
+        wake = wake.min(due);
+    }
+    let sleep = (wake - now).to_std().unwrap_or_default();
+    tokio::select! {
+        _ = waker.notify.notified() => {}
+        _ = tokio::time::sleep(sleep) => {}
+        _ = inner.stop_claiming.cancelled() => {}
+    }
+}
+
+/// Writes finishes in batches: whatever arrived while the previous write was in flight goes in
+/// the next statement. A failed write is retried (the finishes are kept) until the database
+/// answers; the channel closing ends it after the last write.
+async fn complete(pool: PgPool, node: String, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    const MAX_BATCH: usize = 2000;
+    let mut outage = Outage::new("recording job outcomes");
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(finish) => batch.push(finish),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match execute::finish_many(&pool, &node, &batch).await {
+                Ok(written) => {
+                    outage.recovered();
+                    if (written as usize) < batch.len() {
+                        tracing::debug!(
+                            lost = batch.len() - written as usize,
+                            "some finished jobs were no longer held by this node"
+                        );
+                    }
+                    break;
+                }
+                Err(error) => tokio::time::sleep(outage.failed(&error)).await,
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// LISTEN for inserted jobs and control messages; reconnects by itself.
+async fn listen<S>(inner: Arc<Inner<S>>) {
+    let mut outage = Outage::new("listening for notifications");
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&inner.pool).await?;
+            listener.listen_all([CHANNEL_JOBS, CHANNEL_CONTROL]).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            result = connected => match result {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let wait = outage.failed(&error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = inner.stop_services.cancelled() => return,
+                    }
+                }
+            },
+            _ = inner.stop_services.cancelled() => return,
+        };
+        outage.recovered();
+        // Anything inserted while we were not listening would otherwise wait for the poll.
+        wake_all(&inner);
+        loop {
+            let next = tokio::select! {
+                next = listener.try_recv() => next,
+                _ = inner.stop_services.cancelled() => return,
+            };
+            match next {
+                Ok(Some(notification)) => {
+                    dispatch(&inner, notification.channel(), notification.payload())
+                }
+                // The connection dropped and will be re-established by the next call.
+                Ok(None) => wake_all(&inner),
+                Err(error) => {
+                    let wait = outage.failed(&error);
+                    tokio::time::sleep(wait).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn wake_all<S>(inner: &Inner<S>) {
+    for waker in inner.wakers.values() {
+        waker.notify.notify_one();
+    }
+}
+
+fn dispatch<S>(inner: &Inner<S>, channel: &str, payload: &str) {
+    match channel {
+        CHANNEL_JOBS => {
+            if let Some(waker) = inner.wakers.get(payload) {
+                waker.notify.notify_one();
+            }
+        }
+        CHANNEL_CONTROL => match payload.split_once(':') {
+            Some(("cancel", id)) => {
+                if let Ok(id) = id.parse::<i64>()
+                    && let Some((token, _)) = inner.running.lock().expect("running lock").get(&id)
+                {
+                    token.cancel();
+                }
+            }
+            Some(("resume", queue)) | Some(("wake", queue)) => {
+                if let Some(waker) = inner.wakers.get(queue) {
+                    waker.notify.notify_one();
+                }
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+/// Renews this node's leases and its `nodes` row; stops local jobs the node no longer holds.
+async fn heartbeat<S>(inner: Arc<Inner<S>>) {
+    let config = &inner.config;
+    let mut ticker = tokio::time::interval(config.heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outage = Outage::new("renewing leases");
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = inner.stop_services.cancelled() => return,
+        }
+        let started = Instant::now();
+        let renewed = async {
+            sqlx::query(sql::NODE_UPSERT)
+                .bind(&config.node)
+                .bind(&config.role)
+                .bind(env!("CARGO_PKG_VERSION"))
+                .execute(&inner.pool)
+                .await?;
+            sqlx::query_scalar::<_, i64>(sql::JOB_LEASE_RENEW)
+                .bind(&config.node)
+                .bind(config.lease.as_secs_f64())
+                .fetch_all(&inner.pool)
+                .await
+        }
+        .await;
+        match renewed {
+            Ok(held) => {
+                outage.recovered();
+                let held: HashSet<i64> = held.into_iter().collect();
+                let running = inner.running.lock().expect("running lock");
+                for (id, (token, claimed_at)) in running.iter() {
+                    // A job claimed after the statement began may simply not be visible to it.
+                    if *claimed_at < started && !held.contains(id) {
+                        tracing::warn!(job = id, "this node no longer holds the job; stopping it");
+                        token.cancel();
+                    }
+                }
+            }
+            Err(error) => {
+                outage.failed(&error);
+            }
+        }
+    }
+}
+
+/// Logs a failing dependency once when it starts failing and once when it recovers, not on
+/// every retry, and hands out a capped exponential backoff meanwhile.
+pub(crate) struct Outage {
+    what: &'static str,
+    failures: u32,
+}
+
+impl Outage {
+    pub(crate) fn new(what: &'static str) -> Self {
+        Outage { what, failures: 0 }
+    }
+
+    /// Records a failure; returns how long to wait before trying again.
+    pub(crate) fn failed(&mut self, error: &dyn std::fmt::Display) -> Duration {
+        if self.failures == 0 {
+            tracing::error!(%error, "{} failed; retrying until the database answers", self.what);
+        }
+        self.failures = self.failures.saturating_add(1);
+        let exp = self.failures.min(6);
+        Duration::from_millis(50 * 2u64.pow(exp)).min(Duration::from_secs(3))
+    }
+
+    pub(crate) fn recovered(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "{} works again", self.what);
+            self.failures = 0;
+        }
+    }
+}

@@ -1,0 +1,275 @@
+use std::process::Stdio;
+use std::time::Duration;
+
+use baseaim_worker::app::Node;
+use baseaim_worker::cli::Role;
+use baseaim_worker::config::{Config, Secrets};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{PgProxy, TestDb, eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_baseaim-worker");
+
+async fn status(url: &str) -> Option<u16> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    client
+        .get(url)
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+#[tokio::test]
+async fn migrate_twice_is_a_no_op() {
+    let db = TestDb::empty().await;
+    baseaim_worker::db::migrate(&db.pool).await.unwrap();
+    let first: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("select version, checksum from _sqlx_migrations order by version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    baseaim_worker::db::migrate(&db.pool).await.unwrap();
+    let second: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("select version, checksum from _sqlx_migrations order by version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(first, second);
+    assert!(baseaim_worker::db::is_ready(&db.pool).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_migrate_command_creates_the_database() {
+    let name = format!("baw_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", crate::support::server_url());
+    for _ in 0..2 {
+        let out = tokio::process::Command::new(BIN)
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n as usize, baseaim_worker::db::MIGRATOR.iter().count());
+    pool.close().await;
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", crate::support::server_url()))
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database {name} with (force)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn readyz_follows_the_database_through_an_outage() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start().await;
+    let env = vec![
+        ("DATABASE_URL".to_string(), db.url_via(proxy.addr)),
+        ("BAW__HTTP__BIND".to_string(), "127.0.0.1:0".to_string()),
+        (
+            "BAW__DATABASE__ACQUIRE_TIMEOUT".to_string(),
+            "500ms".to_string(),
+        ),
+    ];
+    let config = Config::load_from(None, env).unwrap();
+    let stop = CancellationToken::new();
+    let node = Node::start(config, Secrets::default(), Role::All, true, stop.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", node.addr);
+
+    assert_eq!(status(&format!("{base}/healthz")).await, Some(200));
+    eventually(10, "readyz 200", || async {
+        status(&format!("{base}/readyz")).await == Some(200)
+    })
+    .await;
+
+    proxy.down();
+    eventually(10, "readyz 503 while the database is away", || async {
+        status(&format!("{base}/readyz")).await == Some(503)
+    })
+    .await;
+    assert_eq!(
+        status(&format!("{base}/healthz")).await,
+        Some(200),
+        "the process stays alive"
+    );
+
+    proxy.up();
+    eventually(15, "readyz 200 again", || async {
+        status(&format!("{base}/readyz")).await == Some(200)
+    })
+    .await;
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), node.stop())
+        .await
+        .expect("stops in time")
+        .unwrap();
+}
+
+/// Starts `serve` as a real process with the given extra env; returns the child and its port.
+async fn spawn_serve(db: &TestDb, extra: &[(&str, &str)]) -> (tokio::process::Child, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("BAW__HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(20, "serve answers readyz", || async {
+        status(&format!("{base}/readyz")).await == Some(200)
+    })
+    .await;
+    (child, port)
+}
+
+async fn sigterm_and_collect(
+    mut child: tokio::process::Child,
+) -> (std::process::ExitStatus, String) {
+    let pid = child.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    let mut output = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .await
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .await
+        .unwrap();
+    (status, output)
+}
+
+#[tokio::test]
+async fn sigterm_stops_serve_cleanly_with_exit_code_zero() {
+    let db = TestDb::new().await;
+    let (child, _) = spawn_serve(&db, &[]).await;
+    let (status, output) = sigterm_and_collect(child).await;
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("engine stopped"), "{output}");
+    let nodes: i64 = sqlx::query_scalar("select count(*) from nodes")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(nodes, 0, "a cleanly stopped node removes itself");
+}
+
+const SECRETS: [(&str, &str); 6] = [
+    ("FACEBOOK_ACCESS_TOKEN", "EAAsecretfacebook123"),
+    ("STRIPE_SECRET_KEY", "sk_test_secretstripe456"),
+    ("STRIPE_WEBHOOK_SECRET", "whsec_secretwebhook789"),
+    ("RESEND_API_KEY", "re_secretresend012"),
+    (
+        "GOOGLE_SERVICE_ACCOUNT_KEY",
+        "{\"private_key\":\"secretgooglekey345\"}",
+    ),
+    ("GOOGLE_DRIVE_FOLDER_ID", "secretfolder678"),
+];
+
+fn assert_no_secret(output: &str) {
+    for (name, value) in SECRETS {
+        assert!(
+            !output.contains(value),
+            "{name}'s value leaked into: {output}"
+        );
+    }
+    assert!(
+        !output.contains("dbpassword901"),
+        "the database password leaked into: {output}"
+    );
+}
+
+#[tokio::test]
+async fn no_secret_appears_in_config_check_or_logs() {
+    let out = tokio::process::Command::new(BIN)
+        .args(["config", "check"])
+        .envs(SECRETS)
+        .env("DATABASE_URL", "postgres://app:dbpassword901@127.0.0.1/x")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains("STRIPE_WEBHOOK_SECRET = \"<set>\""),
+        "{shown}"
+    );
+    assert!(shown.contains("postgres://app:***@127.0.0.1/x"), "{shown}");
+    assert_no_secret(&shown);
+
+    // A whole serve run at debug level, in JSON, with every secret set.
+    let db = TestDb::new().await;
+    let mut extra: Vec<(&str, &str)> = SECRETS.to_vec();
+    extra.push(("RUST_LOG", "debug"));
+    extra.push(("BAW__LOG__FORMAT", "json"));
+    let (child, _) = spawn_serve(&db, &extra).await;
+    let (status, output) = sigterm_and_collect(child).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        output.contains("\"level\""),
+        "JSON logs were written: {output}"
+    );
+    assert_no_secret(&output);
+}
+
+#[tokio::test]
+async fn an_invalid_config_exits_non_zero_naming_the_key() {
+    let out = tokio::process::Command::new(BIN)
+        .args(["config", "check"])
+        .env("BAW__QUEUES__DEFAULT__CONCURRENCY", "zero")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("queues.default.concurrency"), "{err}");
+}

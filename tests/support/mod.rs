@@ -1,0 +1,158 @@
+//! Shared test support: a fresh, migrated database per test, and a TCP proxy in front of
+//! PostgreSQL that a test can cut to simulate an outage.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// The server tests run against (trust auth). Override with BAW_TEST_DATABASE_URL.
+pub fn server_url() -> String {
+    std::env::var("BAW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".into())
+}
+
+/// A database of its own for one test, migrated; dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let db = Self::empty().await;
+        baseaim_worker::db::migrate(&db.pool)
+            .await
+            .expect("migrate test database");
+        db
+    }
+
+    /// A fresh database without migrations.
+    pub async fn empty() -> Self {
+        baseaim_worker::tls::install_crypto_provider();
+        let name = format!("baw_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&format!("{}/postgres", server_url()))
+            .await
+            .expect("connect to the test PostgreSQL server (is it running?)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let url = format!("{}/{name}", server_url());
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .expect("connect test database");
+        TestDb { name, url, pool }
+    }
+
+    /// The test database's URL with its host and port replaced by `addr` (e.g. a [`PgProxy`]).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url).expect("test url");
+        url.set_host(Some(&addr.ip().to_string())).expect("host");
+        url.set_port(Some(addr.port())).expect("port");
+        url.to_string()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Async drop is not a thing: drop the database from a short-lived thread and runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(mut admin) =
+                    PgConnection::connect(&format!("{}/postgres", server_url())).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "drop database if exists {name} with (force)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A TCP proxy to PostgreSQL. `down()` cuts every connection and refuses new ones until `up()`.
+pub struct PgProxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+}
+
+impl PgProxy {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream: SocketAddr = {
+            let url = url::Url::parse(&server_url()).unwrap();
+            format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+                .parse()
+                .unwrap()
+        };
+        let down = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(Notify::new());
+        let (down2, cut2) = (down.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if down2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        PgProxy { addr, down, cut }
+    }
+
+    pub fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `secs` pass; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs}s waiting for: {what}");
+}
