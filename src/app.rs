@@ -41,6 +41,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             crate::telemetry::init(config.log.format, &config.log.level);
             migrate(&config).await
         }
+        Command::Schedules { command } => {
+            crate::schedule::command::command(&config, &jobs::registry(), command).await
+        }
         Command::Serve { role, no_migrate } => {
             crate::telemetry::init(config.log.format, &config.log.level);
             serve(config, Secrets::from_env(), role, !no_migrate).await
@@ -98,6 +101,12 @@ impl Node {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let pool = db::connect(&config.database).await?;
+        // Schedules are checked before anything runs: one whose kind this binary cannot run
+        // stops start-up, naming it.
+        let scheduler = matches!(role, Role::All | Role::Scheduler)
+            .then(|| crate::schedule::from_config(&config.schedules, &jobs::registry()))
+            .transpose()?
+            .map(|schedules| crate::schedule::Scheduler::new(pool.clone(), schedules));
         let health = DbHealth::spawn(pool.clone(), Duration::from_secs(1), stop.child_token());
         let app = http::router(HttpState {
             pool: pool.clone(),
@@ -115,7 +124,7 @@ impl Node {
             config: config.clone(),
             secrets: Arc::new(secrets),
         };
-        let engine = tokio::spawn(start_engine(state, role, migrate, stop.clone()));
+        let engine = tokio::spawn(start_engine(state, role, migrate, scheduler, stop.clone()));
         notify_systemd_ready();
         let watchdog = tokio::spawn(watchdog(stop.clone()));
         Ok(Node {
@@ -144,11 +153,13 @@ impl Node {
 }
 
 /// Migrates (if asked) and starts the engine, retrying until the database answers or the node
-/// is stopped. None: stopped before it could start.
+/// is stopped; then starts the scheduler loop, if this role runs one. None: stopped before it
+/// could start.
 async fn start_engine(
     state: AppState,
     role: Role,
     migrate: bool,
+    scheduler: Option<crate::schedule::Scheduler>,
     stop: CancellationToken,
 ) -> Option<Engine<AppState>> {
     let mut wait = Duration::from_millis(200);
@@ -181,7 +192,13 @@ async fn start_engine(
             _ = stop.cancelled() => return None,
         };
         match attempt {
-            Ok(engine) => return Some(engine),
+            Ok(engine) => {
+                // After the migrations, so its table exists; it stops with the node's `stop`.
+                if let Some(scheduler) = scheduler {
+                    tokio::spawn(scheduler.run(stop.child_token()));
+                }
+                return Some(engine);
+            }
             Err(error) => {
                 if !logged {
                     tracing::error!(

@@ -37,6 +37,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// List the cron schedules, or run one now.
+    Schedules {
+        #[command(subcommand)]
+        command: crate::schedule::ScheduleCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]

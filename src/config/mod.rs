@@ -36,6 +36,9 @@ pub struct Config {
     /// Cluster-wide token buckets, by name (job kinds refer to them).
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Cron schedules, by name; each tick becomes one job (see `crate::schedule`).
+    #[serde(default)]
+    pub schedules: BTreeMap<String, crate::schedule::ScheduleConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +202,14 @@ impl Config {
         for (name, queue) in &self.queues {
             if queue.concurrency == 0 {
                 return invalid(&format!("queues.{name}.concurrency"), "at least 1");
+            }
+        }
+        for (name, schedule) in &self.schedules {
+            // A bad cron or zone stops start-up, naming `schedules.<name>.<key>`.
+            if let Err(crate::schedule::ScheduleError::Invalid { key, expected }) =
+                crate::schedule::Schedule::from_config(name, schedule)
+            {
+                return Err(ConfigError::Invalid { key, expected });
             }
         }
         for (name, limit) in &self.rate_limits {

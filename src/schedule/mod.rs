@@ -1,2 +1,300 @@
-//! Cron schedules from config, turned into queue jobs with unique keys so that any number of nodes
-//! enqueue each tick exactly once. Filled by the schedules issue.
+//! Cron schedules from config, turned into queue jobs so that any number of nodes enqueue each
+//! tick exactly once, and a tick that every node missed is caught up once (never a burst).
+//!
+//! Neighbours: [`crate::config`] holds the `[schedules.<name>]` sections ([`ScheduleConfig`]) and
+//! calls [`Schedule::from_config`] while loading, so a bad cron or zone stops start-up naming the
+//! schedule. [`crate::queue`] receives the jobs. [`crate::app`] starts [`Scheduler::run`] on nodes
+//! of role `all` and `scheduler`; the CLI's `schedules list|run` land in [`command`].
+//!
+//! # Why every node evaluates, and why that is safe
+//!
+//! A cron library inside each process (tokio-cron-scheduler, apalis-cron) fires in every process:
+//! two copies gave two runs per tick. A leader-only scheduler would fix that, but then a tick is
+//! lost whenever the leader dies just before it and the next leader is not yet elected. So here
+//! every node with the scheduler role evaluates every schedule, and the database decides which
+//! node's evaluation counts. Two guards do it, in one transaction per tick:
+//!
+//! 1. **The `schedules` row is a compare-and-set watermark.** Each schedule has a row whose
+//!    `last_tick_at` is the latest tick that has been dealt with. A node that finds tick `T` due
+//!    runs `update schedules set last_tick_at = T ... where last_tick_at < T` and only if that
+//!    touched the row does it enqueue `T`'s job, in the same transaction. Concurrent nodes queue
+//!    up on the row lock; when the first commits, the others' `where` no longer holds (PostgreSQL
+//!    re-checks it against the committed row) and they enqueue nothing. This holds however late
+//!    a node is, and however long ago `T`'s job finished: a node whose clock lags or that was
+//!    paused for a minute cannot enqueue a tick again, because the watermark only moves forward.
+//! 2. **The job's unique key is `schedule:<name>:<tick in UTC, RFC 3339>`.** The queue refuses a
+//!    second unfinished job with the same key, so while a tick's job waits or runs, no path at
+//!    all (this scheduler, a hand-run `enqueue_job`, a reset `schedules` row) can add a twin. The
+//!    key also names the tick on the job row, for operators and for job kinds that derive
+//!    provider idempotency keys from `ctx.unique_key`. On its own the key would not be enough:
+//!    it guards only *unfinished* jobs, so a node arriving after a fast job completed would
+//!    enqueue the tick again. That is what the watermark is for.
+//!
+//! No leader is needed for correctness and a node's death costs nothing: the survivors keep
+//! evaluating. Clock skew between nodes only changes which node enqueues a tick, not whether: the
+//! tick's identity is the schedule's time, not the evaluating node's.
+//!
+//! # Catch-up after downtime
+//!
+//! Ticks are found backwards from `now`: the *due* tick is the latest tick at or before `now`.
+//! It is enqueued when it is later than the watermark. Ticks between the watermark and the due
+//! tick were missed by every node (all were down or cut off from the database); they are never
+//! enqueued: catching up means running the work once, not replaying every missed half hour.
+//! What happens to the due tick itself depends on how late it is seen:
+//! - on time (seen within [`MISFIRE_GRACE`] of its time, as in normal running): enqueued;
+//! - late, policy `latest` (the default): enqueued, once: the one catch-up job;
+//! - late, policy `skip`: not enqueued; the watermark moves past it and the schedule waits for
+//!   its next tick.
+//!
+//! A schedule seen for the first time (a new deployment, a new section) starts with its *next*
+//! tick: its row is created with the due tick as the watermark, so deploying never fires a daily
+//! job at a random hour. `schedules run <name>` fires one by hand. A disabled schedule is not
+//! evaluated; enabled again, it catches up per its policy.
+//!
+//! # Time zones and DST
+//!
+//! Ticks are computed on the wall clock of the schedule's zone (croner walks the zone's civil
+//! time, chrono-tz supplies the offsets) and every tick is then an instant, keyed in UTC. So:
+//! - spring forward (Europe/Berlin 02:00 -> 03:00): wall times in the gap do not exist. An
+//!   interval schedule (`*/30 * * * *`) has no tick there and loses no real time (01:30 CET is
+//!   followed by 03:00 CEST, 30 minutes later); a fixed-time schedule (`30 2 * * *`) runs at the
+//!   first instant after the gap (03:00 CEST) so its day is not skipped;
+//! - fall back (03:00 -> 02:00): the hour repeats. An interval schedule ticks on both passes,
+//!   which are different instants and therefore different keys, exactly as often as real time
+//!   passes; a fixed-time schedule runs once, on the first pass.
+//!
+//! No duplicate (keys are instants, and the watermark orders them) and no gap (the due tick is
+//! the zone's own answer for "the latest tick before now").
+//!
+//! # The clock
+//!
+//! [`Scheduler::run_once`] takes `now` as an argument, so tests drive several schedulers over
+//! simulated hours deterministically. [`Scheduler::run`] is the production loop: it calls
+//! `run_once(Utc::now())`, then sleeps until the earliest next tick (at most
+//! [`MAX_SLEEP`], so a changed system clock is noticed), and logs a database error once and
+//! retries with backoff instead of dying.
+//!
+//! # Parts
+//! - [`config`](mod@config): the config section.
+//! - [`scheduler`]: evaluation, the compare-and-set, the loop.
+//! - [`command`]: `schedules list` and `schedules run` for operators.
+//! - `sql`: every statement, named.
+
+pub mod command;
+pub mod config;
+pub mod scheduler;
+mod sql;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+
+pub use command::{ScheduleCommand, ScheduleStatus, run_now, status};
+pub use config::{CatchUp, ScheduleConfig};
+pub use scheduler::{RunReport, Scheduler};
+
+use crate::queue::{EnqueueError, NewJob, Registry};
+
+/// A tick first seen later than this after its time was missed (every node was down or cut off):
+/// policy `skip` drops it. Like Quartz's misfire threshold.
+pub const MISFIRE_GRACE: Duration = Duration::from_secs(60);
+
+/// The production loop re-evaluates at least this often, whatever the next tick.
+pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// A schedule's config does not make sense; `key` is its full config key.
+    #[error("invalid value for `{key}`: expected {expected}")]
+    Invalid { key: String, expected: String },
+    #[error(
+        "schedule `{name}` enqueues kind `{kind}`, which this binary does not run; register the kind or set `schedules.{name}.enabled = false`"
+    )]
+    UnknownKind { name: String, kind: String },
+    #[error("no schedule named `{name}` (configured: {known})")]
+    NotFound { name: String, known: String },
+    #[error(transparent)]
+    Enqueue(#[from] EnqueueError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A schedule, checked: its cron parsed, its zone known, its job's queue and policy resolved.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: String,
+    /// The expression as configured (for display).
+    pub expression: String,
+    cron: Cron,
+    pub timezone: Tz,
+    pub kind: String,
+    pub args: serde_json::Value,
+    pub enabled: bool,
+    pub catch_up: CatchUp,
+    pub queue: String,
+    /// Whether `queue` came from the config (else the kind's policy may supply it).
+    queue_configured: bool,
+    pub priority: i16,
+    pub max_attempts: i32,
+}
+
+impl Schedule {
+    /// Checks one `[schedules.<name>]` section. The job's queue is the configured one, else
+    /// `default` until [`Schedule::adopt_policy`] learns the kind's.
+    pub fn from_config(name: &str, config: &ScheduleConfig) -> Result<Self, ScheduleError> {
+        let invalid = |field: &str, expected: String| ScheduleError::Invalid {
+            key: if field.is_empty() {
+                format!("schedules.{name}")
+            } else {
+                format!("schedules.{name}.{field}")
+            },
+            expected,
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(invalid(
+                "",
+                "a schedule name of lowercase letters, digits and `_` (so that \
+                 BAW__SCHEDULES__<NAME>__* can address it)"
+                    .into(),
+            ));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(&config.cron)
+            .map_err(|error| {
+                invalid(
+                    "cron",
+                    format!(
+                        "a cron expression of 5 fields (or 6, seconds first), but `{}` is not: {error}",
+                        config.cron
+                    ),
+                )
+            })?;
+        let timezone = Tz::from_str(&config.timezone).map_err(|_| {
+            invalid(
+                "timezone",
+                format!(
+                    "an IANA time zone such as `UTC` or `Europe/Berlin`, but `{}` is not one",
+                    config.timezone
+                ),
+            )
+        })?;
+        if config.kind.trim().is_empty() {
+            return Err(invalid("kind", "a job kind".into()));
+        }
+        if config.queue.as_deref().is_some_and(|q| q.trim().is_empty()) {
+            return Err(invalid("queue", "a queue name, or no `queue` key".into()));
+        }
+        let schedule = Schedule {
+            name: name.into(),
+            expression: config.cron.clone(),
+            cron,
+            timezone,
+            kind: config.kind.clone(),
+            args: serde_json::Value::Object(config.args.clone()),
+            enabled: config.enabled,
+            catch_up: config.catch_up,
+            queue: config.queue.clone().unwrap_or_else(|| "default".into()),
+            queue_configured: config.queue.is_some(),
+            priority: 0,
+            max_attempts: 25,
+        };
+        if schedule.next_after(Utc::now()).is_none() {
+            return Err(invalid(
+                "cron",
+                format!(
+                    "a cron expression that fires, but `{}` never does",
+                    config.cron
+                ),
+            ));
+        }
+        Ok(schedule)
+    }
+
+    /// Takes the kind's policy (queue unless configured, priority, attempts) from `registry`.
+    /// Refuses an enabled schedule whose kind the registry cannot run: its jobs would only be
+    /// discarded.
+    pub fn adopt_policy<S: Clone + Send + Sync + 'static>(
+        &mut self,
+        registry: &Registry<S>,
+    ) -> Result<(), ScheduleError> {
+        match registry.get(&self.kind) {
+            Some(entry) => {
+                if !self.queue_configured {
+                    self.queue = entry.policy.queue.into();
+                }
+                self.priority = entry.policy.priority;
+                self.max_attempts = entry.policy.max_attempts;
+                Ok(())
+            }
+            None if self.enabled => Err(ScheduleError::UnknownKind {
+                name: self.name.clone(),
+                kind: self.kind.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The first tick strictly after `t`. None: the expression never fires again.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.trunc_subsecs(0).with_timezone(&self.timezone);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|tick| tick.with_timezone(&Utc))
+    }
+
+    /// The latest tick at or before `t`. None: the expression never fired before `t`.
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.trunc_subsecs(0).with_timezone(&self.timezone);
+        self.cron
+            .find_previous_occurrence(&local, true)
+            .ok()
+            .map(|tick| tick.with_timezone(&Utc))
+    }
+
+    /// The unique key of the job of tick `tick`: `schedule:<name>:<tick in UTC, RFC 3339>`.
+    pub fn tick_key(&self, tick: DateTime<Utc>) -> String {
+        format!(
+            "schedule:{}:{}",
+            self.name,
+            tick.to_rfc3339_opts(SecondsFormat::Secs, true)
+        )
+    }
+
+    /// The job of tick `tick` (or of a manual run, with its own `key`).
+    fn job(&self, key: String) -> NewJob {
+        NewJob::raw(self.kind.clone(), self.args.clone())
+            .queue(self.queue.clone())
+            .priority(self.priority)
+            .max_attempts(self.max_attempts)
+            .unique_key(key)
+            .tags([format!("schedule:{}", self.name)])
+    }
+}
+
+/// Every schedule of the config, checked, with its kind's policy from `registry`. Fails on the
+/// first bad one, naming it.
+pub fn from_config<S: Clone + Send + Sync + 'static>(
+    configs: &BTreeMap<String, ScheduleConfig>,
+    registry: &Registry<S>,
+) -> Result<Vec<Schedule>, ScheduleError> {
+    configs
+        .iter()
+        .map(|(name, config)| {
+            let mut schedule = Schedule::from_config(name, config)?;
+            schedule.adopt_policy(registry)?;
+            Ok(schedule)
+        })
+        .collect()
+}

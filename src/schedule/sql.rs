@@ -1,0 +1,46 @@
+//! The schedule's statements, named noun_verb. `$1` is always the schedule's name.
+
+/// The watermark and the recorded next tick of one schedule.
+pub const SCHEDULE_GET: &str = "select last_tick_at, next_tick_at from schedules where name = $1";
+
+/// Creates a schedule's row the first time any node sees it, with the tick before now as its
+/// watermark (a new schedule starts with its next tick). A concurrent creator wins harmlessly.
+pub const SCHEDULE_CREATE: &str = r#"
+insert into schedules (name, last_tick_at, next_tick_at) values ($1, $2, $3)
+on conflict (name) do nothing
+"#;
+
+/// The compare-and-set: moves the watermark to tick $2 only if it is behind it. Returns a row
+/// only for the one node whose evaluation counts. Under READ COMMITTED a node blocked on the row
+/// lock re-checks the `where` against the winner's committed row and updates nothing.
+pub const SCHEDULE_ADVANCE: &str = r#"
+update schedules
+set last_tick_at = $2, next_tick_at = $3, updated_at = now()
+where name = $1 and (last_tick_at is null or last_tick_at < $2)
+returning name
+"#;
+
+/// Records the job of the tick just enqueued (same transaction as the advance).
+pub const SCHEDULE_SET_JOB: &str =
+    "update schedules set last_job_id = $2, updated_at = now() where name = $1";
+
+/// Keeps `next_tick_at` current when nothing was due (e.g. after a cron change).
+pub const SCHEDULE_SET_NEXT: &str = r#"
+update schedules set next_tick_at = $2, updated_at = now()
+where name = $1 and next_tick_at is distinct from $2
+"#;
+
+/// Every schedule row with its last job's outcome, for `schedules list` and the dashboard. The
+/// job may have been pruned (state null).
+pub const SCHEDULE_LIST: &str = r#"
+select s.name, s.last_tick_at, s.next_tick_at, s.last_job_id,
+       j.state, j.finished_at, j.errors -> -1 ->> 'error' as last_error
+from schedules s
+left join jobs j on j.id = s.last_job_id
+order by s.name
+"#;
+
+/// Enqueues a tick's job inside the caller's transaction through the queue's SQL function (see
+/// `migrations/0001_queue.sql`): returns the new job's id, or that of the unfinished job holding
+/// the unique key. Args: kind, args, queue, priority, max_attempts, unique key, tags.
+pub const JOB_ENQUEUE: &str = "select enqueue_job($1, $2, $3, $4, null, $5, $6, $7)";

@@ -1,0 +1,141 @@
+//! Three schedulers on one database, clocks skewed, over ten minutes of simulated time.
+
+use std::time::Duration;
+
+use baseaim_worker::schedule::{CatchUp, Scheduler};
+
+use super::support::TestDb;
+use super::{at, complete_all, expected, keys_of, schedule};
+
+#[tokio::test]
+async fn three_schedulers_enqueue_each_tick_exactly_once_over_ten_minutes() {
+    let db = TestDb::new().await;
+    let schedules = vec![
+        schedule("every_minute", "* * * * *", "UTC", CatchUp::Latest),
+        schedule("every_20s", "*/20 * * * * *", "UTC", CatchUp::Latest),
+        schedule("every_5m", "*/5 * * * *", "Europe/Berlin", CatchUp::Latest),
+    ];
+    let nodes: Vec<Scheduler> = (0..3)
+        .map(|_| Scheduler::new(db.pool.clone(), schedules.clone()))
+        .collect();
+    // Node clocks disagree: one runs 2 s fast, one 3 s slow. The slow one keeps finding ticks
+    // due that a faster node enqueued a step earlier and whose job has completed since.
+    let skew = [
+        chrono::Duration::zero(),
+        chrono::Duration::seconds(2),
+        chrono::Duration::seconds(-3),
+    ];
+    let start = at("2025-06-01T12:00:30Z");
+    let end = start + Duration::from_secs(600);
+    let mut now = start;
+    let mut enqueued_by_nodes = 0;
+    while now <= end {
+        let (a, b, c) = tokio::join!(
+            nodes[0].run_once(now + skew[0]),
+            nodes[1].run_once(now + skew[1]),
+            nodes[2].run_once(now + skew[2]),
+        );
+        for report in [a, b, c] {
+            enqueued_by_nodes += report.expect("run_once").enqueued.len();
+        }
+        complete_all(&db.pool).await;
+        now += Duration::from_secs(7);
+    }
+    // The schedules were first seen at about 12:00:30 and start with their next tick; the
+    // fastest node last looked at 12:10:27.
+    let minute: Vec<String> = (1..=10)
+        .map(|m| format!("2025-06-01T12:{m:02}:00Z"))
+        .collect();
+    let minute: Vec<&str> = minute.iter().map(String::as_str).collect();
+    assert_eq!(
+        keys_of(&db.pool, "every_minute").await,
+        expected("every_minute", &minute)
+    );
+    let twenty: Vec<String> = (2..=31)
+        .map(|i| {
+            let s = i * 20;
+            format!("2025-06-01T12:{:02}:{:02}Z", s / 60, s % 60)
+        })
+        .collect();
+    let twenty: Vec<&str> = twenty.iter().map(String::as_str).collect();
+    assert_eq!(twenty.first(), Some(&"2025-06-01T12:00:40Z"));
+    assert_eq!(twenty.last(), Some(&"2025-06-01T12:10:20Z"));
+    assert_eq!(
+        keys_of(&db.pool, "every_20s").await,
+        expected("every_20s", &twenty)
+    );
+    assert_eq!(
+        keys_of(&db.pool, "every_5m").await,
+        expected(
+            "every_5m",
+            &["2025-06-01T12:05:00Z", "2025-06-01T12:10:00Z"]
+        )
+    );
+    let total: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 10 + 30 + 2, "no job other than one per tick");
+    assert_eq!(
+        enqueued_by_nodes, 42,
+        "the nodes' reports agree with the table"
+    );
+    let completed: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'completed'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(completed, total, "every tick's job ran");
+}
+
+#[tokio::test]
+async fn a_node_that_loses_the_race_does_not_repeat_a_tick_whose_job_already_finished() {
+    // The unique key only guards unfinished jobs. Here a node reads the watermark, then waits on
+    // the row while another node enqueues the tick and its job completes at once; when the slow
+    // node gets the row, the key is free again. Only the compare-and-set stops a second job.
+    let db = TestDb::new().await;
+    let minute = schedule("m", "* * * * *", "UTC", CatchUp::Latest);
+    let slow = Scheduler::new(db.pool.clone(), vec![minute]);
+    slow.run_once(at("2025-06-01T12:00:30Z")).await.unwrap();
+
+    // The other node: holds the row while it works.
+    let mut winner = db.pool.begin().await.unwrap();
+    sqlx::query("select 1 from schedules where name = 'm' for update")
+        .execute(&mut *winner)
+        .await
+        .unwrap();
+    let slow_run = tokio::spawn(async move { slow.run_once(at("2025-06-01T12:01:05Z")).await });
+    let pool = db.pool.clone();
+    super::support::eventually(10, "the slow node waits for the row", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                > 0
+        }
+    })
+    .await;
+    sqlx::query("update schedules set last_tick_at = '2025-06-01T12:01:00Z' where name = 'm';")
+        .execute(&mut *winner)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into jobs (kind, unique_key, tags, state, finished_at)
+         values ('noop', 'schedule:m:2025-06-01T12:01:00Z', '{schedule:m}', 'completed', now())",
+    )
+    .execute(&mut *winner)
+    .await
+    .unwrap();
+    winner.commit().await.unwrap();
+
+    let report = slow_run.await.unwrap().unwrap();
+    assert!(report.enqueued.is_empty(), "{report:?}");
+    assert_eq!(
+        keys_of(&db.pool, "m").await,
+        expected("m", &["2025-06-01T12:01:00Z"])
+    );
+}

@@ -1,0 +1,91 @@
+//! Schedules in config: the defaults, environment overrides, and bad values stopping start-up
+//! with the schedule named.
+
+use baseaim_worker::config::Config;
+use baseaim_worker::jobs;
+use baseaim_worker::schedule::{self, CatchUp};
+
+fn load(pairs: &[(&str, &str)]) -> Result<Config, String> {
+    let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::load_from(None, env).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_defaults_declare_the_three_schedules_and_a_node_can_start_with_them() {
+    let config = load(&[]).unwrap();
+    let names: Vec<&str> = config.schedules.keys().map(String::as_str).collect();
+    assert_eq!(names, ["facebook_sync", "prune", "stripe_reconcile"]);
+    let facebook = &config.schedules["facebook_sync"];
+    assert_eq!(facebook.cron, "*/30 * * * *");
+    assert_eq!(facebook.kind, "facebook_sync");
+    assert_eq!(facebook.catch_up, CatchUp::Latest);
+    // Their kinds come with their integrations; until then they are off, and prune is on.
+    assert!(!facebook.enabled);
+    assert!(!config.schedules["stripe_reconcile"].enabled);
+    assert!(config.schedules["prune"].enabled);
+    // What `serve` checks before starting: every enabled schedule's kind is runnable.
+    let schedules = schedule::from_config(&config.schedules, &jobs::registry()).unwrap();
+    let prune = schedules.iter().find(|s| s.name == "prune").unwrap();
+    assert_eq!(prune.kind, "prune");
+    assert_eq!(
+        prune.max_attempts, 3,
+        "the kind's policy applies to its ticks"
+    );
+}
+
+#[test]
+fn environment_variables_override_a_schedule() {
+    let config = load(&[
+        ("BAW__SCHEDULES__FACEBOOK_SYNC__CRON", "*/15 * * * *"),
+        ("BAW__SCHEDULES__FACEBOOK_SYNC__TIMEZONE", "Europe/Berlin"),
+        ("BAW__SCHEDULES__PRUNE__ENABLED", "false"),
+        ("BAW__SCHEDULES__PRUNE__CATCH_UP", "skip"),
+    ])
+    .unwrap();
+    assert_eq!(config.schedules["facebook_sync"].cron, "*/15 * * * *");
+    assert_eq!(config.schedules["facebook_sync"].timezone, "Europe/Berlin");
+    assert!(!config.schedules["prune"].enabled);
+    assert_eq!(config.schedules["prune"].catch_up, CatchUp::Skip);
+}
+
+#[test]
+fn an_invalid_cron_stops_start_up_naming_the_schedule() {
+    let error = load(&[("BAW__SCHEDULES__PRUNE__CRON", "61 * * * *")]).unwrap_err();
+    assert!(error.contains("`schedules.prune.cron`"), "{error}");
+    assert!(error.contains("61 * * * *"), "{error}");
+    // Even a disabled schedule must parse: enabling it later must not be what breaks start-up.
+    let error = load(&[("BAW__SCHEDULES__STRIPE_RECONCILE__CRON", "every day")]).unwrap_err();
+    assert!(
+        error.contains("`schedules.stripe_reconcile.cron`"),
+        "{error}"
+    );
+    // One that can never fire (30 February).
+    let error = load(&[("BAW__SCHEDULES__PRUNE__CRON", "0 0 30 2 *")]).unwrap_err();
+    assert!(error.contains("`schedules.prune.cron`"), "{error}");
+}
+
+#[test]
+fn an_unknown_time_zone_stops_start_up_naming_the_schedule() {
+    let error = load(&[("BAW__SCHEDULES__PRUNE__TIMEZONE", "Mars/Olympus_Mons")]).unwrap_err();
+    assert!(error.contains("`schedules.prune.timezone`"), "{error}");
+    assert!(error.contains("Mars/Olympus_Mons"), "{error}");
+}
+
+#[test]
+fn a_seconds_field_is_optional() {
+    let config = load(&[("BAW__SCHEDULES__PRUNE__CRON", "*/10 * * * * *")]).unwrap();
+    let schedules = schedule::from_config(&config.schedules, &jobs::registry()).unwrap();
+    let prune = schedules.iter().find(|s| s.name == "prune").unwrap();
+    let t = super::at("2025-06-01T12:00:05Z");
+    assert_eq!(prune.next_after(t), Some(super::at("2025-06-01T12:00:10Z")));
+}
+
+#[test]
+fn enabling_a_schedule_whose_kind_does_not_exist_is_refused_naming_both() {
+    let config = load(&[("BAW__SCHEDULES__FACEBOOK_SYNC__ENABLED", "true")]).unwrap();
+    let error = schedule::from_config(&config.schedules, &jobs::registry())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("schedule `facebook_sync`"), "{error}");
+    assert!(error.contains("kind `facebook_sync`"), "{error}");
+}
