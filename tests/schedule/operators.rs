@@ -177,3 +177,53 @@ async fn the_schedules_commands_work_from_the_command_line() {
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("stripe_reconcile"), "{table}");
 }
+
+#[tokio::test]
+async fn the_default_prune_schedule_runs_a_real_prune_job() {
+    use std::sync::Arc;
+
+    use baseaim_worker::config::{Config, Secrets};
+    use baseaim_worker::jobs::{self, AppState};
+    use baseaim_worker::queue::testing::{JobFactory, insert_job};
+
+    let db = TestDb::new().await;
+    let config = Config::load_from(None, Vec::new()).unwrap();
+    let registry = jobs::registry();
+    let schedules = schedule::from_config(&config.schedules, &registry).unwrap();
+    let prune = schedules.iter().find(|s| s.name == "prune").unwrap();
+    let finished = |days: i64| JobFactory {
+        state: "completed".into(),
+        finished_at: Some(chrono::Utc::now() - chrono::Duration::days(days)),
+        ..JobFactory::default()
+    };
+    let old = insert_job(&db.pool, finished(30)).await; // older than prune_after (7 days)
+    let recent = insert_job(&db.pool, finished(1)).await;
+
+    let job = schedule::run_now(&db.pool, prune).await.unwrap();
+    let state = AppState {
+        pool: db.pool.clone(),
+        config: Arc::new(config),
+        secrets: Arc::new(Secrets::default()),
+    };
+    let report = drain(&db.pool, &registry, state, &prune.queue)
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 1);
+
+    let left: Vec<i64> = sqlx::query_scalar("select id from jobs order by id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        vec![recent, job.id],
+        "only the 30-day-old job is gone"
+    );
+    assert!(!left.contains(&old));
+    let result: serde_json::Value = sqlx::query_scalar("select result from jobs where id = $1")
+        .bind(job.id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(result["pruned"], 1, "{result}");
+}
