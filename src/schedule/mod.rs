@@ -17,7 +17,8 @@
 //! 1. **The `schedules` row is a compare-and-set watermark.** Each schedule has a row whose
 //!    `last_tick_at` is the latest tick that has been dealt with. A node that finds tick `T` due
 //!    runs `update schedules set last_tick_at = T ... where last_tick_at < T` and only if that
-//!    touched the row does it enqueue `T`'s job, in the same transaction. Concurrent nodes queue
+//!    touched the row does it enqueue `T`'s job, in the same transaction (through the queue's
+//!    SQL function `enqueue_job`, see [`scheduler`]). Concurrent nodes queue
 //!    up on the row lock; when the first commits, the others' `where` no longer holds (PostgreSQL
 //!    re-checks it against the committed row) and they enqueue nothing. This holds however late
 //!    a node is, and however long ago `T`'s job finished: a node whose clock lags or that was
@@ -31,7 +32,8 @@
 //!    enqueue the tick again. That is what the watermark is for.
 //!
 //! No leader is needed for correctness and a node's death costs nothing: the survivors keep
-//! evaluating. Clock skew between nodes only changes which node enqueues a tick, not whether: the
+//! evaluating. A node whose clock is set back cannot repeat a tick either: the watermark only
+//! moves forward. Clock skew between nodes only changes which node enqueues a tick, not whether: the
 //! tick's identity is the schedule's time, not the evaluating node's.
 //!
 //! # Catch-up after downtime
