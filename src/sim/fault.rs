@@ -21,6 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use futures::StreamExt;
 
 use super::{CallLog, RecordedCall, lock, splitmix64};
 
@@ -255,14 +256,16 @@ async fn cut_body(response: Response) -> Response {
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
-    let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = vec![
-        Ok(half),
-        Err(std::io::Error::new(
+    // Let hyper flush the headers and the first half before the stream fails.
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err::<axum::body::Bytes, _>(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "simulated cut",
-        )),
-    ];
-    Response::from_parts(parts, Body::from_stream(futures::stream::iter(chunks)))
+        ))
+    };
+    let chunks = futures::stream::iter([Ok(half)]).chain(futures::stream::once(cut));
+    Response::from_parts(parts, Body::from_stream(chunks))
 }
 
 #[cfg(test)]
