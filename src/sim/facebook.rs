@@ -11,7 +11,7 @@
 //! - Response: rows with every metric as a string, `date_start`/`date_stop`, and
 //!   `paging.cursors.{before,after}` plus `paging.next` (a full URL carrying every parameter,
 //!   including the token, as Graph's do) while more rows remain. Days without delivery are
-//!   omitted ([I], [`FacebookConfig::omit_empty_days`]).
+//!   omitted ([I], [`FacebookDataSpec::omit_empty_days`]).
 //! - Errors: Graph's body `{"error":{"message","type","code","error_subcode","fbtrace_id",...}}`
 //!   on HTTP 400 (as the contract advises for a fake, [I]). Token errors: 104 (missing), 190
 //!   (unparseable), 190/463 (configured expired tokens). Unknown account: 100/33. Too much data:
@@ -55,6 +55,9 @@ pub struct FacebookDataSpec {
     /// The first day any campaign delivers; campaigns start on staggered days after it.
     pub first_day: NaiveDate,
     pub currency: String,
+    /// Leave out campaign-days without delivery, as Graph usually does ([I]); when false they
+    /// come back as rows of zeros.
+    pub omit_empty_days: bool,
 }
 
 impl Default for FacebookDataSpec {
@@ -65,6 +68,7 @@ impl Default for FacebookDataSpec {
             campaigns_per_account: 4,
             first_day: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default(),
             currency: "USD".to_owned(),
+            omit_empty_days: true,
         }
     }
 }
@@ -178,6 +182,7 @@ impl InsightRow {
 #[derive(Clone, Debug)]
 pub struct FacebookData {
     seed: u64,
+    omit_empty_days: bool,
     accounts: Vec<AdAccount>,
     /// (account id, day) -> revision; a revised day draws different numbers.
     revisions: BTreeMap<(String, NaiveDate), u64>,
@@ -219,6 +224,7 @@ impl FacebookData {
             .collect();
         Self {
             seed: spec.seed,
+            omit_empty_days: spec.omit_empty_days,
             accounts,
             revisions: BTreeMap::new(),
         }
@@ -243,7 +249,8 @@ impl FacebookData {
         *self.revisions.entry((id, day)).or_default() += 1;
     }
 
-    /// One campaign's metrics for one day; `None` when it did not deliver.
+    /// One campaign's metrics for one day; `None` before it started, or when it did not deliver
+    /// and empty days are omitted.
     pub fn day(
         &self,
         account: &AdAccount,
@@ -269,13 +276,15 @@ impl FacebookData {
                 ],
             )
         };
-        if r(0) % 10 == 0 {
+        // About one campaign-day in ten has no delivery.
+        let delivered = r(0) % 10 != 0;
+        if !delivered && self.omit_empty_days {
             return None;
         }
-        let impressions = 500 + r(1) % 5000;
+        let impressions = if delivered { 500 + r(1) % 5000 } else { 0 };
         let reach = impressions * (60 + r(2) % 36) / 100;
         let clicks = impressions * (5 + r(3) % 46) / 1000;
-        let spend_cents = clicks * (10 + r(4) % 140) + r(5) % 100;
+        let spend_cents = clicks * (10 + r(4) % 140) + if delivered { r(5) % 100 } else { 0 };
         let link_clicks = clicks * (80 + r(6) % 21) / 100;
         let purchases = link_clicks * (r(7) % 11) / 100;
         Some(InsightRow {
@@ -335,8 +344,11 @@ impl FacebookData {
             let offset = (row.date_start - since).num_days() as u64;
             let (start, stop) = match increment {
                 Some(n) => {
-                    let start = since + Days::new(offset / n * n);
-                    (start, (start + Days::new(n - 1)).min(until))
+                    let start = since
+                        .checked_add_days(Days::new(offset / n * n))
+                        .unwrap_or(until);
+                    let stop = start.checked_add_days(Days::new(n - 1)).unwrap_or(until);
+                    (start, stop.min(until))
                 }
                 None => (since, until),
             };
@@ -485,9 +497,6 @@ pub struct FacebookConfig {
     pub max_limit: usize,
     /// A range longer than this many days answers 100 / 1487534 (too much data).
     pub max_days_per_request: Option<u32>,
-    /// Omit campaign-days without delivery ([I]); when false they are simply absent anyway
-    /// (the generator has no zero rows), so this only documents the choice.
-    pub omit_empty_days: bool,
     /// Calls per ad account per window before it is blocked.
     pub account_calls_per_window: u32,
     /// Calls per app (all accounts) per window before the app is blocked.
@@ -512,7 +521,6 @@ impl Default for FacebookConfig {
             default_limit: 25,
             max_limit: 5000,
             max_days_per_request: Some(400),
-            omit_empty_days: true,
             account_calls_per_window: 600,
             app_calls_per_window: 10_000,
             window: Duration::from_secs(3600),
@@ -983,7 +991,7 @@ fn preset_range(preset: &str, today: NaiveDate) -> Option<(NaiveDate, NaiveDate)
             if ![3, 7, 14, 28, 30, 90].contains(&n) {
                 return None;
             }
-            Some((today - Days::new(n), yesterday))
+            Some((today.checked_sub_days(Days::new(n))?, yesterday))
         }
     }
 }

@@ -17,7 +17,8 @@
 //! - Resumable uploads: initiation answers 200 with the session URI in `Location`; `PUT` chunks
 //!   with `Content-Range: bytes a-b/total` (or `/*`); intermediate answers are
 //!   `308 Resume Incomplete` with `Range: bytes=0-N` (none when nothing is persisted); the last
-//!   chunk answers 200 with the `File`. A non-final chunk that is not a multiple of 256 KiB is
+//!   chunk answers 200 with the `File`. Chunk `PUT`s need no `Authorization` (the session URI
+//!   is the credential, [I]), but a token that is sent must be valid. A non-final chunk that is not a multiple of 256 KiB is
 //!   persisted only up to the last multiple (so `Range` can be less than was sent, as the
 //!   contract warns). A chunk whose body breaks off keeps the whole 256 KiB blocks received.
 //!   `Content-Range: bytes */total` queries the status. Expired sessions answer 404.
@@ -725,8 +726,11 @@ enum Selection {
     Fields(BTreeMap<String, Selection>),
 }
 
-/// Parses `a,b(c,d),e/f`. `None` when malformed.
+/// Parses `a,b(c,d),e/f`. `None` when malformed (or absurdly long: the parser recurses).
 fn parse_fields(spec: &str) -> Option<Selection> {
+    if spec.len() > 4096 {
+        return None;
+    }
     fn list(chars: &[char], at: &mut usize) -> Option<Selection> {
         let mut fields = BTreeMap::new();
         loop {
@@ -1231,7 +1235,10 @@ async fn upload_chunk(
     };
     {
         let mut s = lock(&state);
-        if let Err(refusal) = admit(&mut s, &headers, Cost::Modify) {
+        // The session URI is itself the credential ([I]); a token, when sent, must be valid.
+        if headers.contains_key(header::AUTHORIZATION)
+            && let Err(refusal) = admit(&mut s, &headers, Cost::Modify)
+        {
             return *refusal;
         }
         match s.sessions.get(&upload_id) {

@@ -35,6 +35,30 @@ use tokio_util::sync::CancellationToken;
 
 pub use fault::{FaultConfig, FaultKind, Faults};
 
+/// All four simulators, each with its default config (for a demo or an end-to-end test).
+#[derive(Debug)]
+pub struct Simulators {
+    pub facebook: facebook::FacebookSim,
+    pub stripe: stripe::StripeSim,
+    pub resend: resend::ResendSim,
+    pub google_drive: google_drive::GoogleDriveSim,
+}
+
+impl Simulators {
+    /// Starts the four simulators on loopback ports chosen by the OS.
+    pub async fn start() -> std::io::Result<Self> {
+        Ok(Self {
+            facebook: facebook::FacebookSim::start(facebook::FacebookConfig::default()).await?,
+            stripe: stripe::StripeSim::start(stripe::StripeConfig::default()).await?,
+            resend: resend::ResendSim::start(resend::ResendConfig::default()).await?,
+            google_drive: google_drive::GoogleDriveSim::start(
+                google_drive::GoogleDriveConfig::default(),
+            )
+            .await?,
+        })
+    }
+}
+
 /// One request a simulator answered, as the call log records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedCall {

@@ -396,3 +396,32 @@ async fn a_pushed_error_answers_the_next_request_only() {
     let (status, _, _) = get_json(&url).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn empty_days_come_back_as_zero_rows_when_not_omitted() {
+    let sim = start(FacebookConfig {
+        data: baseaim_worker::sim::facebook::FacebookDataSpec {
+            omit_empty_days: false,
+            ..Default::default()
+        },
+        ..FacebookConfig::default()
+    })
+    .await;
+    let account = sim.accounts()[0].clone();
+    let range = r#"{"since":"2025-03-01","until":"2025-03-31"}"#;
+    let (rows, _) = fetch_all(&insights_url(
+        &sim,
+        &account.id,
+        &[("time_range", range), ("limit", "500")],
+    ))
+    .await;
+    // Every campaign has started by March (they start within 20 days of 2025-01-01).
+    assert_eq!(rows.len(), 31 * account.campaigns.len());
+    let zeros: Vec<&Value> = rows.iter().filter(|r| r["impressions"] == "0").collect();
+    assert!(!zeros.is_empty(), "some days have no delivery");
+    assert!(
+        zeros
+            .iter()
+            .all(|r| r["spend"] == "0.00" && r.get("cpc").is_none())
+    );
+}

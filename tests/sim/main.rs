@@ -44,3 +44,27 @@ pub fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
     url.query_pairs_mut().extend_pairs(pairs);
     url.to_string()
 }
+
+#[tokio::test]
+async fn all_four_simulators_start_together() {
+    let sims = baseaim_worker::sim::Simulators::start()
+        .await
+        .expect("start");
+    let urls = [
+        sims.facebook.base_url(),
+        sims.stripe.base_url(),
+        sims.resend.base_url(),
+        sims.google_drive.base_url(),
+    ];
+    let mut distinct = urls.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4);
+    let response = client()
+        .get(format!("{}/v1/subscriptions", sims.stripe.base_url()))
+        .bearer_auth(sims.stripe.api_key())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+}
