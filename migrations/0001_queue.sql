@@ -52,8 +52,10 @@ create index jobs_running_idx on jobs (lease_expires_at) where state = 'running'
 create index jobs_finished_idx on jobs (finished_at)
     where state in ('completed', 'discarded', 'cancelled');
 
--- Per-state listings with keyset pagination (newest first).
-create index jobs_state_id_idx on jobs (state, id);
+-- Listings of the states operators dig into (newest first). Deliberately not a full (state, id)
+-- index: every insert and state change would pay for it, for listings that the partial indexes
+-- above (and the primary key, for the mostly-completed rest) already serve.
+create index jobs_failed_idx on jobs (state, id) where state in ('retryable', 'discarded', 'cancelled');
 
 -- Queues that operators paused (a row exists once a queue was paused or resumed).
 create table queues (

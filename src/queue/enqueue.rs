@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Acquire, Postgres};
+use sqlx::{PgConnection, PgPool};
 
 use super::job::JobArgs;
 use super::sql;
@@ -133,27 +133,76 @@ impl NewJob {
     }
 }
 
+/// Where an enqueue runs: on a pool, or on a caller's connection, typically `&mut *tx` so the
+/// job commits (or not) with the caller's own writes.
+///
+/// A plain enum rather than sqlx's `Acquire`: futures generic over `Acquire` are not `Send`
+/// (a higher-ranked lifetime bound), so axum handlers and spawned tasks could not enqueue.
+pub enum Db<'c> {
+    Pool(&'c PgPool),
+    Conn(&'c mut PgConnection),
+}
+
+impl<'c> From<&'c PgPool> for Db<'c> {
+    fn from(pool: &'c PgPool) -> Self {
+        Db::Pool(pool)
+    }
+}
+
+impl<'c> From<&'c mut PgConnection> for Db<'c> {
+    fn from(conn: &'c mut PgConnection) -> Self {
+        Db::Conn(conn)
+    }
+}
+
 /// Enqueues one job. Pass a pool, or `&mut *tx` to commit it with the caller's own writes.
-pub async fn enqueue<'a, A>(db: A, job: NewJob) -> Result<Enqueued, EnqueueError>
-where
-    A: Acquire<'a, Database = Postgres>,
-{
+pub async fn enqueue<'c>(db: impl Into<Db<'c>>, job: NewJob) -> Result<Enqueued, EnqueueError> {
     let mut out = enqueue_many(db, vec![job]).await?;
     Ok(out.pop().expect("one result per job"))
 }
 
 /// Enqueues many jobs in one statement; returns one [`Enqueued`] per input, in order.
-pub async fn enqueue_many<'a, A>(db: A, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, EnqueueError>
-where
-    A: Acquire<'a, Database = Postgres>,
-{
+pub async fn enqueue_many<'c>(
+    db: impl Into<Db<'c>>,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<Enqueued>, EnqueueError> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
     for job in &jobs {
         job.validate()?;
     }
-    let mut conn = db.acquire().await?;
+    match db.into() {
+        Db::Pool(pool) => insert_many(&mut *pool.acquire().await?, jobs).await,
+        Db::Conn(conn) => insert_many(conn, jobs).await,
+    }
+}
+
+async fn insert_many(
+    conn: &mut PgConnection,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<Enqueued>, EnqueueError> {
+    if jobs.iter().all(|j| j.unique_key.is_none()) {
+        let mut ids: Vec<i64> = sqlx::query_scalar(sql::JOB_INSERT_MANY_PLAIN)
+            .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| &j.args).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+            .bind(
+                jobs.iter()
+                    .map(|j| serde_json::json!(j.tags))
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+        ids.sort_unstable();
+        return Ok(ids
+            .into_iter()
+            .map(|id| Enqueued { id, inserted: true })
+            .collect());
+    }
     let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
     let mut pending: Vec<usize> = (0..jobs.len()).collect();
     // A unique key found taken is looked up; if its holder finished in between, the key is free

@@ -25,6 +25,8 @@ pub const LEADER_NAME: &str = "maintenance";
 
 #[derive(Debug, Clone)]
 pub struct MaintenanceSettings {
+    /// The workers' lease: a node silent for this long is presumed dead.
+    pub lease: Duration,
     pub leader_ttl: Duration,
     pub rescue_interval: Duration,
     pub prune_after: Duration,
@@ -33,8 +35,9 @@ pub struct MaintenanceSettings {
 }
 
 impl MaintenanceSettings {
-    pub fn from_config(config: &MaintenanceConfig) -> Self {
+    pub fn from_config(config: &MaintenanceConfig, lease: Duration) -> Self {
         MaintenanceSettings {
+            lease,
             leader_ttl: config.leader_ttl,
             rescue_interval: config.rescue_interval,
             prune_after: config.prune_after,
@@ -70,16 +73,18 @@ pub async fn leader_resign(pool: &PgPool, name: &str, node: &str) -> Result<(), 
     Ok(())
 }
 
-/// Rescues up to `limit` jobs whose lease expired before `now` (None: the database's clock).
-/// Returns how many were rescued.
+/// Rescues up to `limit` jobs whose lease expired before `now` (None: the database's clock) and
+/// whose node has not heartbeated within `lease`. Returns how many were rescued.
 pub async fn rescue_once(
     pool: &PgPool,
     now: Option<DateTime<Utc>>,
+    lease: Duration,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
     let rows: Vec<(i64, String)> = sqlx::query_as(sql::JOB_RESCUE)
         .bind(now)
         .bind(limit)
+        .bind(lease.as_secs_f64())
         .fetch_all(pool)
         .await?;
     for (id, state) in &rows {
@@ -140,7 +145,7 @@ pub async fn run(
                 }
             }
             _ = rescue.tick(), if leading => {
-                if let Err(error) = rescue_once(&pool, None, 1000).await {
+                if let Err(error) = rescue_once(&pool, None, settings.lease, 1000).await {
                     outage.failed(&error);
                 }
             }

@@ -47,7 +47,7 @@ mod sql;
 pub mod testing;
 pub mod worker;
 
-pub use enqueue::{EnqueueError, Enqueued, NewJob, enqueue, enqueue_many};
+pub use enqueue::{Db, EnqueueError, Enqueued, NewJob, enqueue, enqueue_many};
 pub use job::{Backoff, Job, JobArgs, JobContext, JobError, JobResult, Policy};
 pub use registry::{Noop, Registry};
 pub use worker::{Engine, EngineConfig, EngineError};

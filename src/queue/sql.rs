@@ -31,6 +31,21 @@ from input left join inserted using (id)
 order by input.ord
 "#;
 
+/// Bulk enqueue without unique keys (the common bulk case): a plain insert. Rows are inserted
+/// (and draw their ids) in input order, so the returned ids sorted ascending are the inputs' ids.
+pub const JOB_INSERT_MANY_PLAIN: &str = r#"
+insert into jobs (kind, args, queue, priority, run_at, max_attempts, tags, state)
+select kind, args, queue, priority, coalesce(run_at, now()), max_attempts,
+       case when tags is null or tags = '[]'::jsonb then '{}'::text[]
+            else array(select jsonb_array_elements_text(tags)) end,
+       case when run_at > now() then 'scheduled' else 'available' end
+from unnest($1::text[], $2::jsonb[], $3::text[], $4::smallint[], $5::timestamptz[], $6::int[],
+            $7::jsonb[])
+    with ordinality as t(kind, args, queue, priority, run_at, max_attempts, tags, ord)
+order by ord
+returning id
+"#;
+
 /// The unfinished job holding each unique key (for enqueues that found their key taken).
 pub const JOB_FIND_UNIQUE: &str = r#"
 select unique_key, id from jobs
@@ -53,16 +68,23 @@ with next as (
     order by priority, run_at, id
     limit $2
     for update skip locked
+),
+claimed as (
+    update jobs j
+    set state = 'running',
+        attempt = j.attempt + 1,
+        attempted_at = coalesce($5, now()),
+        lease_owner = $3,
+        lease_expires_at = coalesce($5, now()) + make_interval(secs => $4)
+    from next
+    where j.id = next.id
+    returning j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.unique_key,
+              j.priority, j.run_at
 )
-update jobs j
-set state = 'running',
-    attempt = j.attempt + 1,
-    attempted_at = coalesce($5, now()),
-    lease_owner = $3,
-    lease_expires_at = coalesce($5, now()) + make_interval(secs => $4)
-from next
-where j.id = next.id
-returning j.id, j.kind, j.queue, j.args, j.attempt, j.max_attempts, j.unique_key
+-- `returning` has no order of its own: hand the jobs out in priority order.
+select id, kind, queue, args, attempt, max_attempts, unique_key
+from claimed
+order by priority, run_at, id
 "#;
 
 /// Records the outcomes of many attempts at once. Fenced: only rows still `running` under this
@@ -82,11 +104,20 @@ set state = u.state,
              || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(),
                                                      'error', u.error))
     end
-from unnest($2::bigint[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::jsonb[],
-            $8::bool[]) as u(id, attempt, state, run_at, error, result, refund)
+-- The fence: `held` is the state each row must still be in. It comes out of a subquery that
+-- `offset 0` keeps the planner from flattening, so `j.state = u.held` is a join clause, not the
+-- constant `state = 'running'`. Given the constant, the planner may pick jobs_running_idx (whose
+-- statistics usually say "no running rows") and rescan the unnest once per row: quadratic, and
+-- seconds per statement once thousands of finishes are written at once.
+from (
+    select *, 'running'::text as held
+    from unnest($2::bigint[], $3::int[], $4::text[], $5::timestamptz[], $6::text[], $7::jsonb[],
+                $8::bool[]) as t(id, attempt, state, run_at, error, result, refund)
+    offset 0
+) as u
 where j.id = u.id
   and j.attempt = u.attempt
-  and j.state = 'running'
+  and j.state = u.held
   and j.lease_owner = $1
 "#;
 
@@ -96,12 +127,22 @@ select min(run_at) from jobs
 where queue = $1 and state in ('scheduled', 'retryable')
 "#;
 
-/// Renews the leases of a node's running jobs; returns the ids it still holds, so the node can
-/// stop jobs it lost (cancelled by an operator, rescued after a stall).
-pub const JOB_LEASE_RENEW: &str = r#"
+/// Which of the given jobs this node still holds (the rest were cancelled or rescued, and the
+/// node stops them). Read-only: leases are renewed through the node's row, not per job.
+pub const JOB_HELD: &str = r#"
+select id from jobs where id = any($2) and state = 'running' and lease_owner = $1
+"#;
+
+/// Gives back jobs the database says this node ($1) runs but the node does not know: a claim
+/// that committed while its answer was lost with the connection. Only claims older than $2
+/// seconds count (a claim's answer may still be on its way); $3 are the jobs the node runs.
+pub const JOB_RELEASE_ORPHANS: &str = r#"
 update jobs
-set lease_expires_at = now() + make_interval(secs => $2)
+set state = 'available', attempt = greatest(attempt - 1, 0), lease_expires_at = null,
+    run_at = now()
 where state = 'running' and lease_owner = $1
+  and attempted_at < now() - make_interval(secs => $2)
+  and id <> all($3)
 returning id
 "#;
 
@@ -114,11 +155,17 @@ where state = 'running' and lease_owner = $1
 "#;
 
 /// Rescues jobs whose lease expired (their node died): retryable with the attempt counted, or
-/// discarded when none is left.
+/// discarded when none is left. A lease is the claim's `lease_expires_at`, extended for as long as
+/// the owning node's row in `nodes` is heartbeating (within $3 seconds): one row per node renews
+/// all its jobs, instead of rewriting every running job on every heartbeat.
 pub const JOB_RESCUE: &str = r#"
 with expired as (
-    select id from jobs
+    select id from jobs j
     where state = 'running' and lease_expires_at < coalesce($1, now())
+      and not exists (
+          select 1 from nodes n
+          where n.name = j.lease_owner
+            and n.heartbeat_at > coalesce($1, now()) - make_interval(secs => $3))
     order by lease_expires_at
     limit $2
     for update skip locked

@@ -77,7 +77,10 @@ impl EngineConfig {
             poll_interval: config.worker.poll_interval,
             claim_batch: config.worker.claim_batch as usize,
             shutdown_grace: config.worker.shutdown_grace,
-            maintenance: Some(MaintenanceSettings::from_config(&config.maintenance)),
+            maintenance: Some(MaintenanceSettings::from_config(
+                &config.maintenance,
+                config.worker.lease,
+            )),
             rate_limits: config.rate_limits.clone(),
         }
     }
@@ -121,6 +124,9 @@ struct Inner<S> {
     /// Jobs running on this node: their cancel token and when they were claimed. Written by the
     /// producers and job tasks; read by the listener (cancel) and the heartbeat (lost jobs).
     running: Mutex<HashMap<i64, (CancellationToken, Instant)>>,
+    /// Jobs that finished here but whose finish the completer has not written yet. Written by the
+    /// job tasks, emptied by the completer; the heartbeat must not take them for lost claims.
+    unwritten: Arc<Mutex<HashSet<i64>>>,
     wakers: HashMap<String, Arc<QueueWaker>>,
     finish_tx: mpsc::UnboundedSender<Finish>,
     /// Producers stop claiming.
@@ -165,6 +171,7 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
             .await?;
 
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let unwritten = Arc::new(Mutex::new(HashSet::new()));
         let wakers = config
             .queues
             .keys()
@@ -176,6 +183,7 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
             state,
             config,
             running: Mutex::new(HashMap::new()),
+            unwritten: unwritten.clone(),
             wakers,
             finish_tx,
             stop_claiming: CancellationToken::new(),
@@ -188,6 +196,7 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
             inner.pool.clone(),
             inner.config.node.clone(),
             finish_rx,
+            unwritten,
         ));
         services.spawn(listen(inner.clone()));
         services.spawn(heartbeat(inner.clone()));
@@ -248,14 +257,17 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
             inner.hard_stop.cancel();
             jobs.wait().await;
         }
+        tracing::debug!("jobs done; stopping services");
         inner.stop_services.cancel();
         services.close();
         services.wait().await;
+        tracing::debug!("services stopped; draining the completer");
         let pool = inner.pool.clone();
         let node = inner.config.node.clone();
         // The completer ends when the last sender (held by `inner`) is gone.
         drop(inner);
         let _ = completer.await;
+        tracing::debug!("completer drained; releasing");
         if let Err(error) = sqlx::query(sql::JOB_RELEASE_NODE)
             .bind(&node)
             .execute(&pool)
@@ -360,6 +372,7 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
                 &inner.hard_stop,
             )
             .await;
+            inner.unwritten.lock().expect("unwritten lock").insert(id);
             inner.running.lock().expect("running lock").remove(&id);
             match &finish.outcome {
                 Outcome::Completed(_) | Outcome::Released => {}
@@ -405,14 +418,26 @@ async fn wait_for_work<S>(inner: &Inner<S>, queue: &str, waker: &QueueWaker) {
     }
 }
 
-/// Writes finishes in batches: whatever arrived while the previous write was in flight goes in
-/// the next statement. A failed write is retried (the finishes are kept) until the database
-/// answers; the channel closing ends it after the last write.
-async fn complete(pool: PgPool, node: String, mut rx: mpsc::UnboundedReceiver<Finish>) {
+/// Writes finishes in batches: whatever arrived while the previous writes were in flight goes in
+/// the next statement. Up to [`FLUSHES_IN_FLIGHT`] statements run at once (PostgreSQL spreads them
+/// over its cores). A failed write is retried, its finishes kept, until the database answers; the
+/// channel closing ends it after the last write.
+async fn complete(
+    pool: PgPool,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Finish>,
+    unwritten: Arc<Mutex<HashSet<i64>>>,
+) {
     const MAX_BATCH: usize = 2000;
-    let mut outage = Outage::new("recording job outcomes");
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    let outage = Arc::new(Mutex::new(Outage::new("recording job outcomes")));
+    let node: Arc<str> = node.into();
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        while in_flight.len() >= FLUSHES_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = Vec::with_capacity(64);
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -420,24 +445,44 @@ async fn complete(pool: PgPool, node: String, mut rx: mpsc::UnboundedReceiver<Fi
                 Err(_) => break,
             }
         }
-        loop {
-            match execute::finish_many(&pool, &node, &batch).await {
-                Ok(written) => {
-                    outage.recovered();
-                    if (written as usize) < batch.len() {
-                        tracing::debug!(
-                            lost = batch.len() - written as usize,
-                            "some finished jobs were no longer held by this node"
-                        );
+        let (pool, node, outage, unwritten) = (
+            pool.clone(),
+            node.clone(),
+            outage.clone(),
+            unwritten.clone(),
+        );
+        in_flight.spawn(async move {
+            loop {
+                let t0 = Instant::now();
+                let result = execute::finish_many(&pool, &node, &batch).await;
+                tracing::trace!(n = batch.len(), took = ?t0.elapsed(), "finish batch");
+                let wait = match result {
+                    Ok(written) => {
+                        outage.lock().expect("outage lock").recovered();
+                        let mut pending = unwritten.lock().expect("unwritten lock");
+                        for finish in &batch {
+                            pending.remove(&finish.id);
+                        }
+                        drop(pending);
+                        if (written as usize) < batch.len() {
+                            tracing::debug!(
+                                lost = batch.len() - written as usize,
+                                "some finished jobs were no longer held by this node"
+                            );
+                        }
+                        return;
                     }
-                    break;
-                }
-                Err(error) => tokio::time::sleep(outage.failed(&error)).await,
+                    Err(error) => outage.lock().expect("outage lock").failed(&error),
+                };
+                tokio::time::sleep(wait).await;
             }
-        }
-        batch.clear();
+        });
     }
+    while in_flight.join_next().await.is_some() {}
 }
+
+/// Finish statements the completer keeps in flight at once.
+const FLUSHES_IN_FLIGHT: usize = 2;
 
 /// LISTEN for inserted jobs and control messages; reconnects by itself.
 async fn listen<S>(inner: Arc<Inner<S>>) {
@@ -522,23 +567,58 @@ async fn heartbeat<S>(inner: Arc<Inner<S>>) {
     let config = &inner.config;
     let mut ticker = tokio::time::interval(config.heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut outage = Outage::new("renewing leases");
+    let mut outage = Outage::new("heartbeating");
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = inner.stop_services.cancelled() => return,
         }
         let started = Instant::now();
+        // Jobs this node knows: running, or finished with the finish not written yet.
+        let (local, known): (Vec<i64>, Vec<i64>) = {
+            let running = inner.running.lock().expect("running lock");
+            // Only jobs claimed before this point can be judged by JOB_HELD below.
+            let local = running
+                .iter()
+                .filter(|(_, (_, at))| *at < started)
+                .map(|(id, _)| *id)
+                .collect();
+            let mut known: Vec<i64> = running.keys().copied().collect();
+            drop(running);
+            known.extend(
+                inner
+                    .unwritten
+                    .lock()
+                    .expect("unwritten lock")
+                    .iter()
+                    .copied(),
+            );
+            (local, known)
+        };
         let renewed = async {
+            // One row renews the leases of all this node's jobs (see sql::JOB_RESCUE).
             sqlx::query(sql::NODE_UPSERT)
                 .bind(&config.node)
                 .bind(&config.role)
                 .bind(env!("CARGO_PKG_VERSION"))
                 .execute(&inner.pool)
                 .await?;
-            sqlx::query_scalar::<_, i64>(sql::JOB_LEASE_RENEW)
+            let orphans: Vec<i64> = sqlx::query_scalar(sql::JOB_RELEASE_ORPHANS)
                 .bind(&config.node)
                 .bind(config.lease.as_secs_f64())
+                .bind(&known)
+                .fetch_all(&inner.pool)
+                .await?;
+            if !orphans.is_empty() {
+                tracing::warn!(jobs = ?orphans, "released jobs whose claim answer was lost");
+                wake_all(&inner);
+            }
+            if local.is_empty() {
+                return Ok(Vec::new());
+            }
+            sqlx::query_scalar::<_, i64>(sql::JOB_HELD)
+                .bind(&config.node)
+                .bind(&local)
                 .fetch_all(&inner.pool)
                 .await
         }
@@ -548,9 +628,9 @@ async fn heartbeat<S>(inner: Arc<Inner<S>>) {
                 outage.recovered();
                 let held: HashSet<i64> = held.into_iter().collect();
                 let running = inner.running.lock().expect("running lock");
-                for (id, (token, claimed_at)) in running.iter() {
-                    // A job claimed after the statement began may simply not be visible to it.
-                    if *claimed_at < started && !held.contains(id) {
+                for id in local.iter().filter(|id| !held.contains(id)) {
+                    // Still running here (not finished meanwhile) but no longer ours.
+                    if let Some((token, _)) = running.get(id) {
                         tracing::warn!(job = id, "this node no longer holds the job; stopping it");
                         token.cancel();
                     }

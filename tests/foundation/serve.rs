@@ -189,6 +189,15 @@ async fn sigterm_and_collect(
 async fn sigterm_stops_serve_cleanly_with_exit_code_zero() {
     let db = TestDb::new().await;
     let (child, _) = spawn_serve(&db, &[]).await;
+    // readyz only says the database is ready; wait until the engine has registered its node too.
+    eventually(20, "the engine registered its node", || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from nodes")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
     let (status, output) = sigterm_and_collect(child).await;
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(output.contains("engine stopped"), "{output}");

@@ -15,6 +15,7 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_the_rescuer_runs_again()
     let db = TestDb::new().await;
     let ttl = Duration::from_millis(1500);
     let settings = MaintenanceSettings {
+        lease: Duration::from_secs(30),
         leader_ttl: ttl,
         rescue_interval: Duration::from_millis(100),
         prune_after: Duration::from_secs(7 * 24 * 3600),

@@ -3,13 +3,12 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// The server tests run against (trust auth). Override with BAW_TEST_DATABASE_URL.
 pub fn server_url() -> String {
@@ -90,8 +89,9 @@ impl Drop for TestDb {
 /// A TCP proxy to PostgreSQL. `down()` cuts every connection and refuses new ones until `up()`.
 pub struct PgProxy {
     pub addr: SocketAddr,
-    down: Arc<AtomicBool>,
-    cut: Arc<Notify>,
+    /// Whether the proxy is down, and the token every open connection watches. Swapped and
+    /// cancelled together under the lock, so no connection slips between a check and a cut.
+    state: Arc<Mutex<(bool, CancellationToken)>>,
 }
 
 impl PgProxy {
@@ -104,40 +104,43 @@ impl PgProxy {
                 .parse()
                 .unwrap()
         };
-        let down = Arc::new(AtomicBool::new(false));
-        let cut = Arc::new(Notify::new());
-        let (down2, cut2) = (down.clone(), cut.clone());
+        let state = Arc::new(Mutex::new((false, CancellationToken::new())));
+        let shared = state.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
-                if down2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let cut = cut2.clone();
+                let cut = {
+                    let guard = shared.lock().unwrap();
+                    if guard.0 {
+                        continue; // down: the connection is dropped at once
+                    }
+                    guard.1.clone()
+                };
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.notified() => {}
+                        _ = cut.cancelled() => {}
                     }
                 });
             }
         });
-        PgProxy { addr, down, cut }
+        PgProxy { addr, state }
     }
 
     pub fn down(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        self.cut.notify_waiters();
+        let mut guard = self.state.lock().unwrap();
+        guard.0 = true;
+        let old = std::mem::replace(&mut guard.1, CancellationToken::new());
+        old.cancel();
     }
 
     pub fn up(&self) {
-        self.down.store(false, Ordering::SeqCst);
+        self.state.lock().unwrap().0 = false;
     }
 }
 

@@ -1,0 +1,240 @@
+//! Operators' operations: list with filters and keyset pages, retry, cancel, delete, counts,
+//! pruning.
+
+use baseaim_worker::queue::admin::{self, JobFilter};
+use baseaim_worker::queue::maintenance::prune_once;
+use baseaim_worker::queue::testing::{JobFactory, assert_enqueued, drain, insert_job};
+use baseaim_worker::queue::{NewJob, enqueue, enqueue_many};
+use chrono::Utc;
+
+use crate::common::*;
+use crate::support::TestDb;
+
+#[tokio::test]
+async fn list_filters_by_state_kind_tag_and_args_with_keyset_pages() {
+    let db = TestDb::new().await;
+    let mut jobs: Vec<NewJob> = (0..25).map(|n| NewJob::of(&Count { n }).unwrap()).collect();
+    jobs.push(
+        NewJob::raw(
+            "send_email",
+            serde_json::json!({"client_id": 42, "template": "welcome"}),
+        )
+        .tags(["vip"]),
+    );
+    jobs.push(NewJob::raw(
+        "send_email",
+        serde_json::json!({"client_id": 7, "template": "welcome"}),
+    ));
+    enqueue_many(&db.pool, jobs).await.unwrap();
+
+    let by_args = admin::list(
+        &db.pool,
+        &JobFilter {
+            args_contains: Some(serde_json::json!({"client_id": 42})),
+            limit: 50,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_args.len(), 1);
+    assert_eq!(by_args[0].args["client_id"], 42);
+
+    let by_tag = admin::list(
+        &db.pool,
+        &JobFilter {
+            tag: Some("vip".into()),
+            limit: 50,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_tag.len(), 1);
+    let by_kind = admin::list(
+        &db.pool,
+        &JobFilter {
+            kind: Some("send_email".into()),
+            limit: 50,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_kind.len(), 2);
+
+    // Pages of 10 over the 25 count jobs: newest first, no overlap, nothing missed.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = admin::list(
+            &db.pool,
+            &JobFilter {
+                kind: Some("test_count".into()),
+                before_id: before,
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.windows(2).all(|w| w[0].id > w[1].id));
+        before = Some(page.last().unwrap().id);
+        seen.extend(page.into_iter().map(|j| j.id));
+    }
+    assert_eq!(seen.len(), 25);
+
+    let err = admin::list(
+        &db.pool,
+        &JobFilter {
+            state: Some("exploded".into()),
+            limit: 5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("unknown state `exploded`"));
+}
+
+#[tokio::test]
+async fn retry_runs_a_discarded_job_again_and_cancel_and_delete_do_what_they_say() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let failing = enqueue(&db.pool, NewJob::of(&Reject {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let waiting = enqueue(
+        &db.pool,
+        NewJob::of(&Count { n: 1 })
+            .unwrap()
+            .delay(std::time::Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap()
+    .id;
+    drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(state_of(&db.pool, failing).await, "discarded");
+
+    // Retry: runnable now; it had used up nothing (max 25) so attempts stay as they were.
+    assert_eq!(admin::retry(&db.pool, &[failing]).await.unwrap(), 1);
+    assert_eq!(state_of(&db.pool, failing).await, "available");
+    assert_enqueued(&db.pool, "test_reject", serde_json::json!({})).await;
+
+    // Cancel: only unfinished jobs; a finished one is left alone.
+    assert_eq!(
+        admin::cancel(&db.pool, &[waiting, failing]).await.unwrap(),
+        2
+    );
+    assert_eq!(state_of(&db.pool, waiting).await, "cancelled");
+    let done = enqueue(&db.pool, NewJob::of(&Count { n: 2 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(admin::cancel(&db.pool, &[done]).await.unwrap(), 0);
+    assert_eq!(state_of(&db.pool, done).await, "completed");
+
+    // Delete: finished jobs only.
+    let pending = enqueue(&db.pool, NewJob::of(&Count { n: 3 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        admin::delete(&db.pool, &[done, waiting, pending])
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(admin::get(&db.pool, done).await.unwrap().is_none());
+    assert!(admin::get(&db.pool, pending).await.unwrap().is_some());
+
+    let counts = admin::counts(&db.pool).await.unwrap();
+    let available = counts
+        .iter()
+        .find(|c| c.state == "available")
+        .map(|c| c.count);
+    assert_eq!(available, Some(1));
+}
+
+#[tokio::test]
+async fn retrying_a_job_that_used_up_its_attempts_gives_it_one_more() {
+    let db = TestDb::new().await;
+    let id = insert_job(
+        &db.pool,
+        JobFactory {
+            kind: "test_count".into(),
+            args: serde_json::json!({"n": 1}),
+            state: "discarded".into(),
+            attempt: 3,
+            max_attempts: 3,
+            finished_at: Some(Utc::now()),
+            ..Default::default()
+        },
+    )
+    .await;
+    admin::retry(&db.pool, &[id]).await.unwrap();
+    let report = drain(&db.pool, &registry(), Effects::default(), "default")
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 1);
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.attempt, job.max_attempts),
+        ("completed", 4, 4)
+    );
+}
+
+#[tokio::test]
+async fn pruning_deletes_old_finished_jobs_only() {
+    let db = TestDb::new().await;
+    let old = Utc::now() - chrono::Duration::days(30);
+    let mut old_ids = Vec::new();
+    for state in ["completed", "discarded", "cancelled"] {
+        old_ids.push(
+            insert_job(
+                &db.pool,
+                JobFactory {
+                    state: state.into(),
+                    finished_at: Some(old),
+                    ..Default::default()
+                },
+            )
+            .await,
+        );
+    }
+    let recent = insert_job(
+        &db.pool,
+        JobFactory {
+            state: "completed".into(),
+            finished_at: Some(Utc::now()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let waiting = insert_job(
+        &db.pool,
+        JobFactory {
+            state: "available".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pruned = prune_once(&db.pool, Utc::now() - chrono::Duration::days(7), 2)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 3, "in batches of 2 until none is left");
+    for id in old_ids {
+        assert!(admin::get(&db.pool, id).await.unwrap().is_none());
+    }
+    assert!(admin::get(&db.pool, recent).await.unwrap().is_some());
+    assert!(admin::get(&db.pool, waiting).await.unwrap().is_some());
+}

@@ -1,0 +1,266 @@
+//! The state machine, driven deterministically with `drain`.
+
+use baseaim_worker::queue::admin;
+use baseaim_worker::queue::testing::{DrainReport, drain};
+use baseaim_worker::queue::{NewJob, enqueue};
+use chrono::Utc;
+
+use crate::common::*;
+use crate::support::TestDb;
+
+#[tokio::test]
+async fn a_job_completes_with_its_result() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let id = enqueue(&db.pool, NewJob::of(&Count { n: 7 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(state_of(&db.pool, id).await, "available");
+
+    let report = drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        DrainReport {
+            completed: 1,
+            ..Default::default()
+        }
+    );
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, "completed");
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.result, Some(serde_json::json!({ "n": 7 })));
+    assert!(job.finished_at.is_some());
+    assert_eq!(effects.runs_of(id), 1);
+}
+
+#[tokio::test]
+async fn a_failure_spends_an_attempt_and_backs_off_then_discards() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let id = enqueue(
+        &db.pool,
+        NewJob::of(&Fail {
+            message: "provider said 500".into(),
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap()
+    .id;
+
+    let before = Utc::now();
+    let report = drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(report.retried, 1);
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, "retryable");
+    assert_eq!(job.attempt, 1);
+    // Fail's backoff is 30 s for the first retry (no jitter).
+    let wait = (job.run_at - before).num_seconds();
+    assert!(
+        (29..=31).contains(&wait),
+        "run_at moved by the backoff: {wait}s"
+    );
+    let errors = job.errors.unwrap();
+    assert_eq!(errors[0]["error"], "provider said 500");
+    assert_eq!(errors[0]["attempt"], 1);
+
+    // The backoff is honoured: nothing runs before run_at.
+    let report = drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(report.total(), 0);
+    assert_eq!(effects.runs_of(id), 1);
+
+    // Once due, it runs; on its last attempt the failure discards it.
+    for expected_attempt in [2, 3] {
+        sqlx::query("update jobs set run_at = now() where id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        drain(&db.pool, &registry(), effects.clone(), "default")
+            .await
+            .unwrap();
+        let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+        assert_eq!(job.attempt, expected_attempt);
+    }
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, "discarded");
+    assert_eq!(job.errors.unwrap().as_array().unwrap().len(), 3);
+    assert_eq!(effects.runs_of(id), 3);
+}
+
+#[tokio::test]
+async fn a_snooze_gives_the_attempt_back() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let id = enqueue(&db.pool, NewJob::of(&SnoozeOnce { secs: 60 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let report = drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(report.snoozed, 1);
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, "scheduled");
+    assert_eq!(job.attempt, 0, "a snooze spends no attempt");
+    assert!(job.errors.is_none(), "a snooze is not an error");
+    assert!(job.run_at > Utc::now() + chrono::Duration::seconds(55));
+
+    sqlx::query("update jobs set run_at = now() where id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!((job.state.as_str(), job.attempt), ("completed", 1));
+}
+
+#[tokio::test]
+async fn a_permanent_error_discards_at_once() {
+    let db = TestDb::new().await;
+    let id = enqueue(&db.pool, NewJob::of(&Reject {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+    drain(&db.pool, &registry(), Effects::default(), "default")
+        .await
+        .unwrap();
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!((job.state.as_str(), job.attempt), ("discarded", 1));
+    assert_eq!(
+        job.errors.unwrap()[0]["error"],
+        "the recipient does not exist"
+    );
+}
+
+#[tokio::test]
+async fn a_panic_is_an_error_of_that_attempt() {
+    let db = TestDb::new().await;
+    let id = enqueue(&db.pool, NewJob::of(&Panic {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let report = drain(&db.pool, &registry(), Effects::default(), "default")
+        .await
+        .unwrap();
+    assert_eq!(report.retried, 1);
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, "retryable");
+    assert_eq!(job.errors.unwrap()[0]["error"], "panicked: the job blew up");
+}
+
+#[tokio::test]
+async fn a_timeout_is_an_error_of_that_attempt() {
+    let db = TestDb::new().await;
+    let id = enqueue(&db.pool, NewJob::of(&Slow {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+    drain(&db.pool, &registry(), Effects::default(), "default")
+        .await
+        .unwrap();
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.state, "retryable");
+    let error = job.errors.unwrap()[0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.starts_with("timed out after"), "{error}");
+}
+
+#[tokio::test]
+async fn an_unknown_kind_or_bad_args_is_discarded_with_a_clear_error() {
+    let db = TestDb::new().await;
+    let unknown: i64 = sqlx::query_scalar("select enqueue_job('no_such_kind')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let bad_args: i64 =
+        sqlx::query_scalar("select enqueue_job('test_count', '{\"n\": \"seven\"}')")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let report = drain(&db.pool, &registry(), Effects::default(), "default")
+        .await
+        .unwrap();
+    assert_eq!(report.discarded, 2);
+    let job = admin::get(&db.pool, unknown).await.unwrap().unwrap();
+    assert_eq!(job.state, "discarded");
+    assert!(
+        job.errors.unwrap()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown kind `no_such_kind`")
+    );
+    let job = admin::get(&db.pool, bad_args).await.unwrap().unwrap();
+    assert_eq!(job.state, "discarded");
+    assert!(
+        job.errors.unwrap()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("args do not fit kind `test_count`")
+    );
+}
+
+#[tokio::test]
+async fn priorities_run_lower_numbers_first() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let low = enqueue(&db.pool, NewJob::of(&Count { n: 1 }).unwrap().priority(5))
+        .await
+        .unwrap()
+        .id;
+    let high = enqueue(&db.pool, NewJob::of(&Count { n: 2 }).unwrap().priority(-1))
+        .await
+        .unwrap()
+        .id;
+    let normal = enqueue(&db.pool, NewJob::of(&Count { n: 3 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(*effects.order.lock().unwrap(), vec![high, normal, low]);
+}
+
+#[tokio::test]
+async fn a_scheduled_job_waits_for_its_time() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let at = Utc::now() + chrono::Duration::seconds(3600);
+    let id = enqueue(&db.pool, NewJob::of(&Count { n: 1 }).unwrap().run_at(at))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(state_of(&db.pool, id).await, "scheduled");
+    assert_eq!(
+        drain(&db.pool, &registry(), effects.clone(), "default")
+            .await
+            .unwrap()
+            .total(),
+        0
+    );
+    sqlx::query("update jobs set run_at = now() - interval '1 second' where id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&db.pool, &registry(), effects.clone(), "default")
+            .await
+            .unwrap()
+            .completed,
+        1
+    );
+}
