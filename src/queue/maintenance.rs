@@ -3,7 +3,8 @@
 //!
 //! Leadership is a row in `leaders` with a TTL: every node tries to take or renew it every
 //! `ttl / 3`; the holder renews it, anyone may take it once it has expired. A leader that dies is
-//! replaced within `ttl`; a leader that loses its database connection stops acting as leader as
+//! replaced within `ttl + ttl/3` (the row expires at most `ttl` after the last renewal, and the
+//! others campaign every `ttl/3`); a leader that loses its database connection stops acting as leader as
 //! soon as a renewal fails, before its row can expire. A row (not an advisory lock held on a
 //! connection) survives connection blips and needs no dedicated connection.
 //!

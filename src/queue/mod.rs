@@ -17,9 +17,11 @@
 //!
 //! `scheduled` and `retryable` rows are claimable as soon as `run_at` passes; no promotion step
 //! rewrites them. A claim increments `attempt` and sets `lease_owner` and `lease_expires_at`. The
-//! owning node renews its leases every heartbeat; a job whose lease expired (its node died) is
-//! rescued by the leader to `retryable` with its attempt counted, or `discarded` when none is
-//! left. Every write that finishes an attempt is fenced on (id, attempt, `running`, owner): a
+//! owning node renews all its leases at once by heartbeating its row in `nodes` (one row per
+//! node, not one write per running job); a job whose lease expired and whose node stopped
+//! heartbeating (it died) is rescued by the leader to `retryable` with its attempt counted, or
+//! `discarded` when none is left. A claim that committed but whose answer was lost with the
+//! connection is given back by the owning node itself after a lease. Every write that finishes an attempt is fenced on (id, attempt, `running`, owner): a
 //! node that lost a job (rescued, cancelled) cannot overwrite what happened since.
 //!
 //! Delivery is at least once (a node can die after the effect and before the finish is written);

@@ -12,8 +12,9 @@
 //! - The **listener** (LISTEN `baw_jobs`, `baw_control`) wakes a queue's producer when jobs are
 //!   inserted and cancels a running job an operator cancelled. A producer with nothing to do
 //!   sleeps until the earliest `run_at` of its queue, a notification, or the slow poll.
-//! - The **heartbeat** renews the leases of this node's running jobs and stops the ones the node
-//!   no longer holds.
+//! - The **heartbeat** renews this node's row in `nodes` (which extends the leases of all its
+//!   jobs), stops the jobs the node no longer holds (cancelled, rescued) and gives back claims
+//!   whose answer was lost with a connection.
 //!
 //! Shutdown (SIGTERM and Ctrl-C alike): producers stop claiming; running jobs get the grace
 //! period; the rest are interrupted and released (available again, attempt given back); the
