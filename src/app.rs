@@ -119,11 +119,7 @@ impl Node {
         tracing::info!(%addr, role = role.as_str(), "listening");
         // The HTTP server outlives the engine's graceful stop: Node::stop cancels it last.
         let config = Arc::new(config);
-        let state = AppState {
-            pool: pool.clone(),
-            config: config.clone(),
-            secrets: Arc::new(secrets),
-        };
+        let state = AppState::new(pool.clone(), config.clone(), Arc::new(secrets))?;
         let engine = tokio::spawn(start_engine(state, role, migrate, scheduler, stop.clone()));
         notify_systemd_ready();
         let watchdog = tokio::spawn(watchdog(stop.clone()));

@@ -39,6 +39,12 @@ pub struct Config {
     /// Cron schedules, by name; each tick becomes one job (see `crate::schedule`).
     #[serde(default)]
     pub schedules: BTreeMap<String, crate::schedule::ScheduleConfig>,
+    /// The Resend API (the `send_email` job's provider).
+    #[serde(default)]
+    pub resend: ResendSettings,
+    /// Transactional email: sender and how long the email log is kept.
+    #[serde(default)]
+    pub email: EmailSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +128,45 @@ pub struct RateLimitConfig {
     pub per: Duration,
     /// Most tokens the bucket holds (how many calls may go at once after a quiet spell).
     pub burst: f64,
+}
+
+/// The Resend API: where it is (a simulator in tests) and how long one request may take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResendSettings {
+    pub api_base: String,
+    /// A whole request; past it the send is retried with the same idempotency key.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ResendSettings {
+    fn default() -> Self {
+        ResendSettings {
+            api_base: "https://api.resend.com".into(),
+            timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Transactional email (`send_email`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// The sender, `"Name <address>"` on a domain verified in Resend.
+    pub from: String,
+    /// `email_log` rows (recipients are personal data) older than this are deleted by `prune`.
+    #[serde(with = "humantime_serde")]
+    pub log_retention: Duration,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        EmailSettings {
+            from: "BaseAim <notifications@baseaim.com>".into(),
+            log_retention: Duration::from_secs(90 * 86400),
+        }
+    }
 }
 
 /// A config that loaded but makes no sense, naming the key and what was expected.

@@ -1,3 +1,5 @@
 //! One client per external provider (`facebook`, `stripe`, `resend`, `google_drive`), each with a
 //! configurable base URL and timeouts, and an `error.rs` that classifies failures once as retry,
 //! snooze-until, permanent or auth. Integrations know nothing about jobs or the queue.
+
+pub mod resend;

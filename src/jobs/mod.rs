@@ -2,15 +2,18 @@
 //! into the [`Registry`] a node runs, over the application state [`AppState`].
 
 mod prune;
+pub mod send_email;
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
 
 use crate::config::{Config, Secrets};
+use crate::integrations::resend::ResendClient;
 use crate::queue::Registry;
 
 pub use prune::Prune;
+pub use send_email::SendEmail;
 
 /// What jobs may use: the pool, the config and the secrets (integration clients join it as the
 /// integrations land). Cheap to clone.
@@ -19,11 +22,33 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub secrets: Arc<Secrets>,
+    /// None when `RESEND_API_KEY` is not set: `send_email` then discards with a clear error.
+    pub resend: Option<ResendClient>,
+}
+
+impl AppState {
+    /// The state with every integration client whose secret is present.
+    pub fn new(pool: PgPool, config: Arc<Config>, secrets: Arc<Secrets>) -> anyhow::Result<Self> {
+        let resend = match &secrets.resend_api_key {
+            Some(key) => Some(
+                ResendClient::new(&config.resend.api_base, key.clone(), config.resend.timeout)
+                    .map_err(|e| anyhow::anyhow!("building the Resend client: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(AppState {
+            pool,
+            config,
+            secrets,
+            resend,
+        })
+    }
 }
 
 /// Every kind this binary can run.
 pub fn registry() -> Registry<AppState> {
     let mut registry = Registry::new();
     registry.register::<Prune>();
+    registry.register::<SendEmail>();
     registry
 }

@@ -1,7 +1,8 @@
 //! `prune`: deletes finished jobs (completed, discarded, cancelled) older than an age, in small
 //! batches, and records how many in its result. Scheduled hourly by `[schedules.prune]`, so an
 //! operator sees each run (and its count) in `schedules list` and the jobs table; the leader's
-//! maintenance pruner does the same work continuously.
+//! maintenance pruner does the same work continuously. It also deletes `email_log` rows older than
+//! `email.log_retention` (recipients are personal data).
 
 use std::time::Duration;
 
@@ -42,8 +43,19 @@ impl Job<AppState> for Prune {
         let before = Utc::now() - age;
         let pruned =
             maintenance::prune_once(&ctx.pool, before, settings.prune_batch as i64).await?;
-        Ok(Some(
-            serde_json::json!({ "pruned": pruned, "before": before }),
-        ))
+        // The email log holds recipients (personal data): kept `email.log_retention`.
+        let retention = chrono::Duration::from_std(ctx.state.config.email.log_retention)
+            .map_err(JobError::discard)?;
+        let emails_pruned = super::send_email::prune_email_log(
+            &ctx.pool,
+            Utc::now() - retention,
+            settings.prune_batch as i64,
+        )
+        .await?;
+        Ok(Some(serde_json::json!({
+            "pruned": pruned,
+            "before": before,
+            "email_log_pruned": emails_pruned,
+        })))
     }
 }

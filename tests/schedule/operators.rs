@@ -204,6 +204,7 @@ async fn the_default_prune_schedule_runs_a_real_prune_job() {
         pool: db.pool.clone(),
         config: Arc::new(config),
         secrets: Arc::new(Secrets::default()),
+        resend: None,
     };
     let report = drain(&db.pool, &registry, state, &prune.queue)
         .await

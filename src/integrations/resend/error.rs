@@ -1,0 +1,89 @@
+//! Every way a send can fail, classified once (PROVIDERS.md §C.3). The job converts with `From`.
+
+use std::time::Duration;
+
+use crate::queue::JobError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResendError {
+    /// 429 `rate_limit_exceeded`: wait `wait` (from `retry-after` / `ratelimit-reset`) and send
+    /// again; not a failure of the job.
+    #[error("rate limited by Resend; retry in {wait:?}")]
+    RateLimited { wait: Duration },
+    /// 409 `concurrent_idempotent_requests`: the first request with this key is still in flight.
+    #[error("an earlier request with the same idempotency key is still in progress")]
+    InFlight,
+    /// 409 `invalid_idempotent_request`: the key was used with another body. A bug on our side
+    /// (the same key must always carry the same email); never retried.
+    #[error("idempotency conflict: {message}")]
+    IdempotencyConflict { message: String },
+    /// 429 daily/monthly quota: not soon; retried much later.
+    #[error("sending quota exceeded ({name}): {message}")]
+    Quota { name: String, message: String },
+    /// 5xx: Resend failed; retry with the same key.
+    #[error("Resend server error {status} ({name}): {message}")]
+    Server {
+        status: u16,
+        name: String,
+        message: String,
+    },
+    /// Timeout, refused or cut connection, unreadable body: the email may or may not have been
+    /// accepted; retrying with the same key is safe.
+    #[error("Resend transport error: {0}")]
+    Transport(String),
+    /// Any other 4xx (validation, auth, unverified domain): permanent, with Resend's message.
+    #[error("Resend rejected the email: {status} {name}: {message}")]
+    Rejected {
+        status: u16,
+        name: String,
+        message: String,
+    },
+}
+
+impl ResendError {
+    /// Classifies a non-2xx answer from its status, Resend's error `name` and the headers' wait.
+    pub(crate) fn from_response(
+        status: u16,
+        name: String,
+        message: String,
+        wait: Option<Duration>,
+    ) -> Self {
+        match (status, name.as_str()) {
+            (429, "daily_quota_exceeded" | "monthly_quota_exceeded") => {
+                ResendError::Quota { name, message }
+            }
+            (429, _) => ResendError::RateLimited {
+                wait: wait.unwrap_or(Duration::from_secs(1)),
+            },
+            (409, "concurrent_idempotent_requests") => ResendError::InFlight,
+            (409, "invalid_idempotent_request") => ResendError::IdempotencyConflict { message },
+            (500..=599, _) => ResendError::Server {
+                status,
+                name,
+                message,
+            },
+            _ => ResendError::Rejected {
+                status,
+                name,
+                message,
+            },
+        }
+    }
+}
+
+impl From<ResendError> for JobError {
+    fn from(error: ResendError) -> Self {
+        match error {
+            ResendError::RateLimited { wait } => JobError::Snooze(wait),
+            ResendError::InFlight => JobError::Snooze(Duration::from_secs(5)),
+            ResendError::Quota { .. } => JobError::Retry {
+                error: error.to_string(),
+                after: Some(Duration::from_secs(3600)),
+            },
+            ResendError::Server { .. } | ResendError::Transport(_) => JobError::retry(error),
+            ResendError::IdempotencyConflict { .. } | ResendError::Rejected { .. } => {
+                JobError::discard(error)
+            }
+        }
+    }
+}
