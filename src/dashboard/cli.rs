@@ -1,0 +1,314 @@
+//! The operators' command line over the database: `jobs list|show|retry|cancel|enqueue` and
+//! `queues list|pause|resume`. Tables for people, `--json` for scripts. The same operations as
+//! the dashboard, from `queue::admin`.
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::Subcommand;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::queue::admin::{self, JobFilter, JobRow};
+use crate::queue::{NewJob, enqueue};
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// JSON the args must contain, e.g. '{"client_id": "42"}'.
+        #[arg(long)]
+        args: Option<String>,
+        /// Only jobs with a smaller id (the last id of the previous page).
+        #[arg(long)]
+        before: Option<i64>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job with its args, result and every attempt's error.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run jobs again now (any state but running).
+    Retry {
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+    /// Cancel unfinished jobs (a running one is stopped at its next await point).
+    Cancel {
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+    /// Enqueue a job of any kind, e.g. `jobs enqueue noop`.
+    Enqueue {
+        kind: String,
+        /// The args as JSON.
+        #[arg(default_value = "{}")]
+        args: String,
+        #[arg(long, default_value = "default")]
+        queue: String,
+        #[arg(long)]
+        unique_key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// Jobs per queue and state, and which queues are paused.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every node from claiming the queue's jobs (running ones finish).
+    Pause { queue: String },
+    /// Let nodes claim the queue's jobs again.
+    Resume { queue: String },
+}
+
+async fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    let pool = crate::db::pool(&config.database)?;
+    crate::db::is_ready(&pool)
+        .await
+        .context("cannot reach the database")?
+        .then_some(())
+        .context("the database is not migrated (run `baseaim-worker migrate`)")?;
+    Ok(pool)
+}
+
+fn parse_json(what: &str, text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text).with_context(|| format!("{what} is not valid JSON: {text}"))
+}
+
+pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    match command {
+        JobsCommand::List {
+            state,
+            kind,
+            queue,
+            tag,
+            args,
+            before,
+            limit,
+            json,
+        } => {
+            let args_contains = args.map(|a| parse_json("--args", &a)).transpose()?;
+            let filter = JobFilter {
+                state,
+                kind,
+                queue,
+                tag,
+                args_contains,
+                before_id: before,
+                limit,
+            };
+            let rows = admin::list(&pool, &filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", jobs_table(&rows));
+                if rows.len() as i64 == limit.clamp(1, 1000) {
+                    let last = rows.last().map(|r| r.id).unwrap_or_default();
+                    println!("(more: --before {last})");
+                }
+            }
+        }
+        JobsCommand::Show { id, json } => {
+            let job = admin::get(&pool, id)
+                .await?
+                .with_context(|| format!("no job {id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print!("{}", job_details(&job));
+            }
+        }
+        JobsCommand::Retry { ids } => {
+            let n = admin::retry(&pool, &ids).await?;
+            println!("{n} of {} jobs set to run now", ids.len());
+        }
+        JobsCommand::Cancel { ids } => {
+            let n = admin::cancel(&pool, &ids).await?;
+            println!("{n} of {} jobs cancelled", ids.len());
+        }
+        JobsCommand::Enqueue {
+            kind,
+            args,
+            queue,
+            unique_key,
+        } => {
+            let mut job = NewJob::raw(kind, parse_json("args", &args)?).queue(queue);
+            if let Some(key) = unique_key {
+                job = job.unique_key(key);
+            }
+            let enqueued = enqueue(&pool, job).await?;
+            let note = if enqueued.inserted {
+                ""
+            } else {
+                " (already enqueued under that key)"
+            };
+            println!("job {}{note}", enqueued.id);
+        }
+    }
+    Ok(())
+}
+
+pub async fn queues(config: &Config, command: QueuesCommand) -> anyhow::Result<()> {
+    let pool = pool(config).await?;
+    match command {
+        QueuesCommand::List { json } => {
+            let counts = admin::counts(&pool).await?;
+            let paused = admin::paused_queues(&pool).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "counts": counts, "paused": paused })
+                );
+            } else {
+                let mut rows = vec![vec!["QUEUE".into(), "STATE".into(), "JOBS".into()]];
+                rows.extend(
+                    counts
+                        .iter()
+                        .map(|c| vec![c.queue.clone(), c.state.clone(), c.count.to_string()]),
+                );
+                print!("{}", render_table(&rows));
+                if !paused.is_empty() {
+                    println!("paused: {}", paused.join(", "));
+                }
+            }
+        }
+        QueuesCommand::Pause { queue } => {
+            admin::pause(&pool, &queue).await?;
+            println!("queue `{queue}` paused");
+        }
+        QueuesCommand::Resume { queue } => {
+            admin::resume(&pool, &queue).await?;
+            println!("queue `{queue}` resumed");
+        }
+    }
+    Ok(())
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or("-".into(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn jobs_table(rows: &[JobRow]) -> String {
+    let mut table = vec![
+        [
+            "ID",
+            "KIND",
+            "QUEUE",
+            "STATE",
+            "ATTEMPT",
+            "RUN AT",
+            "LAST ERROR",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for job in rows {
+        let last_error = job
+            .errors
+            .as_ref()
+            .and_then(|e| {
+                e.as_array()?
+                    .last()?
+                    .get("error")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let last_error: String = last_error.chars().take(60).collect();
+        table.push(vec![
+            job.id.to_string(),
+            job.kind.clone(),
+            job.queue.clone(),
+            job.state.clone(),
+            format!("{}/{}", job.attempt, job.max_attempts),
+            time(Some(job.run_at)),
+            last_error,
+        ]);
+    }
+    render_table(&table)
+}
+
+fn job_details(job: &JobRow) -> String {
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut out = format!(
+        "job {} ({}) on queue {}: {}\nattempt {}/{}, priority {}, run at {}\ncreated {}, attempted {}, finished {}\nnode {}\nunique key {}\ntags {}\nargs {}\n",
+        job.id,
+        job.kind,
+        job.queue,
+        job.state,
+        job.attempt,
+        job.max_attempts,
+        job.priority,
+        time(Some(job.run_at)),
+        time(Some(job.created_at)),
+        time(job.attempted_at),
+        time(job.finished_at),
+        job.lease_owner.as_deref().unwrap_or("-"),
+        job.unique_key.as_deref().unwrap_or("-"),
+        if job.tags.is_empty() {
+            "-".to_string()
+        } else {
+            job.tags.join(", ")
+        },
+        pretty(&job.args),
+    );
+    if let Some(result) = &job.result {
+        out.push_str(&format!("result {}\n", pretty(result)));
+    }
+    for error in job
+        .errors
+        .as_ref()
+        .and_then(|e| e.as_array())
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "attempt {} at {}: {}\n",
+            error["attempt"],
+            error["at"].as_str().unwrap_or("?"),
+            error["error"].as_str().unwrap_or("?")
+        ));
+    }
+    out
+}
+
+/// Left-aligned columns separated by two spaces; the first row is the header.
+pub fn render_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
