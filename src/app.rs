@@ -44,6 +44,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Schedules { command } => {
             crate::schedule::command::command(&config, &jobs::registry(), command).await
         }
+        Command::Jobs { command } => crate::dashboard::cli::jobs(&config, command).await,
+        Command::Queues { command } => crate::dashboard::cli::queues(&config, command).await,
+        Command::Stripe {
+            command: crate::cli::StripeCommand::Replay { event_id },
+        } => stripe_replay(&config, &event_id).await,
         Command::Serve { role, no_migrate } => {
             crate::telemetry::init(config.log.format, &config.log.level);
             serve(config, Secrets::from_env(), role, !no_migrate).await
@@ -63,6 +68,13 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     let pool = db::connect(&config.database).await?;
     db::migrate(&pool).await.context("applying migrations")?;
     tracing::info!(version = db::latest_migration(), "database is migrated");
+    Ok(())
+}
+
+async fn stripe_replay(config: &Config, event_id: &str) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    let job = jobs::stripe_event::replay(&pool, event_id).await?;
+    println!("enqueued stripe_event job {job} for {event_id}");
     Ok(())
 }
 
@@ -111,6 +123,19 @@ impl Node {
         let app = http::router(HttpState {
             pool: pool.clone(),
             health: health.clone(),
+            webhooks: http::webhooks::WebhookSettings {
+                stripe: secrets
+                    .stripe_webhook_secret
+                    .as_ref()
+                    .and_then(|s| {
+                        crate::integrations::stripe::Verifier::new(
+                            s,
+                            config.stripe.webhook_tolerance,
+                        )
+                    })
+                    .map(Arc::new),
+                body_limit: config.stripe.webhook_body_limit,
+            },
         });
         let http_stop = CancellationToken::new();
         let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())

@@ -42,6 +42,27 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::schedule::ScheduleCommand,
     },
+    /// Inspect and repair jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: crate::dashboard::cli::JobsCommand,
+    },
+    /// Inspect, pause and resume queues.
+    Queues {
+        #[command(subcommand)]
+        command: crate::dashboard::cli::QueuesCommand,
+    },
+    /// Stripe operations.
+    Stripe {
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StripeCommand {
+    /// Re-run a stored webhook event (`evt_...`): enqueue a new `stripe_event` job for it.
+    Replay { event_id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,6 +45,7 @@ pub struct Config {
     /// Transactional email: sender and how long the email log is kept.
     #[serde(default)]
     pub email: EmailSettings,
+    pub stripe: StripeConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +129,23 @@ pub struct RateLimitConfig {
     pub per: Duration,
     /// Most tokens the bucket holds (how many calls may go at once after a quiet spell).
     pub burst: f64,
+}
+
+/// The Stripe integration: the API the reconciliation reads, and the webhook intake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    /// `https://api.stripe.com`, or a simulator.
+    pub api_base: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest webhook body accepted (bytes); larger ones get 413.
+    pub webhook_body_limit: usize,
+    /// Oldest accepted `Stripe-Signature` timestamp, relative to now.
+    #[serde(with = "humantime_serde")]
+    pub webhook_tolerance: Duration,
 }
 
 /// The Resend API: where it is (a simulator in tests) and how long one request may take.

@@ -3,6 +3,7 @@
 
 pub mod error;
 mod health;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -18,6 +19,8 @@ use crate::db::DbHealth;
 pub struct HttpState {
     pub pool: PgPool,
     pub health: DbHealth,
+    /// The Stripe webhook's secrets and body limit.
+    pub webhooks: webhooks::WebhookSettings,
 }
 
 /// The whole HTTP surface of a node.
@@ -26,6 +29,7 @@ pub fn router(state: HttpState) -> Router {
     // failure line would only repeat them (and flag every not-ready /readyz).
     Router::new()
         .merge(health::router())
+        .merge(webhooks::router(&state.webhooks))
         .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }

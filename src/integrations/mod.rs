@@ -3,3 +3,5 @@
 //! snooze-until, permanent or auth. Integrations know nothing about jobs or the queue.
 
 pub mod resend;
+
+pub mod stripe;

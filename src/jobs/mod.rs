@@ -3,6 +3,8 @@
 
 mod prune;
 pub mod send_email;
+pub mod stripe_event;
+pub mod stripe_reconcile;
 
 use std::sync::Arc;
 
@@ -14,6 +16,8 @@ use crate::queue::Registry;
 
 pub use prune::Prune;
 pub use send_email::SendEmail;
+pub use stripe_event::StripeEvent;
+pub use stripe_reconcile::StripeReconcile;
 
 /// What jobs may use: the pool, the config and the secrets (integration clients join it as the
 /// integrations land). Cheap to clone.
@@ -50,5 +54,7 @@ pub fn registry() -> Registry<AppState> {
     let mut registry = Registry::new();
     registry.register::<Prune>();
     registry.register::<SendEmail>();
+    registry.register::<StripeEvent>();
+    registry.register::<StripeReconcile>();
     registry
 }

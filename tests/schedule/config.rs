@@ -21,7 +21,8 @@ fn the_defaults_declare_the_three_schedules_and_a_node_can_start_with_them() {
     assert_eq!(facebook.catch_up, CatchUp::Latest);
     // Their kinds come with their integrations; until then they are off, and prune is on.
     assert!(!facebook.enabled);
-    assert!(!config.schedules["stripe_reconcile"].enabled);
+    // The Stripe integration registered `stripe_reconcile`.
+    assert!(config.schedules["stripe_reconcile"].enabled);
     assert!(config.schedules["prune"].enabled);
     // What `serve` checks before starting: every enabled schedule's kind is runnable.
     let schedules = schedule::from_config(&config.schedules, &jobs::registry()).unwrap();

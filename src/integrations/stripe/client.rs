@@ -1,0 +1,113 @@
+//! The Stripe read API client: the subscription list reconciliation pages through. Configurable
+//! base URL (the simulator in tests) and timeouts; the key is sent as `Authorization: Bearer`
+//! and never logged.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::error::StripeError;
+use super::types::{List, Subscription};
+
+/// Largest page Stripe serves.
+const PAGE_SIZE: &str = "100";
+
+#[derive(Clone)]
+pub struct StripeClient {
+    http: reqwest::Client,
+    base: url::Url,
+    key: SecretString,
+}
+
+impl std::fmt::Debug for StripeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeClient")
+            .field("base", &self.base.as_str())
+            .finish()
+    }
+}
+
+impl StripeClient {
+    pub fn new(
+        base: &str,
+        key: SecretString,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, StripeError> {
+        let base = url::Url::parse(base)
+            .map_err(|e| StripeError::Permanent(format!("invalid stripe.api_base: {e}")))?;
+        let http = crate::tls::http_client_builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .build()
+            .map_err(|e| StripeError::Permanent(format!("building the HTTP client: {e}")))?;
+        Ok(StripeClient { http, base, key })
+    }
+
+    /// One page of every subscription (all statuses, canceled included), newest first, after
+    /// the cursor `starting_after`.
+    pub async fn list_subscriptions(
+        &self,
+        starting_after: Option<&str>,
+    ) -> Result<List<Subscription>, StripeError> {
+        let mut url = self
+            .base
+            .join("v1/subscriptions")
+            .map_err(|e| StripeError::Permanent(e.to_string()))?;
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("status", "all")
+                .append_pair("limit", PAGE_SIZE);
+            if let Some(cursor) = starting_after {
+                query.append_pair("starting_after", cursor);
+            }
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.key.expose_secret())
+            .send()
+            .await
+            .map_err(|e| StripeError::Transient(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(|e| {
+                StripeError::Permanent(format!("unreadable list: {}", e.without_url()))
+            });
+        }
+        Err(classify(status, &response))
+    }
+
+    /// Every subscription, following `has_more` / `starting_after` to the end.
+    pub async fn list_all_subscriptions(&self) -> Result<Vec<Subscription>, StripeError> {
+        let mut all: Vec<Subscription> = Vec::new();
+        loop {
+            let page = self
+                .list_subscriptions(all.last().map(|s| s.id.as_str()))
+                .await?;
+            let more = page.has_more && !page.data.is_empty();
+            all.extend(page.data);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+fn classify(status: StatusCode, response: &reqwest::Response) -> StripeError {
+    match status.as_u16() {
+        401 | 403 => StripeError::Auth(status.as_u16()),
+        429 => StripeError::RateLimited(
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs),
+        ),
+        500.. => StripeError::Transient(format!("HTTP {status}")),
+        _ => StripeError::Permanent(format!("HTTP {status}")),
+    }
+}

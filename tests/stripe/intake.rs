@@ -1,0 +1,197 @@
+//! The HTTP intake: what is accepted, stored and enqueued, and what is refused.
+
+use std::time::Duration;
+
+use baseaim_worker::sim::stripe::{Signing, WebhookSender};
+use sqlx::postgres::PgPoolOptions;
+
+use crate::support::{PgProxy, TestDb};
+use crate::{Intake, SECRET, count, envelope, post, signed};
+
+async fn stored(pool: &sqlx::PgPool) -> (i64, i64) {
+    (
+        count(pool, "select count(*) from stripe_events").await,
+        count(pool, "select count(*) from jobs").await,
+    )
+}
+
+#[tokio::test]
+async fn a_valid_event_is_stored_raw_with_its_job_and_duplicates_insert_nothing() {
+    let db = TestDb::new().await;
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let sender = WebhookSender::new(SECRET);
+    let event = sender.event("invoice.payment_failed").unwrap();
+    for _ in 0..4 {
+        assert_eq!(sender.send(&intake.url, &event).await, Some(200));
+    }
+    // During a secret roll: several v1, any may match.
+    assert_eq!(
+        sender
+            .send_with(&intake.url, &event, Signing::ExtraSignatures)
+            .await,
+        Some(200)
+    );
+    let (payload, status): (String, String) =
+        sqlx::query_as("select payload, status from stripe_events where id = $1")
+            .bind(&event.id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        payload,
+        event.payload(),
+        "the exact bytes received are stored"
+    );
+    assert_eq!(status, "received");
+    assert_eq!(
+        stored(&db.pool).await,
+        (1, 1),
+        "five deliveries, one row and one job"
+    );
+    baseaim_worker::queue::testing::assert_enqueued(
+        &db.pool,
+        "stripe_event",
+        serde_json::json!({"event_id": event.id}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unknown_event_type_is_kept_as_ignored_without_a_job() {
+    let db = TestDb::new().await;
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let payload = envelope(
+        "evt_unknown_1",
+        "customer.tax_id.created",
+        chrono::Utc::now().timestamp(),
+        serde_json::json!({"id": "txi_1", "object": "tax_id", "something": {"new": true}}),
+    );
+    assert_eq!(
+        post(&intake.url, payload.clone(), Some(signed(&payload))).await,
+        200
+    );
+    let status: String =
+        sqlx::query_scalar("select status from stripe_events where id = 'evt_unknown_1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "ignored");
+    assert_eq!(stored(&db.pool).await, (1, 0));
+}
+
+#[tokio::test]
+async fn bad_deliveries_get_4xx_and_store_nothing() {
+    let db = TestDb::new().await;
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let sender = WebhookSender::new(SECRET);
+    let event = sender.event("invoice.paid").unwrap();
+    let url = &intake.url;
+
+    let wrong = sender
+        .send_with(
+            url,
+            &event,
+            Signing::WrongSecret("whsec_someone_else".into()),
+        )
+        .await;
+    assert_eq!(wrong, Some(400), "wrong secret");
+    let stale = sender
+        .send_with(url, &event, Signing::Stale(Duration::from_secs(301)))
+        .await;
+    assert_eq!(stale, Some(400), "stale timestamp");
+    assert_eq!(
+        sender.send_with(url, &event, Signing::Unsigned).await,
+        Some(400),
+        "missing header"
+    );
+
+    // Signed for other bytes: the body was tampered with.
+    let tampered = event.payload().replace("\"paid\"", "\"void\"");
+    assert_ne!(tampered, event.payload());
+    assert_eq!(
+        post(url, tampered, Some(signed(event.payload()))).await,
+        400,
+        "bad signature"
+    );
+    assert_eq!(
+        post(url, event.payload().to_owned(), Some("t=abc,v1=zz".into())).await,
+        400
+    );
+
+    // Validly signed, but not JSON / not an event.
+    let junk = "{\"id\": \"evt_1\", \"type\": ";
+    assert_eq!(
+        post(url, junk, Some(signed(junk))).await,
+        400,
+        "malformed JSON"
+    );
+    let not_event = "{\"hello\": \"world\"}";
+    assert_eq!(
+        post(url, not_event, Some(signed(not_event))).await,
+        400,
+        "not an event"
+    );
+
+    // Over the 1 MiB default, validly signed.
+    let object = serde_json::json!({"id": "in_big", "padding": "x".repeat(1024 * 1024)});
+    let big = envelope(
+        "evt_big",
+        "invoice.paid",
+        chrono::Utc::now().timestamp(),
+        object,
+    );
+    assert_eq!(
+        post(url, big.clone(), Some(signed(&big))).await,
+        413,
+        "oversized body"
+    );
+
+    assert_eq!(
+        stored(&db.pool).await,
+        (0, 0),
+        "nothing stored for any of them"
+    );
+    // And the good one still goes through.
+    assert_eq!(sender.send(url, &event).await, Some(200));
+    assert_eq!(stored(&db.pool).await, (1, 1));
+}
+
+#[tokio::test]
+async fn database_down_answers_503_and_stripes_retry_lands() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect(&db.url_via(proxy.addr))
+        .await
+        .unwrap();
+    let intake = Intake::start(pool, vec![]).await;
+    let sender = WebhookSender::new(SECRET);
+    let event = sender.event("customer.subscription.updated").unwrap();
+
+    proxy.down();
+    assert_eq!(sender.send(&intake.url, &event).await, Some(503));
+    assert_eq!(sender.send(&intake.url, &event).await, Some(503));
+    assert_eq!(
+        count(&db.pool, "select count(*) from stripe_events").await,
+        0
+    );
+
+    // Stripe keeps retrying; the database comes back during the retries.
+    let up = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.up();
+    };
+    let (status, ()) = tokio::join!(
+        sender.send_with_retries(&intake.url, &event, 8, Duration::from_millis(200)),
+        up
+    );
+    assert_eq!(status, Some(200));
+    assert_eq!(stored(&db.pool).await, (1, 1));
+    let statuses: Vec<_> = sender.deliveries().iter().map(|d| d.status).collect();
+    assert!(
+        statuses.contains(&Some(503)) && statuses.last() == Some(&Some(200)),
+        "{statuses:?}"
+    );
+}
