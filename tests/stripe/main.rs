@@ -6,6 +6,7 @@ mod support;
 
 mod events;
 mod intake;
+mod node;
 
 use std::sync::Arc;
 use std::time::Duration;
