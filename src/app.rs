@@ -123,8 +123,8 @@ impl Node {
         let app = http::router(HttpState {
             pool: pool.clone(),
             health: health.clone(),
-            webhooks: http::webhooks::WebhookSettings {
-                stripe: secrets
+            webhooks: http::webhooks::WebhookSettings::new(
+                secrets
                     .stripe_webhook_secret
                     .as_ref()
                     .and_then(|s| {
@@ -134,8 +134,8 @@ impl Node {
                         )
                     })
                     .map(Arc::new),
-                body_limit: config.stripe.webhook_body_limit,
-            },
+                config.stripe.webhook_body_limit,
+            ),
         });
         let http_stop = CancellationToken::new();
         let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())

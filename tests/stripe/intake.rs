@@ -195,3 +195,23 @@ async fn database_down_answers_503_and_stripes_retry_lands() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
+    let db = TestDb::new().await;
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let sender = WebhookSender::new(SECRET);
+    let events: Vec<_> = (0..60)
+        .map(|i| sender.event(baseaim_worker::sim::stripe::EVENT_TYPES[i % 5]).unwrap())
+        .collect();
+    // Every event twice, all at once: duplicates land in the same batch or in another one.
+    let sends = events
+        .iter()
+        .chain(events.iter())
+        .map(|event| sender.send(&intake.url, event));
+    let statuses = futures::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == Some(200)), "{statuses:?}");
+    assert_eq!(stored(&db.pool).await, (60, 60));
+    let report = intake.drain().await;
+    assert_eq!(report.completed, 60, "{report:?}");
+}

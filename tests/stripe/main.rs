@@ -53,14 +53,14 @@ impl Intake {
         let app = http::router(HttpState {
             pool: pool.clone(),
             health,
-            webhooks: WebhookSettings {
-                stripe: Verifier::new(
+            webhooks: WebhookSettings::new(
+                Verifier::new(
                     secrets.stripe_webhook_secret.as_ref().unwrap(),
                     config.stripe.webhook_tolerance,
                 )
                 .map(Arc::new),
-                body_limit: config.stripe.webhook_body_limit,
-            },
+                config.stripe.webhook_body_limit,
+            ),
         });
         let (addr, _task) = http::serve("127.0.0.1:0".parse().unwrap(), app, stop.clone())
             .await
