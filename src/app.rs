@@ -44,6 +44,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Schedules { command } => {
             crate::schedule::command::command(&config, &jobs::registry(), command).await
         }
+        Command::Demo { database_url, bind } => crate::demo::run(config, database_url, bind).await,
+        Command::Sim { command } => crate::demo::sim_command(command).await,
         Command::Jobs { command } => crate::dashboard::cli::jobs(&config, command).await,
         Command::Queues { command } => crate::dashboard::cli::queues(&config, command).await,
         Command::Stripe {
@@ -238,7 +240,8 @@ async fn start_engine(
     }
 }
 
-async fn cancel_on_signal(stop: CancellationToken) {
+/// Cancels `stop` on SIGTERM or Ctrl-C (the same path for both).
+pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -42,6 +42,19 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::schedule::ScheduleCommand,
     },
+    /// Run the whole daemon against local provider simulators, on its own database.
+    Demo {
+        /// The demo's database (created if missing); never the production default.
+        #[arg(long, default_value = crate::demo::DEMO_DATABASE_URL)]
+        database_url: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: std::net::SocketAddr,
+    },
+    /// Talk to the running demo's simulators.
+    Sim {
+        #[command(subcommand)]
+        command: crate::demo::SimCommand,
+    },
     /// Inspect and repair jobs.
     Jobs {
         #[command(subcommand)]

@@ -17,7 +17,8 @@
 //!   [`queue`] and [`db`].
 //! - [`dashboard`]: the operator web UI and admin API over the queue's admin queries.
 //! - [`sim`]: faithful local fakes of the four providers, for tests and `baseaim-worker demo`.
-//! - [`cli`] and [`app`]: the command line and the wiring that starts a node.
+//! - [`cli`] and [`app`]: the command line and the wiring that starts a node; [`demo`]: the whole
+//!   daemon against the simulators, for newcomers.
 //! - [`tls`] and [`telemetry`]: process-wide set-up (one rustls crypto provider; tracing).
 
 pub mod app;
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod demo;
 pub mod http;
 pub mod integrations;
 pub mod jobs;

@@ -37,7 +37,7 @@ pub enum DbError {
 /// and recovers by itself when the database returns.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     crate::tls::install_crypto_provider();
-    let url = &config.url;
+    let url = &with_default_user(&config.url);
     let shown = redact_url(url);
     match Postgres::database_exists(url).await {
         Ok(true) => {}
@@ -58,16 +58,57 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
 
 /// A lazily connecting pool with the configured limits.
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions = config.url.parse().map_err(|source| DbError::Connect {
-        url: redact_url(&config.url),
-        source,
-    })?;
+    let options: PgConnectOptions =
+        with_default_user(&config.url)
+            .parse()
+            .map_err(|source| DbError::Connect {
+                url: redact_url(&config.url),
+                source,
+            })?;
     let options = options.application_name("baseaim-worker");
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .connect_lazy_with(options))
+}
+
+/// A URL without a user gets the login user, as libpq does (`PGUSER`, else `USER`), so
+/// `postgres://localhost/db` works on a machine with peer or trust authentication.
+pub fn with_default_user(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    if parsed.username().is_empty() {
+        let user = ["PGUSER", "USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            .or_else(login_name);
+        if let Some(user) = user {
+            let _ = parsed.set_username(&user);
+            return parsed.to_string();
+        }
+    }
+    url.to_string()
+}
+
+/// The name of the user running this process, from `/etc/passwd` (when the environment has no
+/// `USER`, as under systemd or in CI).
+fn login_name() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let id: u32 = fields.nth(1)?.parse().ok()?;
+            (id == uid).then(|| name.to_string())
+        })
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// Applies the pending migrations; a second run is a no-op.

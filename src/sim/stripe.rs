@@ -554,6 +554,19 @@ impl StripeEvent {
     pub fn value(&self) -> Value {
         serde_json::from_str(&self.payload).unwrap_or(Value::Null)
     }
+
+    /// The same event under another id (ids are unique per sender; separate processes sending
+    /// at the same second, like the demo's CLI, need their own).
+    pub fn with_id(&self, id: &str) -> StripeEvent {
+        let mut value = self.value();
+        value["id"] = Value::String(id.to_owned());
+        StripeEvent {
+            id: id.to_owned(),
+            event_type: self.event_type.clone(),
+            created: self.created,
+            payload: serde_json::to_string_pretty(&value).unwrap_or_default(),
+        }
+    }
 }
 
 /// How a delivery is signed.

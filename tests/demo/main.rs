@@ -1,0 +1,114 @@
+//! `baseaim-worker demo` and `sim send-webhook`, run as the real binary: a newcomer's first
+//! minute.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{TestDb, eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_baseaim-worker");
+
+#[tokio::test]
+async fn the_demo_runs_jobs_and_applies_a_signed_webhook_end_to_end() {
+    let db = TestDb::empty().await;
+    let state = tempfile::NamedTempFile::new().unwrap();
+    let state_path = state.path().to_str().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut demo = tokio::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--database-url",
+            &db.url,
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("BAW_DEMO_STATE", &state_path)
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_must_not_be_used")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The seeded jobs flow: the welcome emails reach the Resend simulator.
+    eventually(60, "the three welcome emails were sent", || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from email_log where template = 'welcome' and status = 'sent'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or(0)
+            == 3
+    })
+    .await;
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["sim", "send-webhook", "invoice.payment_failed"])
+        .env("BAW_DEMO_STATE", &state_path)
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("invoice.payment_failed -> HTTP 200"),
+        "{printed}"
+    );
+
+    eventually(30, "the payment-failed email was sent", || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from email_log where template = 'payment_failed' and status = 'sent'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or(0)
+            == 1
+    })
+    .await;
+    let status: String = sqlx::query_scalar(
+        "select status from stripe_events where type = 'invoice.payment_failed'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "processed");
+
+    let bad = tokio::process::Command::new(BIN)
+        .args(["sim", "send-webhook", "invoice.exploded"])
+        .env("BAW_DEMO_STATE", &state_path)
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown event type `invoice.exploded`"));
+
+    let pid = demo.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), demo.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut banner = String::new();
+    tokio::io::AsyncReadExt::read_to_string(demo.stdout.as_mut().unwrap(), &mut banner)
+        .await
+        .unwrap();
+    assert!(
+        banner.contains("baseaim-worker sim send-webhook invoice.payment_failed"),
+        "{banner}"
+    );
+}
