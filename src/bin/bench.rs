@@ -2,6 +2,8 @@
 //! and, last, one JSON object with its figures. Each runs on a fresh database of its own on the
 //! server at `BENCH_DATABASE_URL` (default postgres://root@127.0.0.1:5432), dropped at the end.
 //!
+//! - `intake`: signed Stripe webhooks against the real intake: acknowledged events/s, latency
+//!   at half that rate, and the database's single-row commit rate in the same run.
 //! - `queue`: bulk enqueue, processing throughput, idle latency, and the SQL ceiling measured in
 //!   the same run on the same database.
 
@@ -29,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or_default();
     match name.as_str() {
         "queue" => queue().await,
+        "intake" => intake().await,
         other => anyhow::bail!("unknown benchmark `{other}`; available: queue"),
     }
 }
@@ -322,4 +325,174 @@ fn engine_config(concurrency: usize, batch: usize) -> EngineConfig {
     engine.claim_batch = batch;
     engine.maintenance = None;
     engine
+}
+
+/// `intake`: signed Stripe webhooks posted over keep-alive connections on loopback to the real
+/// intake (verify, group-committed insert + enqueue, 200 after the commit). Measures, in the
+/// same run and database: the single-row commit rate (10 connections, one insert per commit,
+/// `pgbench -N`-style), the acknowledged events/s at saturation (64 concurrent senders), and the
+/// latency at half that rate (open loop, paced). Last line: `acked_per_s`, `p50_ms`/`p99_ms` (at
+/// half load), `commit_rate_per_s`.
+async fn intake() -> anyhow::Result<()> {
+    use baseaim_worker::http::webhooks::WebhookSettings;
+    use baseaim_worker::http::{self, HttpState};
+    use baseaim_worker::integrations::stripe::Verifier;
+    use baseaim_worker::sim::stripe::{WebhookSender, signature};
+
+    const SECRET: &str = "whsec_bench_intake";
+    const EVENTS: usize = 20_000;
+    const SENDERS: usize = 64;
+    let db = BenchDb::create().await?;
+    let pool = db.pool(20).await?;
+
+    // The database's single-row commit rate.
+    sqlx::query("create table bench_commits (id bigserial primary key, n int not null, at timestamptz not null default now())")
+        .execute(&pool)
+        .await?;
+    let mut rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let t0 = Instant::now();
+        let mut conns = tokio::task::JoinSet::new();
+        for c in 0..10_i32 {
+            let pool = pool.clone();
+            conns.spawn(async move {
+                let mut conn = pool.acquire().await?;
+                let mut n = 0usize;
+                while t0.elapsed() < Duration::from_secs(3) {
+                    sqlx::query("insert into bench_commits (n) values ($1)")
+                        .bind(c)
+                        .execute(&mut *conn)
+                        .await?;
+                    n += 1;
+                }
+                Ok::<_, sqlx::Error>(n)
+            });
+        }
+        let mut total = 0;
+        while let Some(n) = conns.join_next().await {
+            total += n??;
+        }
+        rates.push(total as f64 / t0.elapsed().as_secs_f64());
+    }
+    let commit_rate = median(rates);
+    println!(
+        "{}",
+        json!({"phase": "commit_rate", "connections": 10, "per_s": commit_rate.round()})
+    );
+
+    // The intake, as a node serves it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let health = baseaim_worker::db::DbHealth::spawn(
+        pool.clone(),
+        Duration::from_secs(1),
+        stop.child_token(),
+    );
+    let verifier = Verifier::new(&SECRET.to_owned().into(), Duration::from_secs(300)).map(Arc::new);
+    let app = http::router(HttpState {
+        pool: pool.clone(),
+        health,
+        webhooks: WebhookSettings::new(verifier, 1 << 20),
+    });
+    let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
+    let url = format!("http://{addr}/webhooks/stripe");
+
+    // Distinct events (one sample, new ids), each signed now: a real payload and HMAC per request.
+    let template = WebhookSender::new(SECRET)
+        .event("invoice.paid")
+        .context("sample event")?;
+    let make = |i: usize| {
+        let payload = template
+            .payload()
+            .replacen(&template.id, &format!("evt_bench{i:010}"), 1);
+        let t = chrono::Utc::now().timestamp();
+        let header = format!("t={t},v1={}", signature(SECRET, t, &payload));
+        (payload, header)
+    };
+    let client = baseaim_worker::tls::http_client_builder()
+        .pool_max_idle_per_host(SENDERS)
+        .build()?;
+    let post = |client: reqwest::Client, url: String, (payload, header): (String, String)| async move {
+        let t = Instant::now();
+        let status = client
+            .post(&url)
+            .header("content-type", "application/json; charset=utf-8")
+            .header("stripe-signature", header)
+            .body(payload)
+            .send()
+            .await?
+            .status();
+        anyhow::ensure!(status.is_success(), "intake answered {status}");
+        Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64() * 1000.0)
+    };
+
+    // Saturation: SENDERS closed-loop senders, each on its own keep-alive connection.
+    let events: Vec<_> = (0..EVENTS).map(make).collect();
+    let queue = Arc::new(std::sync::Mutex::new(events));
+    let t0 = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..SENDERS {
+        let (queue, client, url) = (queue.clone(), client.clone(), url.clone());
+        senders.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some(event) = next else {
+                    return Ok::<_, anyhow::Error>(latencies);
+                };
+                latencies.push(post(client.clone(), url.clone(), event).await?);
+            }
+        });
+    }
+    let mut saturated = Vec::new();
+    while let Some(l) = senders.join_next().await {
+        saturated.extend(l??);
+    }
+    let acked_per_s = EVENTS as f64 / t0.elapsed().as_secs_f64();
+    saturated.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let stored: i64 = sqlx::query_scalar("select count(*) from stripe_events")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(stored as usize == EVENTS, "{stored} events stored");
+    println!(
+        "{}",
+        json!({"phase": "saturation", "senders": SENDERS, "acked_per_s": acked_per_s.round(),
+               "p50_ms": percentile(&saturated, 0.5), "p99_ms": percentile(&saturated, 0.99)})
+    );
+
+    // Half load, open loop: requests start on a fixed schedule whatever the answers do.
+    let rate = acked_per_s / 2.0;
+    let count = ((rate * 5.0) as usize).clamp(500, EVENTS);
+    let events: Vec<_> = (EVENTS..EVENTS + count).map(make).collect();
+    let t0 = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    for (i, event) in events.into_iter().enumerate() {
+        let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        inflight.spawn(post(client.clone(), url.clone(), event));
+    }
+    let mut half = Vec::new();
+    while let Some(l) = inflight.join_next().await {
+        half.push(l??);
+    }
+    half.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p99) = (percentile(&half, 0.5), percentile(&half, 0.99));
+    println!(
+        "{}",
+        json!({"phase": "half_load", "per_s": rate.round(), "requests": count, "p50_ms": p50, "p99_ms": p99})
+    );
+    stop.cancel();
+    pool.close().await;
+    db.drop_db().await?;
+    println!(
+        "{}",
+        json!({
+            "acked_per_s": acked_per_s.round(),
+            "p50_ms": (p50 * 100.0).round() / 100.0,
+            "p99_ms": (p99 * 100.0).round() / 100.0,
+            "commit_rate_per_s": commit_rate.round(),
+            "acked_to_commit_rate": (acked_per_s / commit_rate * 100.0).round() / 100.0,
+            "half_load_per_s": rate.round(),
+        })
+    );
+    Ok(())
 }
