@@ -1,5 +1,5 @@
 //! The axum intake. One module per surface, each with its own `router()`: `health` (liveness and
-//! readiness) for now; webhooks, the enqueue API, uploads and metrics join it in later issues.
+//! readiness), `webhooks` (Stripe); the enqueue API, uploads and metrics join it in later issues.
 
 pub mod error;
 mod health;

@@ -202,7 +202,11 @@ async fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
     let intake = Intake::start(db.pool.clone(), vec![]).await;
     let sender = WebhookSender::new(SECRET);
     let events: Vec<_> = (0..60)
-        .map(|i| sender.event(baseaim_worker::sim::stripe::EVENT_TYPES[i % 5]).unwrap())
+        .map(|i| {
+            sender
+                .event(baseaim_worker::sim::stripe::EVENT_TYPES[i % 5])
+                .unwrap()
+        })
         .collect();
     // Every event twice, all at once: duplicates land in the same batch or in another one.
     let sends = events
