@@ -1,10 +1,11 @@
 //! Leader-only maintenance: the rescuer (jobs whose lease expired) and the pruner (old finished
 //! jobs), run by one node at a time.
 //!
-//! Leadership is a row in `leaders` with a TTL: every node tries to take or renew it every
-//! `ttl / 3`; the holder renews it, anyone may take it once it has expired. A leader that dies is
-//! replaced within `ttl + ttl/3` (the row expires at most `ttl` after the last renewal, and the
-//! others campaign every `ttl/3`); a leader that loses its database connection stops acting as leader as
+//! Leadership is a row in `leaders`: every node tries to take or renew it every `ttl / 3`; the
+//! holder renews it, anyone may take it once it has expired. The row is written to expire
+//! `2/3 ttl` after each renewal, so a leader that dies is replaced within `ttl` (its row expires
+//! at most `2/3 ttl` after the death, and the next campaign comes at most `ttl/3` later), while a
+//! live leader has `ttl/3` of slack for a slow renewal. A leader that loses its database connection stops acting as leader as
 //! soon as a renewal fails, before its row can expire. A row (not an advisory lock held on a
 //! connection) survives connection blips and needs no dedicated connection.
 //!
@@ -136,7 +137,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = campaign.tick() => {
-                let now_leading = match leader_acquire(&pool, LEADER_NAME, &node, settings.leader_ttl).await {
+                let now_leading = match leader_acquire(&pool, LEADER_NAME, &node, settings.leader_ttl * 2 / 3).await {
                     Ok(won) => { outage.recovered(); won }
                     Err(error) => { outage.failed(&error); false }
                 };
