@@ -127,10 +127,13 @@ select min(run_at) from jobs
 where queue = $1 and state in ('scheduled', 'retryable')
 "#;
 
-/// Which of the given jobs this node still holds (the rest were cancelled or rescued, and the
-/// node stops them). Read-only: leases are renewed through the node's row, not per job.
+/// Which of the given (id, attempt) runs this node still holds (the rest were cancelled or
+/// rescued, and the node stops them). Read-only: leases are renewed through the node's row, not per job.
 pub const JOB_HELD: &str = r#"
-select id from jobs where id = any($2) and state = 'running' and lease_owner = $1
+select j.id
+from jobs j
+join unnest($2::bigint[], $3::int[]) as u(id, attempt) on j.id = u.id and j.attempt = u.attempt
+where j.id = any($2) and j.state = 'running' and j.lease_owner = $1
 "#;
 
 /// Gives back jobs the database says this node ($1) runs but the node does not know: a claim

@@ -117,14 +117,22 @@ impl QueueWaker {
     }
 }
 
+/// A job running on this node.
+struct Running {
+    cancel: CancellationToken,
+    claimed_at: Instant,
+    attempt: i32,
+}
+
 struct Inner<S> {
     pool: PgPool,
     registry: Registry<S>,
     state: S,
     config: EngineConfig,
-    /// Jobs running on this node: their cancel token and when they were claimed. Written by the
+    /// Jobs running on this node: their cancel token, when they were claimed and the attempt (a
+    /// job re-claimed after its lease was lost may meet its older run here). Written by the
     /// producers and job tasks; read by the listener (cancel) and the heartbeat (lost jobs).
-    running: Mutex<HashMap<i64, (CancellationToken, Instant)>>,
+    running: Mutex<HashMap<i64, Running>>,
     /// Jobs that finished here but whose finish the completer has not written yet. Written by the
     /// job tasks, emptied by the completer; the heartbeat must not take them for lost claims.
     unwritten: Arc<Mutex<HashSet<i64>>>,
@@ -353,17 +361,32 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let cancel = inner.hard_stop.child_token();
-    inner
+    let run = Running {
+        cancel: cancel.clone(),
+        claimed_at: Instant::now(),
+        attempt: job.attempt,
+    };
+    if let Some(older) = inner
         .running
         .lock()
         .expect("running lock")
-        .insert(job.id, (cancel.clone(), Instant::now()));
+        .insert(job.id, run)
+    {
+        // This node lost the job (its lease lapsed, it was rescued) and has now claimed it
+        // again: the older run must not go on beside the new one.
+        tracing::warn!(
+            job = job.id,
+            attempt = older.attempt,
+            "stopping an older run of a re-claimed job"
+        );
+        older.cancel.cancel();
+    }
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt);
     let inner = inner.clone();
     let waker = waker.clone();
     jobs.spawn(
         async move {
-            let id = job.id;
+            let (id, attempt) = (job.id, job.attempt);
             let finish = execute::run(
                 &inner.registry,
                 job,
@@ -374,7 +397,13 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
             )
             .await;
             inner.unwritten.lock().expect("unwritten lock").insert(id);
-            inner.running.lock().expect("running lock").remove(&id);
+            {
+                let mut running = inner.running.lock().expect("running lock");
+                // Only this run's entry: a newer run of the same job may have replaced it.
+                if running.get(&id).is_some_and(|r| r.attempt == attempt) {
+                    running.remove(&id);
+                }
+            }
             match &finish.outcome {
                 Outcome::Completed(_) | Outcome::Released => {}
                 Outcome::Retry { error, run_at } => {
@@ -547,9 +576,9 @@ fn dispatch<S>(inner: &Inner<S>, channel: &str, payload: &str) {
         CHANNEL_CONTROL => match payload.split_once(':') {
             Some(("cancel", id)) => {
                 if let Ok(id) = id.parse::<i64>()
-                    && let Some((token, _)) = inner.running.lock().expect("running lock").get(&id)
+                    && let Some(run) = inner.running.lock().expect("running lock").get(&id)
                 {
-                    token.cancel();
+                    run.cancel.cancel();
                 }
             }
             Some(("resume", queue)) | Some(("wake", queue)) => {
@@ -576,13 +605,13 @@ async fn heartbeat<S>(inner: Arc<Inner<S>>) {
         }
         let started = Instant::now();
         // Jobs this node knows: running, or finished with the finish not written yet.
-        let (local, known): (Vec<i64>, Vec<i64>) = {
+        let (local, known): (Vec<(i64, i32)>, Vec<i64>) = {
             let running = inner.running.lock().expect("running lock");
             // Only jobs claimed before this point can be judged by JOB_HELD below.
             let local = running
                 .iter()
-                .filter(|(_, (_, at))| *at < started)
-                .map(|(id, _)| *id)
+                .filter(|(_, run)| run.claimed_at < started)
+                .map(|(id, run)| (*id, run.attempt))
                 .collect();
             let mut known: Vec<i64> = running.keys().copied().collect();
             drop(running);
@@ -617,9 +646,11 @@ async fn heartbeat<S>(inner: Arc<Inner<S>>) {
             if local.is_empty() {
                 return Ok(Vec::new());
             }
+            let (ids, attempts): (Vec<i64>, Vec<i32>) = local.iter().copied().unzip();
             sqlx::query_scalar::<_, i64>(sql::JOB_HELD)
                 .bind(&config.node)
-                .bind(&local)
+                .bind(&ids)
+                .bind(&attempts)
                 .fetch_all(&inner.pool)
                 .await
         }
@@ -629,11 +660,11 @@ async fn heartbeat<S>(inner: Arc<Inner<S>>) {
                 outage.recovered();
                 let held: HashSet<i64> = held.into_iter().collect();
                 let running = inner.running.lock().expect("running lock");
-                for id in local.iter().filter(|id| !held.contains(id)) {
+                for (id, attempt) in local.iter().filter(|(id, _)| !held.contains(id)) {
                     // Still running here (not finished meanwhile) but no longer ours.
-                    if let Some((token, _)) = running.get(id) {
+                    if let Some(run) = running.get(id).filter(|run| run.attempt == *attempt) {
                         tracing::warn!(job = id, "this node no longer holds the job; stopping it");
-                        token.cancel();
+                        run.cancel.cancel();
                     }
                 }
             }
