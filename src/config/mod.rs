@@ -46,6 +46,9 @@ pub struct Config {
     #[serde(default)]
     pub email: EmailSettings,
     pub stripe: StripeConfig,
+    /// The Facebook Marketing API (`facebook_sync_account`).
+    #[serde(default)]
+    pub facebook: FacebookSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +166,46 @@ impl Default for ResendSettings {
         ResendSettings {
             api_base: "https://api.resend.com".into(),
             timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The Facebook Marketing API and how the insights sync uses it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FacebookSettings {
+    /// `https://graph.facebook.com`, or a simulator.
+    pub api_base: String,
+    /// The Graph version in every path, e.g. `v22.0`.
+    pub api_version: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Rows per page (`limit`).
+    pub page_size: u32,
+    /// Days re-fetched on every sync (Facebook revises recent days).
+    pub lookback_days: u32,
+    /// Days fetched for a client never synced.
+    pub backfill_days: u32,
+    /// Ad-account utilisation (percent, from `X-Ad-Account-Usage`) above which a sync waits.
+    pub usage_threshold_pct: f64,
+    /// Rows per upsert statement.
+    pub upsert_batch: usize,
+}
+
+impl Default for FacebookSettings {
+    fn default() -> Self {
+        FacebookSettings {
+            api_base: "https://graph.facebook.com".into(),
+            api_version: "v22.0".into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            page_size: 500,
+            lookback_days: 7,
+            backfill_days: 90,
+            usage_threshold_pct: 75.0,
+            upsert_batch: 1000,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One file per job kind: the payload struct, its policy and `perform`. This module wires them
 //! into the [`Registry`] a node runs, over the application state [`AppState`].
 
+pub mod facebook_sync;
+pub mod facebook_sync_account;
 mod prune;
 pub mod send_email;
 pub mod stripe_event;
@@ -14,6 +16,8 @@ use crate::config::{Config, Secrets};
 use crate::integrations::resend::ResendClient;
 use crate::queue::Registry;
 
+pub use facebook_sync::FacebookSync;
+pub use facebook_sync_account::FacebookSyncAccount;
 pub use prune::Prune;
 pub use send_email::SendEmail;
 pub use stripe_event::StripeEvent;
@@ -56,5 +60,7 @@ pub fn registry() -> Registry<AppState> {
     registry.register::<SendEmail>();
     registry.register::<StripeEvent>();
     registry.register::<StripeReconcile>();
+    registry.register::<FacebookSync>();
+    registry.register::<FacebookSyncAccount>();
     registry
 }

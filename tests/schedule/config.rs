@@ -19,8 +19,8 @@ fn the_defaults_declare_the_three_schedules_and_a_node_can_start_with_them() {
     assert_eq!(facebook.cron, "*/30 * * * *");
     assert_eq!(facebook.kind, "facebook_sync");
     assert_eq!(facebook.catch_up, CatchUp::Latest);
-    // Their kinds come with their integrations; until then they are off, and prune is on.
-    assert!(!facebook.enabled);
+    // The Facebook integration registered `facebook_sync`.
+    assert!(facebook.enabled);
     // The Stripe integration registered `stripe_reconcile`.
     assert!(config.schedules["stripe_reconcile"].enabled);
     assert!(config.schedules["prune"].enabled);
@@ -83,10 +83,10 @@ fn a_seconds_field_is_optional() {
 
 #[test]
 fn enabling_a_schedule_whose_kind_does_not_exist_is_refused_naming_both() {
-    let config = load(&[("BAW__SCHEDULES__FACEBOOK_SYNC__ENABLED", "true")]).unwrap();
+    let config = load(&[("BAW__SCHEDULES__FACEBOOK_SYNC__KIND", "no_such_kind")]).unwrap();
     let error = schedule::from_config(&config.schedules, &jobs::registry())
         .unwrap_err()
         .to_string();
     assert!(error.contains("schedule `facebook_sync`"), "{error}");
-    assert!(error.contains("kind `facebook_sync`"), "{error}");
+    assert!(error.contains("kind `no_such_kind`"), "{error}");
 }

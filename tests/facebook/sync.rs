@@ -1,0 +1,240 @@
+//! What a user of the dashboard would notice: the stored metrics equal what Facebook serves.
+
+use std::time::Duration;
+
+use baseaim_worker::sim::facebook::{FacebookConfig, FacebookDataSpec, GraphError};
+use baseaim_worker::sim::fault::FaultConfig;
+use chrono::{Days, Utc};
+
+use crate::Harness;
+
+fn sim(accounts: usize) -> FacebookConfig {
+    FacebookConfig {
+        data: FacebookDataSpec {
+            seed: 7,
+            accounts,
+            campaigns_per_account: 4,
+            ..FacebookDataSpec::default()
+        },
+        ..FacebookConfig::default()
+    }
+}
+
+async fn runs(h: &Harness) -> Vec<(String, String, i64, i32, Option<String>)> {
+    sqlx::query_as(
+        "select client_id, outcome, rows, calls, error from facebook_sync_runs order by id",
+    )
+    .fetch_all(h.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_first_sync_stores_90_days_exactly_as_served_across_pages_and_halved_ranges() {
+    let mut h = Harness::start(
+        FacebookConfig {
+            // 90 days is too much for one request: the sync halves the range.
+            max_days_per_request: Some(30),
+            ..sim(2)
+        },
+        &[],
+    )
+    .await;
+    h.tick().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+
+    for account in h.accounts() {
+        let expected = h.expected(&account, 90);
+        assert!(expected.len() > 200, "{} rows", expected.len());
+        assert_eq!(
+            h.stored(&account.id).await,
+            expected,
+            "account {}",
+            account.id
+        );
+    }
+    let synced: i64 = sqlx::query_scalar(
+        "select count(*) from clients where facebook_last_sync_at > now() - interval '1 minute'",
+    )
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(synced, 2);
+    let runs = runs(&h).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for (_, outcome, rows, calls, error) in &runs {
+        assert_eq!(outcome, "ok", "{error:?}");
+        assert!(*rows > 200);
+        // 40 rows a page, and at least 4 ranges of at most 30 days.
+        assert!(*calls >= 7, "{calls} calls");
+    }
+    for (kind, state, attempt, _) in h.job_states().await {
+        assert_eq!((state.as_str(), attempt), ("completed", 1), "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_sync_changes_nothing_but_synced_at() {
+    let mut h = Harness::start(sim(1), &[]).await;
+    let account = h.accounts()[0].id.clone();
+    h.tick().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+    let before = h.stored(&account).await;
+    let synced_before: Vec<chrono::DateTime<Utc>> = sqlx::query_scalar(
+        "select synced_at from campaign_metrics where date >= current_date - 6 order by date, campaign_id",
+    )
+    .fetch_all(h.pool())
+    .await
+    .unwrap();
+
+    h.tick().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+
+    assert_eq!(h.stored(&account).await, before);
+    let synced_after: Vec<chrono::DateTime<Utc>> = sqlx::query_scalar(
+        "select synced_at from campaign_metrics where date >= current_date - 6 order by date, campaign_id",
+    )
+    .fetch_all(h.pool())
+    .await
+    .unwrap();
+    assert!(!synced_after.is_empty());
+    assert!(
+        synced_after.iter().zip(&synced_before).all(|(a, b)| a > b),
+        "the look-back window was re-fetched"
+    );
+    // The second run fetched only the 7-day look-back.
+    let rows: Vec<i64> = sqlx::query_scalar("select rows from facebook_sync_runs order by id")
+        .fetch_all(h.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[1] <= 7 * 4 && rows[1] > 0, "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_revised_day_is_updated_by_the_next_sync() {
+    let mut h = Harness::start(sim(1), &[]).await;
+    let account = h.accounts()[0].clone();
+    h.tick().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+    let before = h.stored(&account.id).await;
+    let day = Utc::now().date_naive() - Days::new(2);
+
+    h.sim.revise_day(&account.id, day);
+    h.tick().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+
+    let after = h.stored(&account.id).await;
+    assert_eq!(after, h.expected(&account, 90));
+    assert_ne!(after, before);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|row| !before.contains(row))
+        .map(|row| row.date)
+        .collect();
+    assert!(!changed.is_empty());
+    assert!(changed.iter().all(|d| *d == day), "{changed:?}");
+}
+
+#[tokio::test]
+async fn throttling_mid_sync_finishes_with_the_same_rows_and_no_attempt_spent() {
+    let mut h = Harness::start(
+        FacebookConfig {
+            // A 90-day backfill at 40 rows a page takes about 9 calls: blocked after every 3.
+            account_calls_per_window: 3,
+            block_for: Duration::from_millis(500),
+            ..sim(1)
+        },
+        &[],
+    )
+    .await;
+    let account = h.accounts()[0].clone();
+    h.tick().await;
+    h.drain_until_done(40, Duration::from_millis(600)).await;
+
+    assert_eq!(h.stored(&account.id).await, h.expected(&account, 90));
+    assert!(h.sim.rate_limit_hits() > 0, "the simulator never throttled");
+    for (kind, state, attempt, _) in h.job_states().await {
+        assert_eq!((state.as_str(), attempt), ("completed", 1), "{kind}");
+    }
+    let outcomes: Vec<String> = runs(&h).await.into_iter().map(|r| r.1).collect();
+    assert!(outcomes.iter().any(|o| o == "snoozed"), "{outcomes:?}");
+    assert_eq!(outcomes.last().map(String::as_str), Some("ok"));
+    let errors: Option<serde_json::Value> =
+        sqlx::query_scalar("select errors from jobs where kind = 'facebook_sync_account'")
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    assert!(
+        errors
+            .as_ref()
+            .is_none_or(|e| e.as_array().is_none_or(Vec::is_empty)),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_on_one_client_does_not_stop_the_others() {
+    let mut h = Harness::start(sim(3), &[]).await;
+    h.sim.push_error(GraphError::new(
+        190,
+        Some(463),
+        "Error validating access token: Session has expired on Tuesday, 01-Jul-25 10:00:00 PDT.",
+    ));
+    h.tick().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+
+    let jobs = h.job_states().await;
+    let discarded: Vec<_> = jobs.iter().filter(|j| j.1 == "discarded").collect();
+    assert_eq!(discarded.len(), 1, "{jobs:?}");
+    let bad_client = discarded[0].3["client_id"].as_str().unwrap().to_owned();
+    let bad_account = discarded[0].3["ad_account_id"].as_str().unwrap().to_owned();
+    assert_eq!(discarded[0].2, 1, "not retried");
+    let error: String =
+        sqlx::query_scalar("select errors -> -1 ->> 'error' from jobs where state = 'discarded'")
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    assert!(error.contains(&bad_client), "{error}");
+    assert!(error.contains("access token"), "{error}");
+
+    for account in h.accounts() {
+        let stored = h.stored(&account.id).await;
+        if account.id == bad_account {
+            assert!(stored.is_empty());
+        } else {
+            assert_eq!(stored, h.expected(&account, 90));
+        }
+    }
+    let runs = runs(&h).await;
+    let unhealthy: Vec<_> = runs.iter().filter(|r| r.1 == "token_invalid").collect();
+    assert_eq!(unhealthy.len(), 1, "{runs:?}");
+    assert_eq!(unhealthy[0].0, bad_client);
+    assert_eq!(runs.iter().filter(|r| r.1 == "ok").count(), 2);
+}
+
+#[tokio::test]
+async fn a_sync_completes_through_30_percent_server_errors() {
+    let mut h = Harness::start(
+        FacebookConfig {
+            faults: FaultConfig {
+                seed: 42,
+                server_error_rate: 0.3,
+                ..FaultConfig::default()
+            },
+            ..sim(3)
+        },
+        &[("BAW__FACEBOOK__PAGE_SIZE", "100")],
+    )
+    .await;
+    h.tick().await;
+    h.drain_until_done(40, Duration::ZERO).await;
+
+    assert!(h.sim.faults().injected() > 0);
+    for account in h.accounts() {
+        assert_eq!(h.stored(&account.id).await, h.expected(&account, 90));
+    }
+    for (kind, state, _, _) in h.job_states().await {
+        assert_eq!(state, "completed", "{kind}");
+    }
+}
