@@ -238,3 +238,82 @@ async fn a_sync_completes_through_30_percent_server_errors() {
         assert_eq!(state, "completed", "{kind}");
     }
 }
+
+#[tokio::test]
+async fn high_ad_account_usage_pauses_the_sync_before_facebook_throttles_and_it_resumes() {
+    let mut h = Harness::start(
+        FacebookConfig {
+            // About 9 calls are needed; usage reaches 75% at the 6th of 8 allowed.
+            account_calls_per_window: 8,
+            ..sim(1)
+        },
+        &[],
+    )
+    .await;
+    let account = h.accounts()[0].clone();
+    h.tick().await;
+    h.drain().await;
+
+    let jobs = h.job_states().await;
+    let sync = jobs
+        .iter()
+        .find(|j| j.0 == "facebook_sync_account")
+        .unwrap();
+    assert_eq!((sync.1.as_str(), sync.2), ("scheduled", 0), "{jobs:?}");
+    assert_eq!(h.sim.rate_limit_hits(), 0);
+    let partial = h.stored(&account.id).await;
+    assert!(!partial.is_empty(), "the pages fetched so far are kept");
+    let waits_until: chrono::DateTime<Utc> =
+        sqlx::query_scalar("select run_at from jobs where kind = 'facebook_sync_account'")
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    assert!(waits_until > Utc::now() + chrono::Duration::minutes(30));
+
+    // A tick while it waits does not start a second sync of the account.
+    h.tick().await;
+    h.drain().await;
+    let syncs: i64 =
+        sqlx::query_scalar("select count(*) from jobs where kind = 'facebook_sync_account'")
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    assert_eq!(syncs, 1);
+
+    // The usage window resets: the sync goes on from where it stopped.
+    h.sim.reset_throttling();
+    h.make_due().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+    assert_eq!(h.stored(&account.id).await, h.expected(&account, 90));
+    assert_eq!(h.sim.rate_limit_hits(), 0);
+    let calls: i64 = sqlx::query_scalar("select sum(calls) from facebook_sync_runs")
+        .fetch_one(h.pool())
+        .await
+        .unwrap();
+    assert!(calls <= 10, "{calls} calls: the sync started over");
+}
+
+#[tokio::test]
+async fn an_empty_cluster_wide_bucket_snoozes_the_sync_without_spending_an_attempt() {
+    let mut h = Harness::start(
+        sim(1),
+        &[
+            ("BAW__RATE_LIMITS__FACEBOOK__RATE", "1"),
+            ("BAW__RATE_LIMITS__FACEBOOK__PER", "1h"),
+            ("BAW__RATE_LIMITS__FACEBOOK__BURST", "2"),
+        ],
+    )
+    .await;
+    let account = h.accounts()[0].clone();
+    h.tick().await;
+    h.drain().await;
+
+    assert_eq!(h.sim.calls().all().len(), 2, "two tokens, two calls");
+    let (state, attempt): (String, i32) =
+        sqlx::query_as("select state, attempt from jobs where kind = 'facebook_sync_account'")
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempt), ("scheduled", 0));
+    assert_eq!(h.stored(&account.id).await.len(), 80);
+}
