@@ -6,6 +6,8 @@
 //!   at half that rate, and the database's single-row commit rate in the same run.
 //! - `queue`: bulk enqueue, processing throughput, idle latency, and the SQL ceiling measured in
 //!   the same run on the same database.
+//! - `facebook`: the Facebook insights sync of 1,000 ad accounts x 20 campaigns x 7 days against
+//!   the simulator (50 ms per call, 100 rows a page) through the real engine and jobs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     match name.as_str() {
         "queue" => queue().await,
         "intake" => intake().await,
+        "facebook" => facebook().await,
         other => anyhow::bail!("unknown benchmark `{other}`; available: queue"),
     }
 }
@@ -492,6 +495,122 @@ async fn intake() -> anyhow::Result<()> {
             "commit_rate_per_s": commit_rate.round(),
             "acked_to_commit_rate": (acked_per_s / commit_rate * 100.0).round() / 100.0,
             "half_load_per_s": rate.round(),
+        })
+    );
+    Ok(())
+}
+
+/// `facebook`: one `facebook_sync` tick over 1,000 clients, each an ad account of 20 campaigns
+/// with delivery every day (7-day look-back: 140,000 rows), through the real engine, jobs and
+/// config (queue `facebook`, `[rate_limits.facebook]`), against the Graph simulator with 50 ms
+/// added per call and pages of 100 rows. Last line: `accounts`, `rows`, `seconds`,
+/// `throttle_errors` (the simulator's per-account refusals), `peak_rss_mib` (VmHWM of this
+/// process, which also hosts the simulator).
+async fn facebook() -> anyhow::Result<()> {
+    use baseaim_worker::config::{Config, SecretString, Secrets};
+    use baseaim_worker::jobs::{self, AppState, FacebookSync};
+    use baseaim_worker::sim::facebook::{FacebookConfig, FacebookDataSpec, FacebookSim};
+    use baseaim_worker::sim::fault::FaultConfig;
+
+    const ACCOUNTS: usize = 1000;
+    const CAMPAIGNS: usize = 20;
+    let db = BenchDb::create().await?;
+    let pool = db.pool(40).await?;
+    let sim = FacebookSim::start(FacebookConfig {
+        data: FacebookDataSpec {
+            accounts: ACCOUNTS,
+            campaigns_per_account: CAMPAIGNS,
+            omit_empty_days: false,
+            ..FacebookDataSpec::default()
+        },
+        faults: FaultConfig {
+            latency: Duration::from_millis(50),
+            ..FaultConfig::default()
+        },
+        ..FacebookConfig::default()
+    })
+    .await?;
+    let ids: Vec<String> = sim.accounts().into_iter().map(|a| a.id).collect();
+    // Synced before: the 7-day look-back, not the 90-day backfill.
+    sqlx::query(
+        "insert into clients (id, name, email, facebook_ad_account_id, facebook_last_sync_at)
+         select 'client-' || a, 'Client ' || a, 'c@example.com', a, now() - interval '30 minutes'
+         from unnest($1::text[]) as a",
+    )
+    .bind(&ids)
+    .execute(&pool)
+    .await?;
+    let config = Config::load_from(
+        None,
+        vec![
+            (
+                "BAW__FACEBOOK__API_BASE".to_string(),
+                sim.base_url().to_string(),
+            ),
+            ("BAW__FACEBOOK__PAGE_SIZE".to_string(), "100".to_string()),
+        ],
+    )?;
+    let secrets = Secrets {
+        facebook_access_token: Some(SecretString::from(sim.access_token())),
+        ..Secrets::default()
+    };
+    let mut engine_config = EngineConfig::from_config(&config, "bench");
+    let concurrency = config.queues.get("facebook").map_or(16, |q| q.concurrency) as usize;
+    engine_config.queues = [("facebook".to_string(), concurrency)].into();
+    engine_config.maintenance = None;
+    let state = AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets))?;
+
+    let t0 = Instant::now();
+    let engine = Engine::start(pool.clone(), jobs::registry(), state, engine_config).await?;
+    enqueue(
+        &pool,
+        NewJob::of(&FacebookSync {})?.unique_key("schedule:facebook_sync:bench"),
+    )
+    .await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let unfinished: i64 = sqlx::query_scalar(
+            "select count(*) from jobs where state not in ('completed', 'discarded', 'cancelled')",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if unfinished == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "not done after 600 s"
+        );
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    engine.shutdown().await;
+    let rows: i64 = sqlx::query_scalar("select count(*) from campaign_metrics")
+        .fetch_one(&pool)
+        .await?;
+    let synced: i64 = sqlx::query_scalar(
+        "select count(*) from jobs where kind = 'facebook_sync_account' and state = 'completed'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let peak_rss_mib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| (kb / 1024.0).round());
+    pool.close().await;
+    db.drop_db().await?;
+    println!(
+        "{}",
+        json!({
+            "accounts": synced,
+            "rows": rows,
+            "seconds": (seconds * 100.0).round() / 100.0,
+            "throttle_errors": sim.rate_limit_hits(),
+            "peak_rss_mib": peak_rss_mib,
         })
     );
     Ok(())
