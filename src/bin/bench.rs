@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         "intake" => intake().await,
         "facebook" => facebook().await,
         "email" => email().await,
-        other => anyhow::bail!("unknown benchmark `{other}`; available: queue"),
+        other => anyhow::bail!("unknown benchmark `{other}`; available: queue, intake, facebook, email"),
     }
 }
 
@@ -168,11 +168,16 @@ async fn queue() -> anyhow::Result<()> {
                 done??;
             }
             rates.push(JOBS as f64 / t0.elapsed().as_secs_f64());
-            let n: i64 = sqlx::query_scalar("select count(*) from jobs").fetch_one(&pool).await?;
+            let n: i64 = sqlx::query_scalar("select count(*) from jobs")
+                .fetch_one(&pool)
+                .await?;
             anyhow::ensure!(n as usize == JOBS, "{n} jobs enqueued");
         }
         let rate = median(rates);
-        println!("{}", json!({"phase": "bulk_enqueue", "jobs": JOBS, "tasks": tasks, "per_s": rate.round()}));
+        println!(
+            "{}",
+            json!({"phase": "bulk_enqueue", "jobs": JOBS, "tasks": tasks, "per_s": rate.round()})
+        );
         bulk_by_tasks.push(rate);
     }
     let bulk_enqueue_per_s = bulk_by_tasks.iter().copied().fold(0.0, f64::max);
