@@ -36,7 +36,9 @@ async fn main() -> anyhow::Result<()> {
         "intake" => intake().await,
         "facebook" => facebook().await,
         "email" => email().await,
-        other => anyhow::bail!("unknown benchmark `{other}`; available: queue, intake, facebook, email"),
+        other => {
+            anyhow::bail!("unknown benchmark `{other}`; available: queue, intake, facebook, email")
+        }
     }
 }
 
