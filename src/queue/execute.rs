@@ -17,6 +17,9 @@ use super::rate_limit;
 use super::registry::Registry;
 use super::sql;
 
+/// The longest a run waits in place for a rate-limit token before it snoozes instead.
+const MAX_TOKEN_WAIT: Duration = Duration::from_secs(2);
+
 /// A row as claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -115,19 +118,37 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
     };
     let policy = &entry.policy;
     if let Some(bucket) = policy.rate_limit {
-        match rate_limit::take(&pool, bucket).await {
-            Ok(None) => {}
-            Ok(Some(wait)) => {
-                return Outcome::Snooze {
-                    run_at: Utc::now() + wait,
-                };
-            }
-            Err(error) => {
-                // The bucket could not be read (database trouble): not the job's fault.
-                tracing::warn!(%error, bucket, "rate limit unavailable; snoozing the job");
-                return Outcome::Snooze {
-                    run_at: Utc::now() + Duration::from_secs(1),
-                };
+        // A token due soon is waited for here, holding the slot: snoozing for a fraction of a
+        // second would cost a write and a re-claim, and tokens would go unused meanwhile. A
+        // longer wait gives the slot back (snooze, attempt not spent).
+        let give_up = tokio::time::Instant::now() + MAX_TOKEN_WAIT;
+        loop {
+            match rate_limit::take(&pool, bucket).await {
+                Ok(None) => break,
+                Ok(Some(wait)) if tokio::time::Instant::now() + wait <= give_up => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => {
+                            return if stop.is_cancelled() {
+                                Outcome::Released
+                            } else {
+                                Outcome::Cancelled("cancelled while waiting for a rate-limit token".into())
+                            };
+                        }
+                    }
+                }
+                Ok(Some(wait)) => {
+                    return Outcome::Snooze {
+                        run_at: Utc::now() + wait,
+                    };
+                }
+                Err(error) => {
+                    // The bucket could not be read (database trouble): not the job's fault.
+                    tracing::warn!(%error, bucket, "rate limit unavailable; snoozing the job");
+                    return Outcome::Snooze {
+                        run_at: Utc::now() + Duration::from_secs(1),
+                    };
+                }
             }
         }
     }

@@ -264,3 +264,35 @@ async fn a_scheduled_job_waits_for_its_time() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_rate_limit_token_due_soon_is_waited_for_without_a_snooze() {
+    let db = TestDb::new().await;
+    // `tight`: 10 per second, burst 1 (see engine_config).
+    baseaim_worker::queue::rate_limit::declare(&db.pool, &engine_config(1).rate_limits)
+        .await
+        .unwrap();
+    let effects = Effects::default();
+    for _ in 0..3 {
+        enqueue(&db.pool, NewJob::of(&Limited {}).unwrap())
+            .await
+            .unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    let report = drain(&db.pool, &registry(), effects.clone(), "default")
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        DrainReport {
+            completed: 3,
+            ..Default::default()
+        }
+    );
+    // The second and third runs each waited for their token (0.1 s apart at 10/s).
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(180),
+        "{:?}",
+        t0.elapsed()
+    );
+}
