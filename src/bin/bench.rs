@@ -185,7 +185,7 @@ async fn queue() -> anyhow::Result<()> {
     let bulk_enqueue_per_s = bulk_by_tasks.iter().copied().fold(0.0, f64::max);
 
     // Processing: drain 20,000 pre-inserted no-ops with one engine, per configuration.
-    let configs = [(100usize, 100usize), (200, 200), (400, 400)];
+    let configs = [(100usize, 100usize), (400, 400), (1000, 500)];
     let mut best = (0.0f64, (0, 0));
     for &(concurrency, batch) in &configs {
         let mut rates = Vec::new();
