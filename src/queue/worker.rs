@@ -437,8 +437,18 @@ async fn wait_for_work<S>(inner: &Inner<S>, queue: &str, waker: &QueueWaker) {
     {
         wake = wake.min(due);
     }
-    if let Some(due) = waker.local_due.lock().expect("waker lock").take() {
-        wake = wake.min(due);
+    {
+        // Kept until it has passed: a wake-up that finds nothing (the finish setting run_at may
+        // not be written yet) must not lose it. Once passed, one more look shortly after.
+        let mut local = waker.local_due.lock().expect("waker lock");
+        match *local {
+            Some(due) if due > now => wake = wake.min(due),
+            Some(_) => {
+                *local = None;
+                wake = wake.min(now + Duration::from_millis(100));
+            }
+            None => {}
+        }
     }
     let sleep = (wake - now).to_std().unwrap_or_default();
     tokio::select! {
