@@ -8,6 +8,8 @@
 //!   the same run on the same database.
 //! - `facebook`: the Facebook insights sync of 1,000 ad accounts x 20 campaigns x 7 days against
 //!   the simulator (50 ms per call, 100 rows a page) through the real engine and jobs.
+//!
+//! A benchmark that needs more than a screen lives in a module of its own beside this file.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
