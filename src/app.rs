@@ -122,31 +122,15 @@ impl Node {
             .transpose()?
             .map(|schedules| crate::schedule::Scheduler::new(pool.clone(), schedules));
         let health = DbHealth::spawn(pool.clone(), Duration::from_secs(1), stop.child_token());
-        let app = http::router(HttpState {
-            pool: pool.clone(),
-            health: health.clone(),
-            webhooks: http::webhooks::WebhookSettings::new(
-                secrets
-                    .stripe_webhook_secret
-                    .as_ref()
-                    .and_then(|s| {
-                        crate::integrations::stripe::Verifier::new(
-                            s,
-                            config.stripe.webhook_tolerance,
-                        )
-                    })
-                    .map(Arc::new),
-                config.stripe.webhook_body_limit,
-            ),
-        });
+        let config = Arc::new(config);
+        let state = AppState::new(pool.clone(), config.clone(), Arc::new(secrets))?;
+        let app = http::router(HttpState::new(state.clone(), health.clone()));
         let http_stop = CancellationToken::new();
         let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())
             .await
             .with_context(|| format!("binding the HTTP server to {}", config.http.bind))?;
         tracing::info!(%addr, role = role.as_str(), "listening");
         // The HTTP server outlives the engine's graceful stop: Node::stop cancels it last.
-        let config = Arc::new(config);
-        let state = AppState::new(pool.clone(), config.clone(), Arc::new(secrets))?;
         let engine = tokio::spawn(start_engine(state, role, migrate, scheduler, stop.clone()));
         notify_systemd_ready();
         let watchdog = tokio::spawn(watchdog(stop.clone()));

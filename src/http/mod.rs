@@ -13,14 +13,30 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::db::DbHealth;
+use crate::jobs::AppState;
 
 /// What every handler may need.
 #[derive(Clone)]
 pub struct HttpState {
     pub pool: PgPool,
     pub health: DbHealth,
+    /// The config, the secrets and the integration clients, as jobs see them.
+    pub app: AppState,
     /// The Stripe webhook's secrets and body limit.
     pub webhooks: webhooks::WebhookSettings,
+}
+
+impl HttpState {
+    /// The state a node serves with: every surface's settings from `app`'s config and secrets.
+    pub fn new(app: AppState, health: DbHealth) -> Self {
+        let webhooks = webhooks::WebhookSettings::from_config(&app.config, &app.secrets);
+        HttpState {
+            pool: app.pool.clone(),
+            health,
+            app,
+            webhooks,
+        }
+    }
 }
 
 /// The whole HTTP surface of a node.

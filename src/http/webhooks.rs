@@ -62,6 +62,16 @@ impl WebhookSettings {
         }
     }
 
+    /// The settings `config` and `secrets` describe.
+    pub fn from_config(config: &crate::config::Config, secrets: &crate::config::Secrets) -> Self {
+        let verifier = secrets
+            .stripe_webhook_secret
+            .as_ref()
+            .and_then(|s| Verifier::new(s, config.stripe.webhook_tolerance))
+            .map(Arc::new);
+        WebhookSettings::new(verifier, config.stripe.webhook_body_limit)
+    }
+
     fn inbox(&self, pool: &PgPool) -> &mpsc::Sender<Pending> {
         self.committers.get_or_init(|| {
             let (tx, rx) = mpsc::channel(MAX_BATCH * COMMITTERS * 2);

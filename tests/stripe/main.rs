@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use baseaim_worker::config::{Config, SecretString, Secrets};
 use baseaim_worker::db::DbHealth;
-use baseaim_worker::http::webhooks::WebhookSettings;
 use baseaim_worker::http::{self, HttpState};
-use baseaim_worker::integrations::stripe::Verifier;
 use baseaim_worker::jobs::{self, AppState};
 use baseaim_worker::queue::testing::{DrainReport, drain};
 use serde_json::{Value, json};
@@ -50,22 +48,11 @@ impl Intake {
             stripe_secret_key: Some(SecretString::from("sk_test_sim_0000000000000000")),
             ..Secrets::default()
         };
-        let app = http::router(HttpState {
-            pool: pool.clone(),
-            health,
-            webhooks: WebhookSettings::new(
-                Verifier::new(
-                    secrets.stripe_webhook_secret.as_ref().unwrap(),
-                    config.stripe.webhook_tolerance,
-                )
-                .map(Arc::new),
-                config.stripe.webhook_body_limit,
-            ),
-        });
+        let state = AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets)).unwrap();
+        let app = http::router(HttpState::new(state.clone(), health));
         let (addr, _task) = http::serve("127.0.0.1:0".parse().unwrap(), app, stop.clone())
             .await
             .unwrap();
-        let state = AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets)).unwrap();
         Intake {
             url: format!("http://{addr}/webhooks/stripe"),
             pool,

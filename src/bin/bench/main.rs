@@ -347,9 +347,7 @@ fn engine_config(concurrency: usize, batch: usize) -> EngineConfig {
 /// latency at half that rate (open loop, paced). Last line: `acked_per_s`, `p50_ms`/`p99_ms` (at
 /// half load), `commit_rate_per_s`.
 async fn intake() -> anyhow::Result<()> {
-    use baseaim_worker::http::webhooks::WebhookSettings;
     use baseaim_worker::http::{self, HttpState};
-    use baseaim_worker::integrations::stripe::Verifier;
     use baseaim_worker::sim::stripe::{WebhookSender, signature};
 
     const SECRET: &str = "whsec_bench_intake";
@@ -400,12 +398,14 @@ async fn intake() -> anyhow::Result<()> {
         Duration::from_secs(1),
         stop.child_token(),
     );
-    let verifier = Verifier::new(&SECRET.to_owned().into(), Duration::from_secs(300)).map(Arc::new);
-    let app = http::router(HttpState {
-        pool: pool.clone(),
-        health,
-        webhooks: WebhookSettings::new(verifier, 1 << 20),
-    });
+    let config = baseaim_worker::config::Config::load_from(None, vec![])?;
+    let secrets = baseaim_worker::config::Secrets {
+        stripe_webhook_secret: Some(SECRET.to_owned().into()),
+        ..Default::default()
+    };
+    let state =
+        baseaim_worker::jobs::AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets))?;
+    let app = http::router(HttpState::new(state, health));
     let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
     let url = format!("http://{addr}/webhooks/stripe");
 
