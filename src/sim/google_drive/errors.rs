@@ -1,0 +1,97 @@
+//! Drive's error bodies, and the fault responder that dresses injected faults in them.
+
+use super::*;
+
+/// Drive's error body. `location` is `(locationType, location)`.
+pub(super) fn drive_error(
+    status: StatusCode,
+    domain: &str,
+    reason: &str,
+    message: &str,
+    location: Option<(&str, &str)>,
+) -> Response {
+    let mut item = json!({"domain": domain, "reason": reason, "message": message});
+    if let Some((kind, at)) = location {
+        item["locationType"] = json!(kind);
+        item["location"] = json!(at);
+    }
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "errors": [item]}});
+    (status, axum::Json(body)).into_response()
+}
+
+pub(super) fn rate_limited(kind: DriveRateLimit) -> Response {
+    match kind {
+        DriveRateLimit::UserRateLimit403 => drive_error(
+            StatusCode::FORBIDDEN,
+            "usageLimits",
+            "userRateLimitExceeded",
+            "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota. You may consider re-evaluating expected per-user traffic to the API and adjust project quota limits accordingly.",
+            None,
+        ),
+        DriveRateLimit::RateLimit403 => drive_error(
+            StatusCode::FORBIDDEN,
+            "usageLimits",
+            "rateLimitExceeded",
+            "Rate Limit Exceeded",
+            None,
+        ),
+        DriveRateLimit::TooMany429 => drive_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "usageLimits",
+            "rateLimitExceeded",
+            "Rate Limit Exceeded",
+            None,
+        ),
+    }
+}
+
+pub(super) fn bad_request(message: &str, location: Option<(&str, &str)>) -> Response {
+    drive_error(
+        StatusCode::BAD_REQUEST,
+        "global",
+        "badRequest",
+        message,
+        location,
+    )
+}
+
+pub(super) fn invalid_param(name: &str) -> Response {
+    drive_error(
+        StatusCode::BAD_REQUEST,
+        "global",
+        "invalid",
+        "Invalid Value",
+        Some(("parameter", name)),
+    )
+}
+
+pub(super) fn file_not_found(id: &str) -> Response {
+    drive_error(
+        StatusCode::NOT_FOUND,
+        "global",
+        "notFound",
+        &format!("File not found: {id}."),
+        Some(("parameter", "fileId")),
+    )
+}
+
+pub(super) struct DriveFaults;
+
+impl FaultResponder for DriveFaults {
+    fn server_error(&self, status: StatusCode) -> Response {
+        let reason = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "backendError"
+        } else {
+            "internalError"
+        };
+        drive_error(status, "global", reason, "Backend Error", None)
+    }
+
+    fn too_many_requests(&self) -> Response {
+        rate_limited(DriveRateLimit::TooMany429)
+    }
+
+    fn throttled(&self) -> Response {
+        rate_limited(DriveRateLimit::UserRateLimit403)
+    }
+}
