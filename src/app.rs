@@ -48,6 +48,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sim { command } => crate::demo::sim_command(command).await,
         Command::Jobs { command } => crate::dashboard::cli::jobs(&config, command).await,
         Command::Queues { command } => crate::dashboard::cli::queues(&config, command).await,
+        Command::Operators { command } => crate::auth::command::operators(&config, command).await,
+        Command::Tokens { command } => crate::auth::command::tokens(&config, command).await,
         Command::Stripe {
             command: crate::cli::StripeCommand::Replay { event_id },
         } => stripe_replay(&config, &event_id).await,

@@ -65,6 +65,16 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::dashboard::cli::QueuesCommand,
     },
+    /// Dashboard accounts.
+    Operators {
+        #[command(subcommand)]
+        command: crate::auth::command::OperatorsCommand,
+    },
+    /// Bearer tokens for the /v1 API.
+    Tokens {
+        #[command(subcommand)]
+        command: crate::auth::command::TokensCommand,
+    },
     /// Stripe operations.
     Stripe {
         #[command(subcommand)]

@@ -15,6 +15,7 @@
 //! - [`integrations`]: one client per provider, each classifying its errors. Knows nothing of jobs.
 //! - [`http`]: the axum intake (webhooks, enqueue API, uploads, health, metrics). Talks to
 //!   [`queue`] and [`db`].
+//! - [`auth`]: operators (argon2 passwords, sessions, CSRF) and bearer tokens with scopes.
 //! - [`dashboard`]: the operator web UI and admin API over the queue's admin queries.
 //! - [`sim`]: faithful local fakes of the four providers, for tests and `baseaim-worker demo`.
 //! - [`cli`] and [`app`]: the command line and the wiring that starts a node; [`demo`]: the whole
@@ -22,6 +23,7 @@
 //! - [`tls`] and [`telemetry`]: process-wide set-up (one rustls crypto provider; tracing).
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
