@@ -1,0 +1,330 @@
+//! Who may do what: operator accounts and sessions, CSRF and roles, scoped bearer tokens, and
+//! their command line, against the real PostgreSQL and the real binary.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
+use baseaim_worker::auth::{self, ApiCaller, Operator, Role};
+use baseaim_worker::config::{Config, Secrets};
+use baseaim_worker::db::DbHealth;
+use baseaim_worker::http::HttpState;
+use baseaim_worker::http::error::ApiError;
+use baseaim_worker::jobs::AppState;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use support::TestDb;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A router with one bearer-protected and one session-protected route, as the real surfaces use
+/// the extractors.
+fn app(db: &TestDb) -> Router {
+    let config = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+    let state = AppState::new(
+        db.pool.clone(),
+        Arc::new(config),
+        Arc::new(Secrets::default()),
+    )
+    .unwrap();
+    let health = DbHealth::spawn(
+        db.pool.clone(),
+        Duration::from_secs(1),
+        CancellationToken::new(),
+    );
+    Router::new()
+        .route(
+            "/v1/thing",
+            get(|caller: ApiCaller| async move {
+                caller.require("jobs:write")?;
+                Ok::<_, ApiError>(caller.name)
+            }),
+        )
+        .route(
+            "/dashboard/act",
+            axum::routing::post(|operator: Operator, body: String| async move {
+                let csrf = body.strip_prefix("csrf=");
+                operator.authorize_action(csrf)?;
+                Ok::<_, ApiError>(format!("done by {}", operator.username))
+            }),
+        )
+        .with_state(HttpState::new(state, health))
+}
+
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, String, header::HeaderMap) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+fn bearer(token: &str) -> Request<Body> {
+    Request::get("/v1/thing")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bearer_tokens_authenticate_by_scope_and_stop_when_revoked() {
+    let db = TestDb::new().await;
+    let app = app(&db);
+    let writer = auth::tokens::create(&db.pool, "dashboard-app", &["jobs:write"])
+        .await
+        .unwrap();
+    let reader = auth::tokens::create(&db.pool, "grafana", &["admin:read"])
+        .await
+        .unwrap();
+
+    let (status, body, _) = call(&app, bearer(&writer)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "dashboard-app"));
+
+    let (status, body, _) = call(&app, bearer(&reader)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("jobs:write"), "{body}");
+
+    // Missing, malformed and unknown credentials are all the same bare 401.
+    let missing = Request::get("/v1/thing").body(Body::empty()).unwrap();
+    let basic = Request::get("/v1/thing")
+        .header(header::AUTHORIZATION, "Basic cm9vdDpyb290")
+        .body(Body::empty())
+        .unwrap();
+    let forged = format!("{}x", &writer[..writer.len() - 1]);
+    for request in [missing, basic, bearer(&forged), bearer("baw_")] {
+        let (status, body, headers) = call(&app, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body, r#"{"error":"authentication required"}"#);
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+
+    // Only the hash is stored.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("select token_hash from api_tokens")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|h| h.len() == 32 && !writer.as_bytes().starts_with(h))
+    );
+
+    let id = auth::tokens::list(&db.pool).await.unwrap()[0].id;
+    assert!(auth::tokens::revoke(&db.pool, id).await.unwrap());
+    let (status, _, _) = call(&app, bearer(&writer)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_token_needs_known_scopes_and_a_name() {
+    let db = TestDb::new().await;
+    let error = auth::tokens::create(&db.pool, "x", &["jobs:delete"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unknown scope `jobs:delete`"), "{error}");
+    assert!(error.contains("emails:send"), "{error}");
+    assert!(auth::tokens::create(&db.pool, "x", &[]).await.is_err());
+    assert!(
+        auth::tokens::create(&db.pool, " ", &["jobs:write"])
+            .await
+            .is_err()
+    );
+    let count: i64 = sqlx::query_scalar("select count(*) from api_tokens")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+fn act(cookie: Option<&str>, body: &str) -> Request<Body> {
+    let mut request = Request::post("/dashboard/act");
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, format!("theme=dark; baw_session={cookie}"));
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn sessions_need_the_password_and_actions_need_csrf_and_the_admin_role() {
+    let db = TestDb::new().await;
+    let app = app(&db);
+    auth::operators::add(&db.pool, "ada", PASSWORD, Role::Admin)
+        .await
+        .unwrap();
+    auth::operators::add(&db.pool, "rory", PASSWORD, Role::ReadOnly)
+        .await
+        .unwrap();
+
+    for (user, password) in [("ada", "wrong password!!"), ("nobody", PASSWORD)] {
+        let session = auth::session::login(&db.pool, user, password)
+            .await
+            .unwrap();
+        assert!(session.is_none(), "{user} logged in with a wrong password");
+    }
+
+    let admin = auth::session::login(&db.pool, "ada", PASSWORD)
+        .await
+        .unwrap()
+        .expect("ada logs in");
+    let cookie = auth::session::set_cookie(&admin.token, true);
+    let cookie = cookie.to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+
+    let csrf = format!("csrf={}", admin.operator.csrf_token);
+    let (status, body, _) = call(&app, act(Some(&admin.token), &csrf)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "done by ada"));
+
+    // No CSRF token, a wrong one, another session's: refused.
+    let other = auth::session::login(&db.pool, "ada", PASSWORD)
+        .await
+        .unwrap()
+        .unwrap();
+    for body in [
+        String::new(),
+        "csrf=nope".to_owned(),
+        format!("csrf={}", other.operator.csrf_token),
+    ] {
+        let (status, answer, _) = call(&app, act(Some(&admin.token), &body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}: {answer}");
+    }
+
+    // A read-only operator with a valid CSRF token still cannot act.
+    let viewer = auth::session::login(&db.pool, "rory", PASSWORD)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(viewer.operator.role, Role::ReadOnly);
+    let body = format!("csrf={}", viewer.operator.csrf_token);
+    let (status, answer, _) = call(&app, act(Some(&viewer.token), &body)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(answer.contains("read-only"), "{answer}");
+
+    // No cookie, or an unknown one: 401 pointing at the login page.
+    for cookie in [None, Some("forged-session-token")] {
+        let (status, body, _) = call(&app, act(cookie, &csrf)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("/dashboard/login"), "{body}");
+    }
+
+    // Logging out and disabling end sessions.
+    auth::session::logout(&db.pool, &admin.token).await.unwrap();
+    let (status, _, _) = call(&app, act(Some(&admin.token), &csrf)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(auth::operators::disable(&db.pool, "ada").await.unwrap());
+    let csrf = format!("csrf={}", other.operator.csrf_token);
+    let (status, _, _) = call(&app, act(Some(&other.token), &csrf)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        auth::session::login(&db.pool, "ada", PASSWORD)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn cli(db: &TestDb, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_baseaim-worker"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_command_line_creates_operators_and_tokens() {
+    let db = TestDb::new().await;
+    let (ok, out, err) = cli(
+        &db,
+        &["operators", "add", "grace", "--role", "admin"],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
+    assert!(
+        auth::session::login(&db.pool, "grace", PASSWORD)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let (ok, _, err) = cli(
+        &db,
+        &["operators", "add", "grace"],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = cli(&db, &["operators", "add", "tim"], "short\n").await;
+    assert!(!ok && err.contains("at least 12 characters"), "{err}");
+    let (ok, _, err) = cli(
+        &db,
+        &["operators", "add", "bad name"],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(!ok && err.contains("operator name"), "{err}");
+
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "tokens",
+            "create",
+            "--name",
+            "app",
+            "--scope",
+            "emails:send",
+            "--scope",
+            "jobs:write",
+        ],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let token = out.trim();
+    assert!(token.starts_with("baw_") && token.len() > 40, "{token}");
+    let caller = auth::tokens::authenticate(&db.pool, token)
+        .await
+        .unwrap()
+        .expect("the printed token works");
+    assert_eq!(caller.scopes, ["emails:send", "jobs:write"]);
+
+    let (ok, out, _) = cli(&db, &["tokens", "list", "--json"], "").await;
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["name"], "app");
+    assert!(!out.contains(token), "the list shows the token itself");
+
+    let (ok, _, err) = cli(
+        &db,
+        &["tokens", "create", "--name", "x", "--scope", "root"],
+        "",
+    )
+    .await;
+    assert!(!ok && err.contains("unknown scope `root`"), "{err}");
+}
