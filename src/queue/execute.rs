@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::job::{JobContext, JobError};
 use super::rate_limit;
@@ -94,7 +95,22 @@ pub async fn run<S: Clone + Send + Sync + 'static>(
     stop: &CancellationToken,
 ) -> Finish {
     let (id, attempt) = (job.id, job.attempt);
-    let outcome = run_outcome(registry, job, state, pool, cancel, stop).await;
+    let (queue, kind) = (job.queue.clone(), job.kind.clone());
+    // Every log line of the attempt carries these fields (text and JSON formats alike).
+    let span = tracing::info_span!("job", job_id = id, kind = %kind, attempt);
+    let started = std::time::Instant::now();
+    let outcome = run_outcome(registry, job, state, pool, cancel, stop)
+        .instrument(span)
+        .await;
+    // Names and labels are described in `crate::http::metrics`.
+    let labels = [("queue", queue), ("kind", kind)];
+    metrics::histogram!("baw_job_duration_seconds", &labels).record(started.elapsed());
+    let outcome_label = ("outcome", outcome.label().to_string());
+    metrics::counter!(
+        "baw_jobs_total",
+        &[labels[0].clone(), labels[1].clone(), outcome_label]
+    )
+    .increment(1);
     Finish {
         id,
         attempt,
@@ -138,6 +154,8 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
                     }
                 }
                 Ok(Some(wait)) => {
+                    metrics::counter!("baw_rate_limit_snoozes_total", "bucket" => bucket)
+                        .increment(1);
                     return Outcome::Snooze {
                         run_at: Utc::now() + wait,
                     };
