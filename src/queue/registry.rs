@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use super::enqueue::NewJob;
 use super::job::{Job, JobArgs, JobContext, JobError, JobResult, Policy};
 
 type PerformFn<S> =
@@ -14,6 +15,7 @@ type PerformFn<S> =
 pub struct Entry<S> {
     pub policy: Policy,
     perform: PerformFn<S>,
+    new_job: fn(serde_json::Value) -> Result<NewJob, String>,
 }
 
 impl<S> Entry<S> {
@@ -26,6 +28,18 @@ impl<S> Entry<S> {
     ) -> BoxFuture<'static, JobResult> {
         (self.perform)(args, ctx)
     }
+
+    /// Checks `args` against the kind's struct and builds the job with the kind's policy and
+    /// unique key (args normalised by a round trip), for callers that enqueue by kind name (the
+    /// API). Err: why the args do not fit, in serde's words (naming the field).
+    pub fn new_job(&self, args: serde_json::Value) -> Result<NewJob, String> {
+        (self.new_job)(args)
+    }
+}
+
+fn new_job<J: JobArgs>(args: serde_json::Value) -> Result<NewJob, String> {
+    let job: J = serde_json::from_value(args).map_err(|e| e.to_string())?;
+    NewJob::of(&job).map_err(|e| e.to_string())
 }
 
 /// The registered kinds of one node.
@@ -64,6 +78,7 @@ impl<S: Clone + Send + Sync + 'static> Registry<S> {
             Entry {
                 policy: J::policy(),
                 perform,
+                new_job: new_job::<J>,
             },
         );
         self
