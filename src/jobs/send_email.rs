@@ -167,9 +167,16 @@ pub fn render(
         ENVIRONMENT
             .get_template(&format!("{template}.{ext}"))
             .and_then(|t| t.render(data))
-            .map_err(|e| EmailError::Render {
-                template: template.into(),
-                detail: describe(&e),
+            .map_err(|e| {
+                let mut detail = describe(&e);
+                let missing = missing_variables(template, data);
+                if e.kind() == minijinja::ErrorKind::UndefinedError && !missing.is_empty() {
+                    detail = format!("{detail}; missing variable(s): {}", missing.join(", "));
+                }
+                EmailError::Render {
+                    template: template.into(),
+                    detail,
+                }
             })
     };
     Ok(Rendered {
@@ -182,6 +189,25 @@ pub fn render(
         html: part("html")?,
         text: part("txt")?,
     })
+}
+
+/// The top-level variables `template` (subject, HTML with its layout, text) uses that `data`
+/// lacks, sorted. minijinja's own error says only "undefined value"; callers need the name.
+pub fn missing_variables(
+    template: &str,
+    data: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<String> {
+    let mut missing: Vec<String> = ["subject", "html", "txt"]
+        .iter()
+        .map(|ext| format!("{template}.{ext}"))
+        .chain(["layout.html".to_string()])
+        .filter_map(|name| ENVIRONMENT.get_template(&name).ok())
+        .flat_map(|t| t.undeclared_variables(false))
+        .filter(|name| !data.contains_key(name))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
 }
 
 /// minijinja's error with its location, e.g. "undefined value (in welcome.txt:1)".
