@@ -119,6 +119,25 @@ pub fn router(settings: &WebhookSettings) -> Router<HttpState> {
 }
 
 async fn stripe(
+    state: State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, &'static str), ApiError> {
+    let answer = stripe_delivery(state, headers, body).await;
+    let result = match &answer {
+        Ok((_, "ok\n")) => "accepted",
+        Ok(_) => "duplicate",
+        Err(ApiError::PayloadTooLarge) => "too_large",
+        Err(ApiError::BadRequest(_)) => "rejected",
+        Err(ApiError::Unavailable) => "unavailable",
+        Err(_) => "error",
+    };
+    metrics::counter!("baw_webhooks_total", "provider" => "stripe", "result" => result)
+        .increment(1);
+    answer
+}
+
+async fn stripe_delivery(
     State(state): State<HttpState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

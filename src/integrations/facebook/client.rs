@@ -104,6 +104,18 @@ impl FacebookClient {
         until: NaiveDate,
         after: Option<&str>,
     ) -> Result<InsightsPage, FacebookError> {
+        let result = self.insights_page_once(account, since, until, after).await;
+        crate::telemetry::provider_call("facebook", result.as_ref().err().map(error_class));
+        result
+    }
+
+    async fn insights_page_once(
+        &self,
+        account: &str,
+        since: NaiveDate,
+        until: NaiveDate,
+        after: Option<&str>,
+    ) -> Result<InsightsPage, FacebookError> {
         let mut url = self
             .base
             .join(&format!("{}/act_{account}/insights", self.version))
@@ -152,6 +164,18 @@ impl FacebookClient {
             return Ok(InsightsPage { rows, after });
         }
         Err(classify(status, &bytes, usage))
+    }
+}
+
+/// The `class` label of `baw_provider_errors_total`.
+fn error_class(error: &FacebookError) -> &'static str {
+    match error {
+        FacebookError::NotConfigured => "not_configured",
+        FacebookError::Token { .. } => "token",
+        FacebookError::Throttled { .. } => "throttled",
+        FacebookError::TooMuchData { .. } => "too_much_data",
+        FacebookError::Transient(_) => "transient",
+        FacebookError::Permanent(_) => "permanent",
     }
 }
 

@@ -59,6 +59,16 @@ impl ResendClient {
         email: &SendEmailRequest,
         idempotency_key: &str,
     ) -> Result<SentEmail, ResendError> {
+        let result = self.send_once(email, idempotency_key).await;
+        crate::telemetry::provider_call("resend", result.as_ref().err().map(error_class));
+        result
+    }
+
+    async fn send_once(
+        &self,
+        email: &SendEmailRequest,
+        idempotency_key: &str,
+    ) -> Result<SentEmail, ResendError> {
         let response = self
             .http
             .post(format!("{}/emails", self.api_base))
@@ -83,6 +93,19 @@ impl ResendClient {
             ),
         };
         Err(ResendError::from_response(status, name, message, wait))
+    }
+}
+
+/// The `class` label of `baw_provider_errors_total`.
+fn error_class(error: &ResendError) -> &'static str {
+    match error {
+        ResendError::RateLimited { .. } => "rate_limited",
+        ResendError::InFlight => "in_flight",
+        ResendError::IdempotencyConflict { .. } => "idempotency_conflict",
+        ResendError::Quota { .. } => "quota",
+        ResendError::Server { .. } => "server",
+        ResendError::Transport(_) => "transport",
+        ResendError::Rejected { .. } => "rejected",
     }
 }
 

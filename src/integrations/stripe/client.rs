@@ -51,6 +51,15 @@ impl StripeClient {
         &self,
         starting_after: Option<&str>,
     ) -> Result<List<Subscription>, StripeError> {
+        let result = self.list_subscriptions_once(starting_after).await;
+        crate::telemetry::provider_call("stripe", result.as_ref().err().map(error_class));
+        result
+    }
+
+    async fn list_subscriptions_once(
+        &self,
+        starting_after: Option<&str>,
+    ) -> Result<List<Subscription>, StripeError> {
         let mut url = self
             .base
             .join("v1/subscriptions")
@@ -93,6 +102,17 @@ impl StripeClient {
                 return Ok(all);
             }
         }
+    }
+}
+
+/// The `class` label of `baw_provider_errors_total`.
+fn error_class(error: &StripeError) -> &'static str {
+    match error {
+        StripeError::NotConfigured => "not_configured",
+        StripeError::Auth(_) => "auth",
+        StripeError::RateLimited(_) => "rate_limited",
+        StripeError::Transient(_) => "transient",
+        StripeError::Permanent(_) => "permanent",
     }
 }
 
