@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::AppState;
+use super::send_email::SendEmail;
 use crate::integrations::stripe::types::{CheckoutSession, Event, Invoice, Subscription};
 use crate::queue::{self, Job, JobArgs, JobContext, JobError, JobResult, NewJob, Policy};
 
@@ -315,18 +316,25 @@ async fn payment_failed_email(
             }
         },
     };
-    let args = json!({
-        "template": "payment_failed",
-        "to": to,
-        "data": {
-            "client_name": name,
-            "amount": major_units(invoice.amount_due),
-            "currency": invoice.currency.to_ascii_uppercase(),
-            "invoice_url": invoice.hosted_invoice_url,
-        },
+    let data = json!({
+        "client_name": name,
+        "amount": major_units(invoice.amount_due),
+        "currency": invoice.currency.to_ascii_uppercase(),
+        "invoice_url": invoice.hosted_invoice_url,
     });
-    let job =
-        NewJob::raw("send_email", args).unique_key(format!("email:payment_failed:{}", invoice.id));
+    let email = SendEmail {
+        template: "payment_failed".into(),
+        to,
+        data: data.as_object().cloned().unwrap_or_default(),
+        reply_to: None,
+        tags: Vec::new(),
+        scheduled_at: None,
+    };
+    // `NewJob::of`, not `raw`: the email takes its kind's queue and attempts (the `email` queue,
+    // 10 attempts), like every other email.
+    let job = NewJob::of(&email)
+        .map_err(JobError::retry)?
+        .unique_key(format!("email:payment_failed:{}", invoice.id));
     queue::enqueue(&mut *tx, job)
         .await
         .map_err(JobError::retry)?;
