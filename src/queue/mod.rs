@@ -35,10 +35,12 @@
 //! - [`maintenance`]: leader election, rescuer, pruner.
 //! - [`rate_limit`]: cluster-wide token buckets.
 //! - [`admin`]: operators' operations (list, retry, cancel, delete, pause).
+//! - [`admin_query`]: operators' listings and counts over a big table, actions by filter.
 //! - [`testing`]: `drain`, `assert_enqueued`, a row factory.
 //! - `sql`: every statement, named.
 
 pub mod admin;
+pub mod admin_query;
 pub mod enqueue;
 pub mod execute;
 pub mod job;

@@ -1,0 +1,553 @@
+//! The operators' read side over a big `jobs` table, and actions on everything a filter matches:
+//! what the dashboard, the admin API and the CLI list and count. [`admin`](super::admin) holds the
+//! actions on given ids; this module finds the ids.
+//!
+//! # Staying fast with millions of finished rows
+//!
+//! `jobs` is dominated by `completed` rows, which no index but the primary key covers (a full
+//! `(state, id)` index would tax every state change). So:
+//! - every listing is a keyset page (`id < before`, newest first, `limit`);
+//! - a listing of `completed` jobs, or of every state, examines at most [`SCAN_WINDOW`] ids per
+//!   page (a primary-key range); when the window ends before the page is full, the page says so
+//!   and its cursor continues below the window;
+//! - listings of the other states follow their partial indexes (`jobs_fetch_idx`,
+//!   `jobs_running_idx`, `jobs_failed_idx`), so their cost is bounded by those states' sizes;
+//! - counts are exact where a partial index serves them, and the planner's estimate for
+//!   `completed`, which only a scan could count ([`Count::estimated`]);
+//! - throughput reads `jobs_finished_idx` (index-only, its predicate is the filter).
+//!
+//! Statements are sent unprepared (`persistent(false)`): PostgreSQL then plans each with its
+//! parameter values, so `($1 is null or state = $1)` folds to `state = 'discarded'` and the
+//! partial index whose predicate that implies is usable. A cached generic plan could not.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::admin::{self, AdminError, JobRow, STATES};
+
+/// Most ids one page of `completed` (or all-state) jobs examines.
+pub const SCAN_WINDOW: i64 = 100_000;
+
+/// Jobs an action by filter handles per statement.
+const ACTION_BATCH: i64 = 1_000;
+
+/// A filter over jobs; unset fields match everything. Built from the dashboard's query string or
+/// the admin API's parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobQuery {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub tag: Option<String>,
+    /// A JSON object: args containing it (`{"client_id": "c1"}`); any other text: a
+    /// case-insensitive substring of the args' JSON text.
+    pub args: Option<String>,
+    /// A case-insensitive substring of any attempt's error.
+    pub error: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+impl JobQuery {
+    /// An unknown state is refused rather than matching nothing.
+    pub fn validate(&self) -> Result<(), AdminError> {
+        match &self.state {
+            Some(state) if !STATES.contains(&state.as_str()) => {
+                Err(AdminError::UnknownState(state.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// True when the query can only be answered by walking the primary key (no partial index
+    /// narrows it), so a page is bounded by [`SCAN_WINDOW`].
+    pub fn windowed(&self) -> bool {
+        matches!(self.state.as_deref(), None | Some("completed"))
+    }
+
+    fn args_json(&self) -> Option<serde_json::Value> {
+        self.args
+            .as_deref()
+            .and_then(|a| serde_json::from_str::<serde_json::Value>(a.trim()).ok())
+            .filter(serde_json::Value::is_object)
+    }
+
+    fn args_pattern(&self) -> Option<String> {
+        match self.args_json() {
+            Some(_) => None,
+            None => self.args.as_deref().map(like_pattern),
+        }
+    }
+}
+
+/// `%text%` with LIKE's wildcards in `text` escaped.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobRow>,
+    /// The cursor of the next (older) page; None: nothing older can match.
+    pub next_before: Option<i64>,
+    /// Set when the page stopped at the scan window before filling up: the ids at or above this
+    /// were examined, the ones below were not (yet).
+    pub window_floor: Option<i64>,
+}
+
+/// The filter's conditions, shared by every statement below; `$1`..`$11`.
+macro_rules! job_filter {
+    () => {
+        "($1::text is null or state = $1)
+           and ($2::text is null or kind = $2)
+           and ($3::text is null or queue = $3)
+           and ($4::text is null or $4 = any(tags))
+           and ($5::jsonb is null or args @> $5)
+           and ($6::text is null or args::text ilike $6)
+           and ($7::text is null or exists (
+                   select 1 from jsonb_array_elements(coalesce(errors, '[]'::jsonb)) e
+                    where e->>'error' ilike $7))
+           and ($8::timestamptz is null or created_at >= $8)
+           and ($9::timestamptz is null or created_at < $9)
+           and ($10::bigint is null or id < $10)
+           and ($11::bigint is null or id >= $11)"
+    };
+}
+
+const JOB_LIST_PAGE: &str = concat!(
+    "select id, kind, queue, args, state, priority, attempt, max_attempts, run_at, unique_key,
+            lease_owner, lease_expires_at, created_at, attempted_at, finished_at, errors, result,
+            tags
+       from jobs where ",
+    job_filter!(),
+    " order by id desc limit $12"
+);
+
+const JOB_IDS_MATCHING: &str = concat!(
+    "select id from jobs where ",
+    job_filter!(),
+    " order by id desc limit $12"
+);
+
+const JOB_COUNT_MATCHING: &str = concat!(
+    "select count(*) from (select 1 from jobs where ",
+    job_filter!(),
+    " limit $12) t"
+);
+
+macro_rules! bind_filter {
+    ($query:expr, $q:expr, $before:expr, $floor:expr) => {
+        $query
+            .bind(&$q.state)
+            .bind(&$q.kind)
+            .bind(&$q.queue)
+            .bind(&$q.tag)
+            .bind($q.args_json())
+            .bind($q.args_pattern())
+            .bind($q.error.as_deref().map(like_pattern))
+            .bind($q.created_from)
+            .bind($q.created_to)
+            .bind($before)
+            .bind($floor)
+    };
+}
+
+/// One page of jobs matching `query`, newest first, below `before` (the previous page's
+/// `next_before`).
+pub async fn job_page(
+    pool: &PgPool,
+    query: &JobQuery,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<JobPage, AdminError> {
+    query.validate()?;
+    let limit = limit.clamp(1, 500);
+    let floor = if query.windowed() {
+        let top = match before {
+            Some(b) => b,
+            None => {
+                let max: Option<i64> = sqlx::query_scalar("select max(id) from jobs")
+                    .fetch_one(pool)
+                    .await?;
+                max.unwrap_or(0) + 1
+            }
+        };
+        Some((top - SCAN_WINDOW).max(0))
+    } else {
+        None
+    };
+    let jobs: Vec<JobRow> = bind_filter!(
+        sqlx::query_as(JOB_LIST_PAGE).persistent(false),
+        query,
+        before,
+        floor
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if jobs.len() as i64 == limit {
+        let next_before = jobs.last().map(|j| j.id);
+        return Ok(JobPage {
+            jobs,
+            next_before,
+            window_floor: None,
+        });
+    }
+    // Not full: either nothing older matches, or the window ended first.
+    let next_before = match floor {
+        Some(floor) if floor > 0 => {
+            let older: Option<i64> =
+                sqlx::query_scalar("select id from jobs where id < $1 limit 1")
+                    .bind(floor)
+                    .fetch_optional(pool)
+                    .await?;
+            older.map(|_| floor)
+        }
+        _ => None,
+    };
+    Ok(JobPage {
+        jobs,
+        next_before,
+        window_floor: next_before,
+    })
+}
+
+/// How many jobs match `query`, counting to `cap` at most and for `budget` at most; None when
+/// the budget ran out (the count would need a long scan).
+pub async fn count_matching(
+    pool: &PgPool,
+    query: &JobQuery,
+    cap: i64,
+    budget: std::time::Duration,
+) -> Result<Option<i64>, AdminError> {
+    query.validate()?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("select set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", budget.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+    let counted: Result<i64, sqlx::Error> = bind_filter!(
+        sqlx::query_scalar(JOB_COUNT_MATCHING).persistent(false),
+        query,
+        None::<i64>,
+        None::<i64>
+    )
+    .bind(cap.max(1))
+    .fetch_one(&mut *tx)
+    .await;
+    match counted {
+        Ok(n) => {
+            tx.commit().await?;
+            Ok(Some(n))
+        }
+        // 57014: query_canceled, our statement_timeout.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What an action by filter does to each matching job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// [`admin::retry`]: every state but running.
+    Retry,
+    /// [`admin::cancel`]: unfinished jobs.
+    Cancel,
+    /// [`admin::delete`]: finished jobs.
+    Delete,
+}
+
+impl BulkAction {
+    pub fn parse(s: &str) -> Option<BulkAction> {
+        match s {
+            "retry" => Some(BulkAction::Retry),
+            "cancel" => Some(BulkAction::Cancel),
+            "delete" => Some(BulkAction::Delete),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BulkAction::Retry => "retry",
+            BulkAction::Cancel => "cancel",
+            BulkAction::Delete => "delete",
+        }
+    }
+
+    /// Applies the action to `ids`; returns how many jobs it changed.
+    pub async fn apply(self, pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+        match self {
+            BulkAction::Retry => admin::retry(pool, ids).await,
+            BulkAction::Cancel => admin::cancel(pool, ids).await,
+            BulkAction::Delete => admin::delete(pool, ids).await,
+        }
+    }
+}
+
+/// Applies `action` to every job matching `query` (the whole table, not one page), newest first
+/// in batches of 1,000 ids, so no statement holds many locks. A job that changes state between
+/// being found and being acted on is handled by the action's own state check. Returns how many
+/// jobs the action changed.
+pub async fn apply_matching(
+    pool: &PgPool,
+    query: &JobQuery,
+    action: BulkAction,
+) -> Result<u64, AdminError> {
+    query.validate()?;
+    let mut before: Option<i64> = None;
+    let mut changed = 0;
+    loop {
+        let ids: Vec<i64> = bind_filter!(
+            sqlx::query_scalar(JOB_IDS_MATCHING).persistent(false),
+            query,
+            before,
+            None::<i64>
+        )
+        .bind(ACTION_BATCH)
+        .fetch_all(pool)
+        .await?;
+        let Some(&last) = ids.last() else {
+            break;
+        };
+        changed += action.apply(pool, &ids).await?;
+        if (ids.len() as i64) < ACTION_BATCH {
+            break;
+        }
+        before = Some(last);
+    }
+    Ok(changed)
+}
+
+/// Jobs of one queue in one state. `estimated`: the planner's estimate, not a count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Count {
+    pub queue: String,
+    pub state: String,
+    pub count: i64,
+    pub estimated: bool,
+}
+
+/// Exact counts of every state a partial index covers (all but `completed`), per queue, from
+/// those indexes.
+const JOB_COUNT_INDEXED: &str = "
+select queue, state, count(*) from jobs
+ where state in ('available', 'scheduled', 'retryable') group by queue, state
+union all
+select queue, state, count(*) from jobs where state = 'running' group by queue, state
+union all
+select queue, state, count(*) from jobs
+ where state in ('discarded', 'cancelled') group by queue, state";
+
+/// The planner's row estimate for completed jobs of queue $1 (from the column statistics: no
+/// rows are read).
+const JOB_ESTIMATE_COMPLETED: &str =
+    "explain (format json) select 1 from jobs where state = 'completed' and queue = $1::text";
+
+/// Jobs per queue and state: exact for every state but `completed`, whose count is the
+/// planner's estimate (exact counting would scan millions of rows). Ordered by queue, then
+/// lifecycle order.
+pub async fn counts(pool: &PgPool, queues: &[String]) -> Result<Vec<Count>, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as(JOB_COUNT_INDEXED).fetch_all(pool).await?;
+    let mut out: Vec<Count> = rows
+        .into_iter()
+        .map(|(queue, state, count)| Count {
+            queue,
+            state,
+            count,
+            estimated: false,
+        })
+        .collect();
+    let mut names: Vec<String> = queues.to_vec();
+    names.extend(out.iter().map(|c| c.queue.clone()));
+    names.sort();
+    names.dedup();
+    for queue in names {
+        let plan: serde_json::Value = sqlx::query_scalar(JOB_ESTIMATE_COMPLETED)
+            .persistent(false)
+            .bind(&queue)
+            .fetch_one(pool)
+            .await?;
+        let rows = plan
+            .pointer("/0/Plan/Plan Rows")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0);
+        // The planner never estimates below one row; treat that as "none seen".
+        let count = if rows <= 1.0 { 0 } else { rows as i64 };
+        out.push(Count {
+            queue,
+            state: "completed".into(),
+            count,
+            estimated: true,
+        });
+    }
+    let order = |s: &str| STATES.iter().position(|x| *x == s).unwrap_or(STATES.len());
+    out.sort_by(|a, b| {
+        a.queue
+            .cmp(&b.queue)
+            .then(order(&a.state).cmp(&order(&b.state)))
+    });
+    Ok(out)
+}
+
+/// The queues that have unfinished jobs, or a row in `queues` (paused or resumed once).
+const QUEUE_NAMES: &str = "
+select queue from jobs where state in ('available', 'scheduled', 'retryable')
+union select queue from jobs where state = 'running'
+union select name from queues";
+
+pub async fn queue_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let mut names: Vec<String> = sqlx::query_scalar(QUEUE_NAMES).fetch_all(pool).await?;
+    names.sort();
+    Ok(names)
+}
+
+/// Per queue, the `run_at` of its oldest job that could run now (available, or scheduled /
+/// retryable and due) and is waiting.
+const QUEUE_OLDEST_RUNNABLE: &str = "
+select queue, min(run_at) from jobs
+ where state in ('available', 'scheduled', 'retryable') and run_at <= now()
+ group by queue";
+
+pub async fn oldest_runnable(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(QUEUE_OLDEST_RUNNABLE).fetch_all(pool).await
+}
+
+/// Finished jobs in one time bucket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Throughput {
+    pub start: DateTime<Utc>,
+    /// Completed, discarded and cancelled.
+    pub finished: i64,
+    /// Discarded (attempts used up or a permanent error).
+    pub failed: i64,
+}
+
+/// Finished jobs per bucket: index-only over `jobs_finished_idx` (the filter is its predicate).
+const JOB_THROUGHPUT_FINISHED: &str = "
+select date_bin(make_interval(secs => $1), finished_at, $2) as bucket, count(*)
+  from jobs
+ where state in ('completed', 'discarded', 'cancelled') and finished_at >= $2
+ group by 1";
+
+/// Discarded jobs per bucket, through `jobs_failed_idx`.
+const JOB_THROUGHPUT_FAILED: &str = "
+select date_bin(make_interval(secs => $1), finished_at, $2) as bucket, count(*)
+  from jobs
+ where state = 'discarded' and finished_at >= $2
+ group by 1";
+
+/// Jobs finished since `since`, in `buckets` buckets of `step` each (empty buckets included).
+pub async fn throughput(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    step: chrono::Duration,
+    buckets: usize,
+) -> Result<Vec<Throughput>, sqlx::Error> {
+    let secs = step.num_seconds().max(1) as f64;
+    let finished: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(JOB_THROUGHPUT_FINISHED)
+        .persistent(false)
+        .bind(secs)
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+    let failed: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(JOB_THROUGHPUT_FAILED)
+        .persistent(false)
+        .bind(secs)
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+    let mut out: Vec<Throughput> = (0..buckets)
+        .map(|i| Throughput {
+            start: since + step * i as i32,
+            finished: 0,
+            failed: 0,
+        })
+        .collect();
+    let index = |t: DateTime<Utc>| {
+        let i = (t - since).num_seconds() / step.num_seconds().max(1);
+        usize::try_from(i).ok().filter(|i| *i < buckets)
+    };
+    for (t, n) in finished {
+        if let Some(i) = index(t) {
+            out[i].finished += n;
+        }
+    }
+    for (t, n) in failed {
+        if let Some(i) = index(t) {
+            out[i].failed += n;
+        }
+    }
+    Ok(out)
+}
+
+/// A node that heartbeated within the lease, with the jobs it runs now.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct NodeAlive {
+    pub name: String,
+    pub role: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub running: i64,
+}
+
+const NODE_LIST_ALIVE: &str = "
+select n.name, n.role, n.version, n.started_at, n.heartbeat_at, coalesce(r.running, 0) as running
+  from nodes n
+  left join (select lease_owner, count(*) as running from jobs where state = 'running'
+              group by lease_owner) r on r.lease_owner = n.name
+ where n.heartbeat_at > now() - make_interval(secs => $1)
+ order by n.name";
+
+/// Nodes whose last heartbeat is younger than `lease` (older ones are presumed dead).
+pub async fn nodes_alive(
+    pool: &PgPool,
+    lease: std::time::Duration,
+) -> Result<Vec<NodeAlive>, sqlx::Error> {
+    sqlx::query_as(NODE_LIST_ALIVE)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("a_b%c\\"), "%a\\_b\\%c\\\\%");
+    }
+
+    #[test]
+    fn args_are_containment_when_a_json_object() {
+        let q = JobQuery {
+            args: Some(r#"{"order": "A-1"}"#.into()),
+            ..JobQuery::default()
+        };
+        assert!(q.args_json().is_some());
+        assert_eq!(q.args_pattern(), None);
+        let q = JobQuery {
+            args: Some("A-1".into()),
+            ..JobQuery::default()
+        };
+        assert_eq!(q.args_json(), None);
+        assert_eq!(q.args_pattern().as_deref(), Some("%A-1%"));
+    }
+}
