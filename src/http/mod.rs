@@ -1,8 +1,11 @@
 //! The axum intake. One module per surface, each with its own `router()`: `health` (liveness and
-//! readiness), `webhooks` (Stripe); the enqueue API, uploads and metrics join it in later issues.
+//! readiness), `webhooks` (Stripe), `api` (`/v1/*`), `metrics` (`/metrics`); uploads and the
+//! dashboard join it in later issues.
 
+pub mod api;
 pub mod error;
 mod health;
+pub mod metrics;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -46,6 +49,8 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(webhooks::router(&state.webhooks))
+        .merge(api::router())
+        .merge(metrics::router())
         .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }

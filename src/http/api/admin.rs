@@ -1,0 +1,669 @@
+//! `/v1/admin/*`: the operators' operations as JSON, the same as the dashboard's and the CLI's
+//! (`queue::admin` acts on ids, `queue::admin_query` lists, counts and finds ids by filter).
+//! `GET` needs `admin:read`; every action needs `admin:write`.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ErrorBody, check_text, json_error, path_error, query_error, registry};
+use crate::auth::ApiCaller;
+use crate::http::HttpState;
+use crate::http::error::ApiError;
+use crate::queue::admin::{self, AdminError, JobRow};
+use crate::queue::admin_query::{self, BulkAction, JobQuery};
+use crate::schedule::{self, Schedule, ScheduleError};
+
+/// Most ids one bulk action by ids takes.
+const MAX_BULK_IDS: usize = 10_000;
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::UnknownState(_) => ApiError::Unprocessable(error.to_string()),
+            AdminError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// One job, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    #[schema(value_type = Object)]
+    pub args: serde_json::Value,
+    /// scheduled, available, running, retryable, completed, discarded or cancelled.
+    pub state: String,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub unique_key: Option<String>,
+    /// The node that holds (or last held) the job.
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Every failed attempt: `[{"attempt": n, "at": time, "error": text}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub errors: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub tags: Vec<String>,
+}
+
+impl From<JobRow> for Job {
+    fn from(r: JobRow) -> Self {
+        Job {
+            id: r.id,
+            kind: r.kind,
+            queue: r.queue,
+            args: r.args,
+            state: r.state,
+            priority: r.priority,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            run_at: r.run_at,
+            unique_key: r.unique_key,
+            lease_owner: r.lease_owner,
+            lease_expires_at: r.lease_expires_at,
+            created_at: r.created_at,
+            attempted_at: r.attempted_at,
+            finished_at: r.finished_at,
+            errors: r.errors,
+            result: r.result,
+            tags: r.tags,
+        }
+    }
+}
+
+/// A filter over jobs; unset fields match everything.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    /// scheduled, available, running, retryable, completed, discarded or cancelled.
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub tag: Option<String>,
+    /// A JSON object the args contain (`{"client_id": "c1"}`), or else text found in the args.
+    pub args: Option<String>,
+    /// Text found in any attempt's error.
+    pub error: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+impl JobFilter {
+    fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && self.kind.is_none()
+            && self.queue.is_none()
+            && self.tag.is_none()
+            && self.args.is_none()
+            && self.error.is_none()
+            && self.created_from.is_none()
+            && self.created_to.is_none()
+    }
+
+    fn into_query(self) -> Result<JobQuery, ApiError> {
+        let query = JobQuery {
+            state: self.state,
+            kind: self.kind,
+            queue: self.queue,
+            tag: self.tag,
+            args: self.args,
+            error: self.error,
+            created_from: self.created_from,
+            created_to: self.created_to,
+        };
+        query.validate()?;
+        Ok(query)
+    }
+}
+
+/// The list's filter plus its page (flat: query strings do not nest).
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobListParams {
+    /// scheduled, available, running, retryable, completed, discarded or cancelled.
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub tag: Option<String>,
+    /// A JSON object the args contain (`{"client_id": "c1"}`), or else text found in the args.
+    pub args: Option<String>,
+    /// Text found in any attempt's error.
+    pub error: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub created_to: Option<DateTime<Utc>>,
+    /// The previous page's `next_after`: only jobs older (smaller id) than it.
+    pub after: Option<i64>,
+    /// 1 to 500; default 50.
+    pub limit: Option<i64>,
+}
+
+impl JobListParams {
+    fn filter(&self) -> JobFilter {
+        JobFilter {
+            state: self.state.clone(),
+            kind: self.kind.clone(),
+            queue: self.queue.clone(),
+            tag: self.tag.clone(),
+            args: self.args.clone(),
+            error: self.error.clone(),
+            created_from: self.created_from,
+            created_to: self.created_to,
+        }
+    }
+}
+
+/// One page of jobs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `after` for the next (older) page; null: nothing older matches.
+    pub next_after: Option<i64>,
+    /// Set when a listing of completed (or all) jobs stopped at its scan window before the page
+    /// filled: ids from here up were examined; the next page continues below.
+    pub window_floor: Option<i64>,
+}
+
+fn id_path(path: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
+    let Path(id) = path.map_err(path_error)?;
+    Ok(id)
+}
+
+fn name_path(path: Result<Path<String>, PathRejection>, field: &str) -> Result<String, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    check_text(field, &name, 100)?;
+    Ok(name)
+}
+
+/// List jobs, newest first, filtered, one keyset page.
+#[utoipa::path(get, path = "/v1/admin/jobs", tag = "admin", params(JobListParams),
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = JobPage),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "A parameter that does not fit (named)", body = ErrorBody),
+    ))]
+pub async fn list_jobs(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    params: Result<Query<JobListParams>, QueryRejection>,
+) -> Result<Json<JobPage>, ApiError> {
+    caller.require("admin:read")?;
+    let Query(params) = params.map_err(query_error)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::Unprocessable(
+            "`limit` must be between 1 and 500".into(),
+        ));
+    }
+    let query = params.filter().into_query()?;
+    let page = admin_query::job_page(&state.pool, &query, params.after, limit).await?;
+    Ok(Json(JobPage {
+        jobs: page.jobs.into_iter().map(Job::from).collect(),
+        next_after: page.next_before,
+        window_floor: page.window_floor,
+    }))
+}
+
+/// One job with its args, result and every attempt's error.
+#[utoipa::path(get, path = "/v1/admin/jobs/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "The job's id")),
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = Job),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn get_job(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require("admin:read")?;
+    let id = id_path(path)?;
+    Ok(Json(find(&state, id).await?.into()))
+}
+
+async fn find(state: &HttpState, id: i64) -> Result<JobRow, ApiError> {
+    admin::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+/// Applies `action` to job `id` and answers the job as it is now: 404 when there is no such
+/// job, 409 when its state does not allow the action.
+async fn act_on_one(state: &HttpState, id: i64, action: BulkAction) -> Result<Json<Job>, ApiError> {
+    let before = find(state, id).await?;
+    if action.apply(&state.pool, &[id]).await? == 0 {
+        let allowed = match action {
+            BulkAction::Retry => "any state but running",
+            BulkAction::Cancel => "unfinished jobs",
+            BulkAction::Delete => "finished jobs (completed, discarded, cancelled)",
+        };
+        return Err(ApiError::Conflict(format!(
+            "job {id} is {}: {} applies to {allowed}",
+            before.state,
+            action.as_str()
+        )));
+    }
+    tracing::info!(job = id, action = action.as_str(), "admin API action");
+    match admin::get(&state.pool, id).await? {
+        Some(job) => Ok(Json(job.into())),
+        // Deleted.
+        None => Ok(Json(before.into())),
+    }
+}
+
+/// Run a job again now (any state but running; one more attempt if it used them up).
+#[utoipa::path(post, path = "/v1/admin/jobs/{id}/retry", tag = "admin",
+    params(("id" = i64, Path, description = "The job's id")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 200, description = "The job, set to run now", body = Job),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Running, or its unique key is held by another job", body = ErrorBody),
+    ))]
+pub async fn retry_job(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require("admin:write")?;
+    act_on_one(&state, id_path(path)?, BulkAction::Retry).await
+}
+
+/// Cancel an unfinished job (a running one is stopped at its next await point).
+#[utoipa::path(post, path = "/v1/admin/jobs/{id}/cancel", tag = "admin",
+    params(("id" = i64, Path, description = "The job's id")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 200, description = "The job, cancelled", body = Job),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody),
+    ))]
+pub async fn cancel_job(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require("admin:write")?;
+    act_on_one(&state, id_path(path)?, BulkAction::Cancel).await
+}
+
+/// Delete a finished job.
+#[utoipa::path(delete, path = "/v1/admin/jobs/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "The job's id")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 200, description = "The job as it was before deletion", body = Job),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not finished", body = ErrorBody),
+    ))]
+pub async fn delete_job(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require("admin:write")?;
+    act_on_one(&state, id_path(path)?, BulkAction::Delete).await
+}
+
+/// A bulk action: on the given ids, or on every job a filter matches. Exactly one of the two.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// `retry`, `cancel` or `delete`.
+    #[schema(value_type = String)]
+    pub action: BulkAction,
+    /// At most 10,000 ids.
+    pub ids: Option<Vec<i64>>,
+    /// Every matching job (the whole table, not one page); at least one condition.
+    pub filter: Option<JobFilter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkResult {
+    /// How many jobs the action changed (others were in a state it does not apply to).
+    pub changed: u64,
+}
+
+/// Retry, cancel or delete many jobs: by ids or by filter.
+#[utoipa::path(post, path = "/v1/admin/jobs/bulk", tag = "admin", request_body = BulkRequest,
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 200, body = BulkResult),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "Neither or both of ids and filter, an empty filter, too many ids", body = ErrorBody),
+    ))]
+pub async fn bulk(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    body: Result<Json<BulkRequest>, JsonRejection>,
+) -> Result<Json<BulkResult>, ApiError> {
+    caller.require("admin:write")?;
+    let Json(request) = body.map_err(json_error)?;
+    let changed = match (request.ids, request.filter) {
+        (Some(ids), None) => {
+            if ids.len() > MAX_BULK_IDS {
+                return Err(ApiError::Unprocessable(format!(
+                    "at most {MAX_BULK_IDS} `ids`; use a `filter` for more"
+                )));
+            }
+            request.action.apply(&state.pool, &ids).await?
+        }
+        (None, Some(filter)) => {
+            if filter.is_empty() {
+                return Err(ApiError::Unprocessable(
+                    "`filter` needs at least one condition".into(),
+                ));
+            }
+            let query = filter.into_query()?;
+            admin_query::apply_matching(&state.pool, &query, request.action).await?
+        }
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "give exactly one of `ids` and `filter`".into(),
+            ));
+        }
+    };
+    tracing::info!(action = request.action.as_str(), changed, caller = %caller.name, "admin API bulk action");
+    Ok(Json(BulkResult { changed }))
+}
+
+/// Jobs of one queue in one state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Count {
+    pub queue: String,
+    pub state: String,
+    pub count: i64,
+    /// True for `completed`: the planner's estimate, not a count.
+    pub estimated: bool,
+}
+
+/// Jobs per queue and state.
+#[utoipa::path(get, path = "/v1/admin/counts", tag = "admin",
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = Vec<Count>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub async fn counts(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+) -> Result<Json<Vec<Count>>, ApiError> {
+    caller.require("admin:read")?;
+    Ok(Json(all_counts(&state).await?))
+}
+
+async fn all_counts(state: &HttpState) -> Result<Vec<Count>, ApiError> {
+    let names = admin_query::queue_names(&state.pool).await?;
+    Ok(admin_query::counts(&state.pool, &names)
+        .await?
+        .into_iter()
+        .map(|c| Count {
+            queue: c.queue,
+            state: c.state,
+            count: c.count,
+            estimated: c.estimated,
+        })
+        .collect())
+}
+
+/// One queue.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueInfo {
+    pub name: String,
+    /// No node claims its jobs while paused.
+    pub paused: bool,
+    pub counts: Vec<Count>,
+}
+
+/// Queues with unfinished jobs or paused once, with their counts.
+#[utoipa::path(get, path = "/v1/admin/queues", tag = "admin",
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = Vec<QueueInfo>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub async fn list_queues(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+) -> Result<Json<Vec<QueueInfo>>, ApiError> {
+    caller.require("admin:read")?;
+    let counts = all_counts(&state).await?;
+    let paused = admin::paused_queues(&state.pool).await?;
+    let mut names: Vec<String> = counts.iter().map(|c| c.queue.clone()).collect();
+    names.extend(paused.iter().cloned());
+    names.sort();
+    names.dedup();
+    Ok(Json(
+        names
+            .into_iter()
+            .map(|name| QueueInfo {
+                paused: paused.contains(&name),
+                counts: counts.iter().filter(|c| c.queue == name).cloned().collect(),
+                name,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueState {
+    pub name: String,
+    pub paused: bool,
+}
+
+/// Pause a queue on every node (running jobs finish).
+#[utoipa::path(post, path = "/v1/admin/queues/{name}/pause", tag = "admin",
+    params(("name" = String, Path, description = "The queue")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 200, body = QueueState),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+pub async fn pause_queue(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<QueueState>, ApiError> {
+    caller.require("admin:write")?;
+    let name = name_path(path, "name")?;
+    admin::pause(&state.pool, &name).await?;
+    tracing::info!(queue = %name, caller = %caller.name, "queue paused through the API");
+    Ok(Json(QueueState { name, paused: true }))
+}
+
+/// Let every node claim a queue's jobs again.
+#[utoipa::path(post, path = "/v1/admin/queues/{name}/resume", tag = "admin",
+    params(("name" = String, Path, description = "The queue")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 200, body = QueueState),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+pub async fn resume_queue(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<QueueState>, ApiError> {
+    caller.require("admin:write")?;
+    let name = name_path(path, "name")?;
+    admin::resume(&state.pool, &name).await?;
+    tracing::info!(queue = %name, caller = %caller.name, "queue resumed through the API");
+    Ok(Json(QueueState {
+        name,
+        paused: false,
+    }))
+}
+
+/// One schedule as operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleInfo {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub kind: String,
+    pub enabled: bool,
+    /// `latest` or `skip`.
+    pub catch_up: String,
+    /// The latest tick dealt with; null: never evaluated.
+    pub last_tick_at: Option<DateTime<Utc>>,
+    /// Null while disabled.
+    pub next_tick_at: Option<DateTime<Utc>>,
+    pub last_job: Option<LastJob>,
+}
+
+/// The job of the latest enqueued tick.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LastJob {
+    pub id: i64,
+    /// Null when the job has been pruned.
+    pub state: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+fn schedules(state: &HttpState) -> Result<Vec<Schedule>, ApiError> {
+    state
+        .app
+        .config
+        .schedules
+        .iter()
+        .map(|(name, c)| Schedule::from_config(name, c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// The cron schedules: last and next tick, the last tick's job.
+#[utoipa::path(get, path = "/v1/admin/schedules", tag = "admin",
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = Vec<ScheduleInfo>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub async fn list_schedules(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+) -> Result<Json<Vec<ScheduleInfo>>, ApiError> {
+    caller.require("admin:read")?;
+    let list = schedules(&state)?;
+    let statuses = schedule::status(&state.pool, &list, Utc::now()).await?;
+    Ok(Json(
+        statuses
+            .into_iter()
+            .map(|s| ScheduleInfo {
+                name: s.name,
+                cron: s.cron,
+                timezone: s.timezone,
+                kind: s.kind,
+                enabled: s.enabled,
+                catch_up: s.catch_up.into(),
+                last_tick_at: s.last_tick_at,
+                next_tick_at: s.next_tick_at,
+                last_job: s.last_job.map(|j| LastJob {
+                    id: j.id,
+                    state: j.state,
+                    finished_at: j.finished_at,
+                    last_error: j.last_error,
+                }),
+            })
+            .collect(),
+    ))
+}
+
+/// A job enqueued by an action.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobEnqueued {
+    pub id: i64,
+}
+
+/// Enqueue a schedule's job now, as an extra run (its ticks are left alone).
+#[utoipa::path(post, path = "/v1/admin/schedules/{name}/run", tag = "admin",
+    params(("name" = String, Path, description = "The schedule")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 202, body = JobEnqueued),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "The schedule's kind is not run by this binary", body = ErrorBody),
+    ))]
+pub async fn run_schedule(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<JobEnqueued>), ApiError> {
+    caller.require("admin:write")?;
+    let name = name_path(path, "name")?;
+    let Some(config) = state.app.config.schedules.get(&name) else {
+        return Err(ApiError::NotFound(format!("no schedule named `{name}`")));
+    };
+    let mut schedule =
+        Schedule::from_config(&name, config).map_err(|e| ApiError::Internal(e.into()))?;
+    if registry().get(&schedule.kind).is_none() {
+        return Err(ApiError::Unprocessable(format!(
+            "schedule `{name}` enqueues kind `{}`, which this binary does not run",
+            schedule.kind
+        )));
+    }
+    schedule
+        .adopt_policy(registry())
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let enqueued = schedule::run_now(&state.pool, &schedule)
+        .await
+        .map_err(|e| match e {
+            ScheduleError::Database(e) => e.into(),
+            ScheduleError::Enqueue(e) => super::enqueue_error(e),
+            other => ApiError::Unprocessable(other.to_string()),
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(JobEnqueued { id: enqueued.id })))
+}
+
+/// Re-apply a stored Stripe event: a new `stripe_event` job for it.
+#[utoipa::path(post, path = "/v1/admin/stripe/events/{id}/replay", tag = "admin",
+    params(("id" = String, Path, description = "The event's `evt_...` id")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 202, body = JobEnqueued),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No stored event with that id", body = ErrorBody),
+    ))]
+pub async fn replay_stripe_event(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<JobEnqueued>), ApiError> {
+    use crate::jobs::stripe_event::{ReplayError, replay};
+    caller.require("admin:write")?;
+    let id = name_path(path, "id")?;
+    let job = replay(&state.pool, &id).await.map_err(|e| match e {
+        ReplayError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        ReplayError::Enqueue(e) => super::enqueue_error(e),
+        ReplayError::Database(e) => e.into(),
+    })?;
+    tracing::info!(event = %id, job, caller = %caller.name, "Stripe event replayed through the API");
+    Ok((StatusCode::ACCEPTED, Json(JobEnqueued { id: job })))
+}

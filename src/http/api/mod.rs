@@ -1,0 +1,125 @@
+//! `/v1/*`: the programmatic surface for the web app, other services and operators' scripts.
+//! Every route takes a bearer token ([`ApiCaller`](crate::auth::ApiCaller)) and checks its scope
+//! before reading the body, so a caller learns nothing without the right credentials:
+//!
+//! - [`jobs`]: `POST /v1/jobs` enqueues any registered kind (scope `jobs:write`);
+//! - [`emails`]: `POST /v1/emails` asks for a templated email (scope `emails:send`);
+//! - [`admin`]: `/v1/admin/*`, the operators' operations (`admin:read` to look, `admin:write` to
+//!   act), over `queue::admin` / `queue::admin_query` like the dashboard and the CLI;
+//! - [`openapi`]: `GET /v1/openapi.json`, the spec of all of the above (unauthenticated: it
+//!   describes the API, it holds no data).
+//!
+//! [`ROUTES`] is the one list the router is built from; a test checks the spec documents each.
+//! Bad input is a 4xx naming what was wrong (`{"error": ...}`), before anything is stored.
+
+pub mod admin;
+pub mod emails;
+pub mod jobs;
+pub mod openapi;
+
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+
+use super::HttpState;
+use super::error::ApiError;
+use crate::jobs::AppState;
+use crate::queue::{EnqueueError, Registry};
+
+/// Declares every `/v1` route once: the router and [`ROUTES`] both come from this list.
+macro_rules! api_routes {
+    ($($method:ident $path:literal => $handler:path;)*) => {
+        /// Every `/v1` route as (method, path), in the router's path syntax.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// The `/v1` surface.
+        pub fn router() -> Router<HttpState> {
+            Router::new()$(.route($path, axum::routing::$method($handler)))*
+        }
+    };
+}
+
+api_routes! {
+    post "/v1/jobs" => jobs::enqueue;
+    post "/v1/emails" => emails::send;
+    get "/v1/admin/jobs" => admin::list_jobs;
+    post "/v1/admin/jobs/bulk" => admin::bulk;
+    get "/v1/admin/jobs/{id}" => admin::get_job;
+    delete "/v1/admin/jobs/{id}" => admin::delete_job;
+    post "/v1/admin/jobs/{id}/retry" => admin::retry_job;
+    post "/v1/admin/jobs/{id}/cancel" => admin::cancel_job;
+    get "/v1/admin/counts" => admin::counts;
+    get "/v1/admin/queues" => admin::list_queues;
+    post "/v1/admin/queues/{name}/pause" => admin::pause_queue;
+    post "/v1/admin/queues/{name}/resume" => admin::resume_queue;
+    get "/v1/admin/schedules" => admin::list_schedules;
+    post "/v1/admin/schedules/{name}/run" => admin::run_schedule;
+    post "/v1/admin/stripe/events/{id}/replay" => admin::replay_stripe_event;
+    get "/v1/openapi.json" => openapi::spec;
+}
+
+/// The kinds this binary runs, for validating what callers enqueue.
+pub(crate) fn registry() -> &'static Registry<AppState> {
+    static REGISTRY: LazyLock<Registry<AppState>> = LazyLock::new(crate::jobs::registry);
+    &REGISTRY
+}
+
+/// A JSON body that could not be read: 422 naming the field when it did not fit, else 400/413.
+pub(crate) fn json_error(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::Unprocessable(e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
+            "expected a JSON body with `Content-Type: application/json`".into(),
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// Query parameters that do not fit: 422 naming the parameter.
+pub(crate) fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::Unprocessable(rejection.body_text())
+}
+
+/// A path segment that does not fit (e.g. a job id that is not a number).
+pub(crate) fn path_error(rejection: PathRejection) -> ApiError {
+    ApiError::BadRequest(rejection.body_text())
+}
+
+/// What an enqueue refused, for the caller; database trouble stays ours.
+pub(crate) fn enqueue_error(error: EnqueueError) -> ApiError {
+    match error {
+        EnqueueError::Database(e) => e.into(),
+        other => ApiError::Unprocessable(other.to_string()),
+    }
+}
+
+/// A name-like value (queue, tag, key): 1 to `max` characters, no control characters.
+pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::Unprocessable(format!(
+            "`{field}` must not be empty"
+        )));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "`{field}` must be at most {max} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::Unprocessable(format!(
+            "`{field}` must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, for people.
+    pub error: String,
+}
