@@ -50,6 +50,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Queues { command } => crate::dashboard::cli::queues(&config, command).await,
         Command::Operators { command } => crate::auth::command::operators(&config, command).await,
         Command::Tokens { command } => crate::auth::command::tokens(&config, command).await,
+        Command::Documents { command } => {
+            crate::jobs::drive_import::command(&config, command).await
+        }
         Command::Stripe {
             command: crate::cli::StripeCommand::Replay { event_id },
         } => stripe_replay(&config, &event_id).await,

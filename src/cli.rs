@@ -75,6 +75,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::auth::command::TokensCommand,
     },
+    /// Client documents: move the old blob storage's files into Google Drive.
+    Documents {
+        #[command(subcommand)]
+        command: crate::jobs::drive_import::DocumentsCommand,
+    },
     /// Stripe operations.
     Stripe {
         #[command(subcommand)]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod error;
 mod health;
 pub mod metrics;
+pub mod uploads;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(webhooks::router(&state.webhooks))
+        .merge(uploads::router())
         .merge(api::router())
         .merge(metrics::router())
         .layer(TraceLayer::new_for_http().on_failure(()))

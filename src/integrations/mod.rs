@@ -2,6 +2,7 @@
 //! configurable base URL and timeouts, and an `error.rs` that classifies failures once as retry,
 //! snooze-until, permanent or auth. Integrations know nothing about jobs or the queue.
 
+pub mod drive;
 pub mod facebook;
 pub mod resend;
 

@@ -1,6 +1,9 @@
 //! One file per job kind: the payload struct, its policy and `perform`. This module wires them
 //! into the [`Registry`] a node runs, over the application state [`AppState`].
 
+pub mod drive_delete;
+pub mod drive_import;
+pub mod drive_upload;
 pub mod facebook_sync;
 pub mod facebook_sync_account;
 mod prune;
@@ -16,6 +19,9 @@ use crate::config::{Config, Secrets};
 use crate::integrations::resend::ResendClient;
 use crate::queue::Registry;
 
+pub use drive_delete::DriveDelete;
+pub use drive_import::DriveImport;
+pub use drive_upload::DriveUpload;
 pub use facebook_sync::FacebookSync;
 pub use facebook_sync_account::FacebookSyncAccount;
 pub use prune::Prune;
@@ -62,5 +68,8 @@ pub fn registry() -> Registry<AppState> {
     registry.register::<StripeReconcile>();
     registry.register::<FacebookSync>();
     registry.register::<FacebookSyncAccount>();
+    registry.register::<DriveUpload>();
+    registry.register::<DriveDelete>();
+    registry.register::<DriveImport>();
     registry
 }

@@ -143,8 +143,6 @@ pub(super) const LIST_DEFAULT: &str =
 pub(super) const PERMISSION_DEFAULT: &str = "kind,id,type,role";
 
 pub(super) fn file_json(file: &StoredFile) -> Value {
-    let digest = ring::digest::digest(&ring::digest::SHA256, &file.content);
-    let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     json!({
         "kind": "drive#file",
         "id": file.id,
@@ -153,8 +151,8 @@ pub(super) fn file_json(file: &StoredFile) -> Value {
         "parents": file.parents,
         "appProperties": file.app_properties,
         "properties": file.properties,
-        "size": file.content.len().to_string(),
-        "sha256Checksum": sha256,
+        "size": file.size.to_string(),
+        "sha256Checksum": file.sha256,
         "createdTime": file.created_time,
         "modifiedTime": file.created_time,
         "trashed": false,

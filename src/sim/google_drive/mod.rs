@@ -63,8 +63,8 @@ use tokio::time::Instant;
 use super::fault::{FaultConfig, FaultResponder, Faults};
 use super::{CallLog, SimServer, lock, mix};
 
-pub use self::auth::{KeyError, ServiceAccount, test_service_account};
 use self::auth::*;
+pub use self::auth::{KeyError, ServiceAccount, test_service_account};
 use self::errors::*;
 use self::fields::*;
 use self::files::*;
@@ -137,6 +137,9 @@ pub struct GoogleDriveConfig {
     pub forbid_anyone_permissions: bool,
     /// Persist non-final resumable chunks only up to the last 256 KiB multiple.
     pub enforce_chunk_granularity: bool,
+    /// Keep uploaded bytes (`StoredFile::content`, `files.get?alt=media`). Off, only each
+    /// file's size and SHA-256 are kept, so a benchmark can push gigabytes through it.
+    pub keep_content: bool,
     /// Seeds the generated ids.
     pub seed: u64,
     pub faults: FaultConfig,
@@ -154,6 +157,7 @@ impl Default for GoogleDriveConfig {
             require_parent: false,
             forbid_anyone_permissions: false,
             enforce_chunk_granularity: true,
+            keep_content: true,
             seed: 0,
             faults: FaultConfig::default(),
         }
@@ -169,7 +173,12 @@ pub struct StoredFile {
     pub parents: Vec<String>,
     pub app_properties: BTreeMap<String, String>,
     pub properties: BTreeMap<String, String>,
+    /// Empty when the simulator does not keep content ([`GoogleDriveConfig::keep_content`]).
     pub content: Vec<u8>,
+    /// Bytes received, kept or not.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the content (Drive's `sha256Checksum`).
+    pub sha256: String,
     /// Permission resources as created.
     pub permissions: Vec<Value>,
     pub created_time: String,
@@ -186,6 +195,10 @@ pub struct UploadSession {
     pub upload_id: String,
     pub persisted: u64,
     pub total: Option<u64>,
+    /// Body bytes received by this session's chunk `PUT`s, including bytes sent again after an
+    /// interruption and bytes dropped because they were not persisted: `received - total` is
+    /// what a client re-sent.
+    pub received: u64,
     /// The file id once the upload completed.
     pub file_id: Option<String>,
     pub expired: bool,
@@ -198,7 +211,10 @@ struct Session {
     content_type: Option<String>,
     fields: Option<String>,
     owner: String,
+    /// The persisted bytes (empty unless the simulator keeps content).
     bytes: Vec<u8>,
+    /// SHA-256 of the persisted bytes so far.
+    hasher: Hasher,
 }
 
 #[derive(Debug)]

@@ -30,15 +30,48 @@ pub(super) fn new_id(s: &mut DriveState) -> String {
     format!("1{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// A file's bytes as they arrive at `store`: the bytes (empty when not kept), size and digest.
+pub(super) struct Content {
+    pub(super) bytes: Vec<u8>,
+    pub(super) size: u64,
+    pub(super) sha256: String,
+}
+
+impl Content {
+    pub(super) fn of(bytes: Vec<u8>) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        Content {
+            size: bytes.len() as u64,
+            sha256: hex(digest.as_ref()),
+            bytes,
+        }
+    }
+}
+
+/// A running SHA-256 (ring's context has no `Debug`).
+#[derive(Clone)]
+pub(super) struct Hasher(pub(super) ring::digest::Context);
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hasher(SHA-256)")
+    }
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Stores a file from metadata and content; returns it or Drive's refusal.
 pub(super) fn store(
     s: &mut DriveState,
     owner: &str,
     metadata: &Value,
-    content: Vec<u8>,
+    content: Content,
     media_type: Option<&str>,
     upload_type: &str,
 ) -> Result<StoredFile, Box<Response>> {
+    let keep = s.config.keep_content;
     if !metadata.is_object() && !metadata.is_null() {
         return Err(Box::new(bad_request("Invalid JSON payload", None)));
     }
@@ -90,7 +123,9 @@ pub(super) fn store(
         parents,
         app_properties: string_map(metadata.get("appProperties")),
         properties: string_map(metadata.get("properties")),
-        content,
+        content: if keep { content.bytes } else { Vec::new() },
+        size: content.size,
+        sha256: content.sha256,
         permissions: Vec::new(),
         created_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         owner: owner.to_owned(),
@@ -121,7 +156,14 @@ pub(super) async fn create_metadata_only(
             Err(_) => return bad_request("Invalid JSON payload received.", None),
         }
     };
-    match store(&mut s, &owner, &metadata, Vec::new(), None, "metadata") {
+    match store(
+        &mut s,
+        &owner,
+        &metadata,
+        Content::of(Vec::new()),
+        None,
+        "metadata",
+    ) {
         Ok(file) => file_response(
             &file,
             params.get("fields").map(String::as_str),
@@ -169,7 +211,7 @@ pub(super) async fn upload(
                 &mut s,
                 &owner,
                 &metadata,
-                content,
+                Content::of(content),
                 media_type.as_deref(),
                 "multipart",
             ) {
@@ -179,7 +221,14 @@ pub(super) async fn upload(
         }
         Some("media") => {
             let media = (!content_type.is_empty()).then_some(content_type.as_str());
-            match store(&mut s, &owner, &json!({}), body.to_vec(), media, "media") {
+            match store(
+                &mut s,
+                &owner,
+                &json!({}),
+                Content::of(body.to_vec()),
+                media,
+                "media",
+            ) {
                 Ok(file) => file_response(&file, fields, StatusCode::OK),
                 Err(refusal) => *refusal,
             }
@@ -213,6 +262,7 @@ pub(super) async fn upload(
                         upload_id: upload_id.clone(),
                         persisted: 0,
                         total,
+                        received: 0,
                         file_id: None,
                         expired: false,
                     },
@@ -221,6 +271,7 @@ pub(super) async fn upload(
                     fields: fields.map(str::to_owned),
                     owner,
                     bytes: Vec::new(),
+                    hasher: Hasher(ring::digest::Context::new(&ring::digest::SHA256)),
                 },
             );
             let host = headers
@@ -397,6 +448,7 @@ pub(super) async fn upload_chunk(
     }
     let mut s = lock(&state);
     let granularity = s.config.enforce_chunk_granularity;
+    let keep_content = s.config.keep_content;
     let Some(session) = s.sessions.get_mut(&upload_id) else {
         return file_not_found(&upload_id);
     };
@@ -408,6 +460,7 @@ pub(super) async fn upload_chunk(
             None => file_not_found(&file_id),
         };
     }
+    session.info.received += received.len() as u64;
     let persisted = session.info.persisted;
     let (first, total) = match range {
         Some(ContentRange::Query(total)) => {
@@ -449,10 +502,12 @@ pub(super) async fn upload_chunk(
         // Non-final or broken chunk: whole 256 KiB blocks only.
         (end / CHUNK_GRANULARITY * CHUNK_GRANULARITY).saturating_sub(persisted)
     };
-    session
-        .bytes
-        .extend_from_slice(&fresh[..keep.min(fresh.len() as u64) as usize]);
-    session.info.persisted = session.bytes.len() as u64;
+    let kept = &fresh[..keep.min(fresh.len() as u64) as usize];
+    session.hasher.0.update(kept);
+    if keep_content {
+        session.bytes.extend_from_slice(kept);
+    }
+    session.info.persisted += kept.len() as u64;
     if broken {
         return bad_request("The upload was interrupted.", None);
     }
@@ -463,7 +518,11 @@ pub(super) async fn upload_chunk(
     let media_type = session.content_type.clone();
     let owner = session.owner.clone();
     let fields = session.fields.clone();
-    let content = std::mem::take(&mut session.bytes);
+    let content = Content {
+        bytes: std::mem::take(&mut session.bytes),
+        size: session.info.persisted,
+        sha256: hex(session.hasher.0.clone().finish().as_ref()),
+    };
     match store(
         &mut s,
         &owner,

@@ -1,0 +1,272 @@
+//! `POST /v1/uploads`: a client document, streamed into PostgreSQL and queued for Google Drive.
+//!
+//! The body is `multipart/form-data` with the fields `client_id`, `title` (optional: the file
+//! name) and `file` (its part's `Content-Type` must be one of `uploads.allowed_mime_types`), in
+//! any order. The file is never held whole in memory: it is read part-chunk by part-chunk into
+//! `document_chunks` rows of `uploads.chunk_bytes` (hashing on the way), inside ONE transaction
+//! that then inserts the `documents` row (`PENDING`, size, SHA-256) and enqueues its
+//! `drive_upload` job. 202 answers with the document and job ids after the commit; any node can
+//! run the job, since the bytes are in the database.
+//!
+//! Refusals, with nothing stored (the transaction is rolled back): no or a bad bearer token
+//! 401, a token without `uploads:write` 403; a declared `Content-Length` or a file over
+//! `uploads.max_bytes` 413; a media type not accepted 415; a missing field, an unknown client, an
+//! empty file or a malformed body 422/400.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::multipart::{Field, MultipartError};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::HttpState;
+use super::error::ApiError;
+use crate::auth::ApiCaller;
+use crate::jobs::DriveUpload;
+use crate::jobs::drive_upload::Staging;
+use crate::queue::{self, Db, NewJob};
+
+/// Room for the form's other fields and boundaries on top of the file's own limit.
+const FORM_OVERHEAD: u64 = 64 * 1024;
+/// Longest `client_id` or `title` accepted.
+const MAX_TEXT_FIELD: usize = 1024;
+
+const CLIENT_EXISTS: &str = "select exists (select 1 from clients where id = $1)";
+
+const DOCUMENT_INSERT: &str = r#"
+insert into documents (id, client_id, title, file_name, mime_type, size_bytes, sha256, status,
+                       chunk_bytes)
+values ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8)
+"#;
+
+pub fn router() -> Router<HttpState> {
+    Router::new()
+        .route("/v1/uploads", post(upload))
+        // The handler counts the bytes itself (413 past `uploads.max_bytes`) while streaming;
+        // axum's default 2 MB limit would refuse every real document.
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// The intake's refusals: the API's errors, plus 415 (which the shared error type lacks).
+#[derive(Debug)]
+enum UploadRefusal {
+    Api(ApiError),
+    UnsupportedType(String),
+}
+
+impl From<ApiError> for UploadRefusal {
+    fn from(error: ApiError) -> Self {
+        UploadRefusal::Api(error)
+    }
+}
+
+impl From<sqlx::Error> for UploadRefusal {
+    fn from(error: sqlx::Error) -> Self {
+        UploadRefusal::Api(error.into())
+    }
+}
+
+impl IntoResponse for UploadRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            UploadRefusal::Api(error) => error.into_response(),
+            UploadRefusal::UnsupportedType(message) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Json(json!({ "error": message })),
+            )
+                .into_response(),
+        }
+    }
+}
+
+fn unprocessable(message: impl Into<String>) -> UploadRefusal {
+    UploadRefusal::Api(ApiError::Unprocessable(message.into()))
+}
+
+/// A body that broke off or is not multipart: 413 when it was axum's limit, else 400.
+fn malformed(error: MultipartError) -> UploadRefusal {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        UploadRefusal::Api(ApiError::PayloadTooLarge)
+    } else {
+        UploadRefusal::Api(ApiError::BadRequest(format!(
+            "malformed multipart body: {}",
+            error.body_text()
+        )))
+    }
+}
+
+struct StagedFile {
+    file_name: String,
+    mime_type: String,
+    size: u64,
+    sha256: String,
+}
+
+async fn upload(
+    State(state): State<HttpState>,
+    caller: Result<ApiCaller, ApiError>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<Value>), UploadRefusal> {
+    // Checked before the body is read: a stranger's bytes are never staged.
+    caller?.require("uploads:write")?;
+    let settings = &state.app.config.uploads;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > settings.max_bytes + FORM_OVERHEAD) {
+        return Err(ApiError::PayloadTooLarge.into());
+    }
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected a multipart/form-data body: {}",
+            e.body_text()
+        ))
+    })?;
+    let document_id = Uuid::new_v4();
+    // Everything below happens in this transaction: an error drops it, and nothing stays.
+    let mut tx = state.pool.begin().await?;
+    let mut client_id = None;
+    let mut title = None;
+    let mut file: Option<StagedFile> = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+        match field.name().unwrap_or_default() {
+            "client_id" => client_id = Some(text(field, "client_id").await?),
+            "title" => title = Some(text(field, "title").await?),
+            "file" => {
+                if file.is_some() {
+                    return Err(unprocessable("send one `file` per upload"));
+                }
+                let mime_type = field
+                    .content_type()
+                    .and_then(|c| c.split(';').next())
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .unwrap_or_default();
+                if !settings.allowed_mime_types.contains(&mime_type) {
+                    let shown = if mime_type.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        mime_type
+                    };
+                    return Err(UploadRefusal::UnsupportedType(format!(
+                        "files of type {shown} are not accepted; accepted types: {}",
+                        settings.allowed_mime_types.join(", ")
+                    )));
+                }
+                let file_name = field
+                    .file_name()
+                    .map(clean_file_name)
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "document".to_string());
+                let mut staging = Staging::new(document_id, settings.chunk_bytes);
+                while let Some(bytes) = field.chunk().await.map_err(malformed)? {
+                    if staging.size() + bytes.len() as u64 > settings.max_bytes {
+                        return Err(ApiError::PayloadTooLarge.into());
+                    }
+                    staging.push(&mut tx, &bytes).await?;
+                }
+                let staged = staging.finish(&mut tx).await?;
+                if staged.size == 0 {
+                    return Err(unprocessable("the file is empty"));
+                }
+                file = Some(StagedFile {
+                    file_name,
+                    mime_type,
+                    size: staged.size,
+                    sha256: staged.sha256,
+                });
+            }
+            other => {
+                return Err(unprocessable(format!(
+                    "unexpected field `{other}`; expected client_id, title and file"
+                )));
+            }
+        }
+    }
+    let client_id = client_id
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| unprocessable("the `client_id` field is required"))?;
+    let file = file.ok_or_else(|| unprocessable("the `file` field is required"))?;
+    let exists: bool = sqlx::query_scalar(CLIENT_EXISTS)
+        .bind(&client_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !exists {
+        return Err(unprocessable(format!("unknown client `{client_id}`")));
+    }
+    let title = title
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| file.file_name.clone());
+    sqlx::query(DOCUMENT_INSERT)
+        .bind(document_id)
+        .bind(&client_id)
+        .bind(&title)
+        .bind(&file.file_name)
+        .bind(&file.mime_type)
+        .bind(file.size as i64)
+        .bind(&file.sha256)
+        .bind(settings.chunk_bytes as i32)
+        .execute(&mut *tx)
+        .await?;
+    let job = NewJob::of(&DriveUpload { document_id }).map_err(|e| ApiError::Internal(e.into()))?;
+    let enqueued = queue::enqueue(Db::Conn(&mut tx), job)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    tx.commit().await?;
+    tracing::info!(%document_id, client_id, size = file.size, "document accepted for Drive");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "document_id": document_id,
+            "job_id": enqueued.id,
+            "status": "PENDING",
+            "file_name": file.file_name,
+            "mime_type": file.mime_type,
+            "size": file.size,
+            "sha256": file.sha256,
+        })),
+    ))
+}
+
+/// A short text field, read with a cap.
+async fn text(mut field: Field<'_>, name: &str) -> Result<String, UploadRefusal> {
+    let mut raw = Vec::new();
+    while let Some(bytes) = field.chunk().await.map_err(malformed)? {
+        raw.extend_from_slice(&bytes);
+        if raw.len() > MAX_TEXT_FIELD {
+            return Err(unprocessable(format!(
+                "`{name}` is longer than {MAX_TEXT_FIELD} bytes"
+            )));
+        }
+    }
+    String::from_utf8(raw).map_err(|_| unprocessable(format!("`{name}` is not UTF-8 text")))
+}
+
+/// The last path component of a client-supplied name, without control characters.
+fn clean_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    base.chars()
+        .filter(|c| !c.is_control())
+        .take(255)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_lose_their_paths() {
+        assert_eq!(clean_file_name("C:\\Users\\a\\report.pdf"), "report.pdf");
+        assert_eq!(clean_file_name("../../etc/passwd"), "passwd");
+        assert_eq!(clean_file_name("a\u{0}b.pdf"), "ab.pdf");
+    }
+}

@@ -1,0 +1,97 @@
+//! `drive_delete`: deletes a document's file from Google Drive, then the document's row (and any
+//! staged chunks). A 404 from Drive counts as done: the file is gone either way, so a retry
+//! after a lost answer is harmless.
+//!
+//! The file is the one named by `drive_file_id` (in the args, or on the row). A document whose
+//! upload never recorded a file id is looked up by its `appProperties` key, in case an upload
+//! created it before dying. Rate limits snooze, 5xx and cut connections retry, other 4xx discard
+//! (classified in `integrations::drive::error`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::drive_upload::{APP_PROPERTY, drive_client};
+use crate::queue::{Backoff, Job, JobArgs, JobContext, JobError, JobResult, Policy};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveDelete {
+    /// The document whose file goes; its row is deleted afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_id: Option<Uuid>,
+    /// A file to delete when the row is already gone (or to override the row's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drive_file_id: Option<String>,
+}
+
+impl JobArgs for DriveDelete {
+    const KIND: &'static str = "drive_delete";
+
+    fn policy() -> Policy {
+        Policy {
+            queue: "drive",
+            max_attempts: 12,
+            backoff: Backoff {
+                base: Duration::from_secs(10),
+                max: Duration::from_secs(1800),
+                jitter: 0.2,
+            },
+            timeout: Some(Duration::from_secs(300)),
+            rate_limit: Some("drive"),
+            ..Policy::default()
+        }
+    }
+
+    fn unique_key(&self) -> Option<String> {
+        match (&self.document_id, &self.drive_file_id) {
+            (Some(id), _) => Some(format!("drive_delete:{id}")),
+            (None, Some(file)) => Some(format!("drive_delete:file:{file}")),
+            (None, None) => None,
+        }
+    }
+}
+
+const DOCUMENT_FILE: &str = "select drive_file_id from documents where id = $1";
+const DOCUMENT_DELETE: &str = "delete from documents where id = $1";
+
+impl Job<AppState> for DriveDelete {
+    async fn perform(self, ctx: JobContext<AppState>) -> JobResult {
+        let pool = &ctx.state.pool;
+        let drive = drive_client(&ctx.state)?;
+        let mut file_id = self.drive_file_id.clone();
+        if file_id.is_none()
+            && let Some(document_id) = self.document_id
+        {
+            file_id = sqlx::query_scalar::<_, Option<String>>(DOCUMENT_FILE)
+                .bind(document_id)
+                .fetch_optional(pool)
+                .await?
+                .flatten();
+            if file_id.is_none() {
+                // Never recorded: an upload may still have created it.
+                file_id = drive
+                    .find_by_app_property(APP_PROPERTY, &document_id.to_string())
+                    .await?
+                    .map(|f| f.id);
+            }
+        }
+        let existed = match &file_id {
+            Some(id) => drive.delete(id).await?,
+            None if self.document_id.is_none() => {
+                return Err(JobError::discard("give a document_id or a drive_file_id"));
+            }
+            None => false,
+        };
+        if let Some(document_id) = self.document_id {
+            sqlx::query(DOCUMENT_DELETE)
+                .bind(document_id)
+                .execute(pool)
+                .await?;
+        }
+        Ok(Some(json!({"drive_file_id": file_id, "existed": existed})))
+    }
+}

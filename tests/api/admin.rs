@@ -1,0 +1,335 @@
+//! `/v1/admin/*` end to end: list with filters and keyset pages, one job, actions on one and in
+//! bulk, counts, queues, schedules, Stripe replay.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, query};
+
+async fn enqueue(api: &Api, token: &str, body: Value) -> i64 {
+    let answer = api
+        .call(Method::POST, "/v1/jobs", Some(token), Some(body))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+    answer.body["id"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn operators_find_fix_and_clean_up_jobs_through_the_admin_api() {
+    let api = Api::new().await;
+    let writer = api.token(&["jobs:write"]).await;
+    let admin = api.token(&["admin:read", "admin:write"]).await;
+    let get = |path: String| {
+        let (api, admin) = (&api, admin.clone());
+        async move { api.call(Method::GET, &path, Some(&admin), None).await }
+    };
+
+    let ok1 = enqueue(
+        &api,
+        &writer,
+        json!({"kind": "noop", "args": {}, "tags": ["batch-a"]}),
+    )
+    .await;
+    let ok2 = enqueue(&api, &writer, json!({"kind": "noop", "tags": ["batch-a"]})).await;
+    let failing = enqueue(
+        &api,
+        &writer,
+        json!({"kind": "noop", "args": {"fail": "order A-17 exploded"}, "max_attempts": 1}),
+    )
+    .await;
+    let report = api.drain("default").await;
+    assert_eq!((report.completed, report.discarded), (2, 1), "{report:?}");
+
+    // Filter by state, by text in the args, by JSON containment, by tag.
+    let discarded = get(format!(
+        "/v1/admin/jobs?{}",
+        query(&[("state", "discarded")])
+    ))
+    .await;
+    assert_eq!(discarded.status, StatusCode::OK, "{}", discarded.text);
+    let jobs = discarded.body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], failing);
+    assert!(
+        jobs[0]["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exploded")
+    );
+    let by_text = get(format!("/v1/admin/jobs?{}", query(&[("args", "A-17")]))).await;
+    assert_eq!(by_text.body["jobs"][0]["id"], failing, "{}", by_text.text);
+    let by_json = get(format!(
+        "/v1/admin/jobs?{}",
+        query(&[
+            ("args", r#"{"fail": "order A-17 exploded"}"#),
+            ("kind", "noop")
+        ])
+    ))
+    .await;
+    assert_eq!(
+        by_json.body["jobs"].as_array().unwrap().len(),
+        1,
+        "{}",
+        by_json.text
+    );
+    let by_tag = get(format!("/v1/admin/jobs?{}", query(&[("tag", "batch-a")]))).await;
+    assert_eq!(by_tag.body["jobs"].as_array().unwrap().len(), 2);
+
+    // Keyset pages, newest first.
+    let page1 = get("/v1/admin/jobs?limit=2".into()).await;
+    let ids: Vec<i64> = page1.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![failing, ok2]);
+    let after = page1.body["next_after"].as_i64().unwrap();
+    let page2 = get(format!("/v1/admin/jobs?limit=2&after={after}")).await;
+    let ids: Vec<i64> = page2.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![ok1]);
+    assert_eq!(page2.body["next_after"], Value::Null);
+
+    // Bad parameters name themselves.
+    for (path, needle) in [
+        ("/v1/admin/jobs?state=exploded", "unknown state `exploded`"),
+        ("/v1/admin/jobs?limit=0", "limit"),
+        ("/v1/admin/jobs?after=abc", "after"),
+        ("/v1/admin/jobs?colour=red", "colour"),
+    ] {
+        let answer = get(path.into()).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {}",
+            answer.text
+        );
+        assert!(answer.text.contains(needle), "{path}: {}", answer.text);
+    }
+
+    // One job; a missing one; a malformed id.
+    let one = get(format!("/v1/admin/jobs/{failing}")).await;
+    assert_eq!(
+        (one.status, one.body["state"].as_str()),
+        (StatusCode::OK, Some("discarded"))
+    );
+    assert_eq!(
+        get("/v1/admin/jobs/999999".into()).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get("/v1/admin/jobs/abc".into()).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Retry the failed job, cancel it, refuse a second cancel, delete it.
+    let act = |method: Method, path: String| {
+        let (api, admin) = (&api, admin.clone());
+        async move { api.call(method, &path, Some(&admin), None).await }
+    };
+    let retried = act(Method::POST, format!("/v1/admin/jobs/{failing}/retry")).await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
+    assert_eq!(retried.body["state"], "available");
+    let cancelled = act(Method::POST, format!("/v1/admin/jobs/{failing}/cancel")).await;
+    assert_eq!(cancelled.body["state"], "cancelled", "{}", cancelled.text);
+    let again = act(Method::POST, format!("/v1/admin/jobs/{failing}/cancel")).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    assert!(again.text.contains("cancelled"), "{}", again.text);
+    let deleted = act(Method::DELETE, format!("/v1/admin/jobs/{failing}")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    assert_eq!(
+        get(format!("/v1/admin/jobs/{failing}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        act(Method::POST, "/v1/admin/jobs/999999/retry".into())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Bulk: by ids, by filter; refused without exactly one of them or with an empty filter.
+    let bulk = |body: Value| {
+        let (api, admin) = (&api, admin.clone());
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/admin/jobs/bulk",
+                Some(&admin),
+                Some(body),
+            )
+            .await
+        }
+    };
+    for body in [
+        json!({"action": "retry"}),
+        json!({"action": "retry", "ids": [ok1], "filter": {"kind": "noop"}}),
+        json!({"action": "delete", "filter": {}}),
+        json!({"action": "explode", "ids": [ok1]}),
+        json!({"action": "delete", "filter": {"state": "gone"}}),
+    ] {
+        let answer = bulk(body.clone()).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(
+        api.job_count().await,
+        2,
+        "refused bulk actions changed nothing"
+    );
+    let retried = bulk(json!({"action": "retry", "ids": [ok1, ok2, 999999]})).await;
+    assert_eq!(retried.body, json!({"changed": 2}), "{}", retried.text);
+    assert_eq!(api.drain("default").await.completed, 2);
+    let deleted =
+        bulk(json!({"action": "delete", "filter": {"kind": "noop", "state": "completed"}})).await;
+    assert_eq!(deleted.body, json!({"changed": 2}), "{}", deleted.text);
+    assert_eq!(api.job_count().await, 0);
+}
+
+#[tokio::test]
+async fn queues_counts_schedules_and_stripe_replay() {
+    let api = Api::new().await;
+    let writer = api.token(&["jobs:write"]).await;
+    let admin = api.token(&["admin:read", "admin:write"]).await;
+    enqueue(&api, &writer, json!({"kind": "noop", "queue": "reports"})).await;
+
+    let counts = api
+        .call(Method::GET, "/v1/admin/counts", Some(&admin), None)
+        .await;
+    assert_eq!(counts.status, StatusCode::OK, "{}", counts.text);
+    assert!(
+        counts
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["queue"] == "reports" && c["state"] == "available" && c["count"] == 1),
+        "{}",
+        counts.text
+    );
+
+    let paused = api
+        .call(
+            Method::POST,
+            "/v1/admin/queues/reports/pause",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        paused.body,
+        json!({"name": "reports", "paused": true}),
+        "{}",
+        paused.text
+    );
+    assert_eq!(
+        api.drain("reports").await.total(),
+        0,
+        "a paused queue is not claimed"
+    );
+    let queues = api
+        .call(Method::GET, "/v1/admin/queues", Some(&admin), None)
+        .await;
+    let reports = queues
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "reports")
+        .cloned();
+    assert_eq!(
+        reports.as_ref().map(|q| q["paused"].clone()),
+        Some(json!(true)),
+        "{}",
+        queues.text
+    );
+    let resumed = api
+        .call(
+            Method::POST,
+            "/v1/admin/queues/reports/resume",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(resumed.body["paused"], false);
+    assert_eq!(api.drain("reports").await.completed, 1);
+
+    let schedules = api
+        .call(Method::GET, "/v1/admin/schedules", Some(&admin), None)
+        .await;
+    assert_eq!(schedules.status, StatusCode::OK, "{}", schedules.text);
+    let names: Vec<&str> = schedules
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(names.contains(&"prune"), "{names:?}");
+    let run = api
+        .call(
+            Method::POST,
+            "/v1/admin/schedules/prune/run",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.text);
+    let kind: String = sqlx::query_scalar("select kind from jobs where id = $1")
+        .bind(run.body["id"].as_i64().unwrap())
+        .fetch_one(&api.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "prune");
+    let missing = api
+        .call(
+            Method::POST,
+            "/v1/admin/schedules/nope/run",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text);
+
+    sqlx::query(
+        "insert into stripe_events (id, type, created, livemode, api_version, payload, status)
+         values ('evt_api_1', 'invoice.paid', 1700000000, false, '2024-06-20', '{}', 'processed')",
+    )
+    .execute(&api.db.pool)
+    .await
+    .unwrap();
+    let replay = api
+        .call(
+            Method::POST,
+            "/v1/admin/stripe/events/evt_api_1/replay",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED, "{}", replay.text);
+    let args: Value =
+        sqlx::query_scalar("select args from jobs where id = $1 and kind = 'stripe_event'")
+            .bind(replay.body["id"].as_i64().unwrap())
+            .fetch_one(&api.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(args["event_id"], "evt_api_1");
+    let unknown = api
+        .call(
+            Method::POST,
+            "/v1/admin/stripe/events/evt_nope/replay",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+}

@@ -1,0 +1,173 @@
+//! `POST /v1/jobs`: any registered kind, args checked against its struct, options applied; bad
+//! input is a 4xx naming what was wrong, with nothing stored.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, email_data};
+
+#[tokio::test]
+async fn bad_requests_are_refused_naming_what_was_wrong_and_store_nothing() {
+    let api = Api::new().await;
+    let token = api.token(&["jobs:write"]).await;
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"kind": "no_such_kind"}),
+            "unknown kind `no_such_kind`",
+        ),
+        (
+            json!({"kind": "send_email", "args": {"template": "welcome", "data": {}}}),
+            "missing field `to`",
+        ),
+        (
+            json!({"kind": "send_email", "args": {
+                "template": "payment_failed", "to": "jane@example.com",
+                "data": {"amount": "1.00", "currency": "EUR", "invoice_url": "https://x.example"}}}),
+            "client_name",
+        ),
+        (
+            json!({"kind": "noop", "args": [1, 2]}),
+            "`args` must be a JSON object",
+        ),
+        (json!({"kind": "noop", "priority": "high"}), "priority"),
+        (json!({"kind": "noop", "queeu": "q"}), "queeu"),
+        (json!({"kind": "noop", "max_attempts": 0}), "max_attempts"),
+        (
+            json!({"kind": "noop", "queue": ""}),
+            "`queue` must not be empty",
+        ),
+        (
+            json!({"kind": "noop", "run_at": "2030-01-01T00:00:00Z", "delay_seconds": 5}),
+            "not both",
+        ),
+        (json!({"kind": "noop", "run_at": "tomorrow"}), "run_at"),
+        (
+            json!({"kind": "noop", "delay_seconds": -1}),
+            "delay_seconds",
+        ),
+        (json!({"kind": "noop", "tags": ["ok", ""]}), "tags"),
+        (json!({"args": {}}), "missing field `kind`"),
+    ];
+    for (body, needle) in cases {
+        let answer = api
+            .call(Method::POST, "/v1/jobs", Some(&token), Some(body.clone()))
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            answer.text
+        );
+        let error = answer.body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(needle),
+            "{body}: `{error}` should name `{needle}`"
+        );
+    }
+    // Not JSON at all, and JSON without its content type.
+    for (content_type, body) in [
+        ("application/json", "{not json"),
+        ("text/plain", r#"{"kind":"noop"}"#),
+    ] {
+        let request = Request::post("/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let answer = api.send(request).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
+        assert!(answer.body["error"].is_string(), "{}", answer.text);
+    }
+    assert_eq!(api.job_count().await, 0, "nothing half-stored");
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    kind: String,
+    args: Value,
+    queue: String,
+    priority: i16,
+    max_attempts: i32,
+    tags: Vec<String>,
+    unique_key: Option<String>,
+    state: String,
+    run_at: DateTime<Utc>,
+}
+
+#[tokio::test]
+async fn a_job_is_enqueued_with_its_options_and_a_unique_key_answers_the_first_job() {
+    let api = Api::new().await;
+    let token = api.token(&["jobs:write"]).await;
+    let request = json!({
+        "kind": "noop",
+        "args": {"fail": "on purpose"},
+        "queue": "api_q",
+        "priority": 3,
+        "delay_seconds": 60,
+        "max_attempts": 2,
+        "tags": ["client:42", "from-api"],
+        "unique_key": "api-test-1",
+    });
+    let first = api
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&token),
+            Some(request.clone()),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(first.body["duplicate"], false);
+    let id = first.body["id"].as_i64().unwrap();
+
+    let row: JobRow = sqlx::query_as(
+        "select kind, args, queue, priority, max_attempts, tags, unique_key, state, run_at
+           from jobs where id = $1",
+    )
+    .bind(id)
+    .fetch_one(&api.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.kind, "noop");
+    assert_eq!(row.args, json!({"fail": "on purpose"}));
+    assert_eq!(
+        (row.queue.as_str(), row.priority, row.max_attempts),
+        ("api_q", 3, 2)
+    );
+    assert_eq!(row.tags, vec!["client:42".to_string(), "from-api".into()]);
+    assert_eq!(row.unique_key.as_deref(), Some("api-test-1"));
+    assert_eq!(row.state, "scheduled");
+    let delay = (row.run_at - Utc::now()).num_seconds();
+    assert!((55..=60).contains(&delay), "run_at {delay}s ahead");
+
+    let again = api
+        .call(Method::POST, "/v1/jobs", Some(&token), Some(request))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body, json!({"id": id, "duplicate": true}));
+    assert_eq!(api.job_count().await, 1);
+
+    // Without options, the kind's policy applies: send_email runs on `email` with 10 attempts.
+    let email = api
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&token),
+            Some(json!({"kind": "send_email", "args": {
+                "template": "payment_failed", "to": "jane@example.com", "data": email_data()}})),
+        )
+        .await;
+    assert_eq!(email.status, StatusCode::CREATED, "{}", email.text);
+    let (queue, max_attempts): (String, i32) =
+        sqlx::query_as("select queue, max_attempts from jobs where id = $1")
+            .bind(email.body["id"].as_i64().unwrap())
+            .fetch_one(&api.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((queue.as_str(), max_attempts), ("email", 10));
+    let report = api.drain("email").await;
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(api.sim.emails().len(), 1);
+}

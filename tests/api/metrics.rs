@@ -1,0 +1,117 @@
+//! `/metrics` after jobs ran, and job fields on every JSON log line inside a job.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, email_data};
+
+#[tokio::test]
+async fn metrics_show_job_outcomes_durations_queue_depth_and_provider_calls() {
+    let api = Api::new().await;
+    let writer = api.token(&["jobs:write", "emails:send"]).await;
+    let reader = api.token(&["admin:read"]).await;
+    for body in [
+        json!({"kind": "noop", "queue": "metrics_q"}),
+        json!({"kind": "noop", "queue": "metrics_q", "args": {"fail": "x"}, "max_attempts": 1}),
+        json!({"kind": "noop", "queue": "metrics_later", "delay_seconds": 3600}),
+    ] {
+        let answer = api
+            .call(Method::POST, "/v1/jobs", Some(&writer), Some(body))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+    }
+    let email = api
+        .call(
+            Method::POST,
+            "/v1/emails",
+            Some(&writer),
+            Some(json!({"template": "payment_failed", "to": "jane@example.com", "data": email_data()})),
+        )
+        .await;
+    assert_eq!(email.status, StatusCode::ACCEPTED, "{}", email.text);
+    api.drain("metrics_q").await;
+    assert_eq!(api.drain("email").await.completed, 1);
+
+    let answer = api.call(Method::GET, "/metrics", Some(&reader), None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        answer.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = answer.text;
+    for needle in [
+        r#"baw_jobs_total{queue="metrics_q",kind="noop",outcome="completed"} 1"#,
+        r#"baw_jobs_total{queue="metrics_q",kind="noop",outcome="discarded"} 1"#,
+        r#"baw_job_duration_seconds_bucket{queue="metrics_q",kind="noop",le="0.005"}"#,
+        r#"baw_job_duration_seconds_count{queue="metrics_q",kind="noop"} 2"#,
+        r#"baw_provider_requests_total{provider="resend",result="ok"}"#,
+        r#"baw_queue_depth{queue="metrics_later"} 1"#,
+        r#"baw_queue_jobs{queue="metrics_later",state="scheduled"} 1"#,
+        r#"baw_queue_oldest_runnable_age_seconds{queue="metrics_later"} 0"#,
+        "# TYPE baw_job_duration_seconds histogram",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+}
+
+/// A writer the test can read back.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_json_log_line_inside_a_job_carries_its_id_kind_and_attempt() {
+    let api = Api::new().await;
+    let writer = api.token(&["emails:send"]).await;
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = baseaim_worker::telemetry::json_subscriber(
+        tracing_subscriber::EnvFilter::new("info"),
+        move || sink.clone(),
+    );
+    let email = api
+        .call(
+            Method::POST,
+            "/v1/emails",
+            Some(&writer),
+            Some(json!({"template": "payment_failed", "to": "jane@example.com", "data": email_data()})),
+        )
+        .await;
+    let id = email.body["id"].as_i64().unwrap();
+    {
+        // This test's runtime is single-threaded: the job runs on this thread, under this
+        // subscriber.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        assert_eq!(api.drain("email").await.completed, 1);
+    }
+    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = output
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let sent: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "email sent")
+        .collect();
+    assert_eq!(sent.len(), 1, "{output}");
+    assert_eq!(sent[0]["span"]["name"], "job");
+    assert_eq!(sent[0]["span"]["job_id"], id);
+    assert_eq!(sent[0]["span"]["kind"], "send_email");
+    assert_eq!(sent[0]["span"]["attempt"], 1);
+    // The address is masked in logs.
+    assert!(!output.contains("jane@example.com"), "{output}");
+}

@@ -1,0 +1,217 @@
+//! The jobs' error handling and the other kinds: rate limits snooze without spending an
+//! attempt, an expired token is refreshed once, a permanent refusal marks the document FAILED,
+//! `drive_delete` (404 counts as done) and `drive_import` (streamed download, row updated in
+//! place).
+
+use axum::Router;
+use axum::routing::get;
+use baseaim_worker::jobs::{DriveDelete, drive_import};
+use baseaim_worker::queue::{NewJob, enqueue};
+use baseaim_worker::sim::FaultKind;
+
+use crate::{CLIENT, random_bytes, setup, sha256_hex};
+
+#[tokio::test]
+async fn rate_limits_snooze_without_spending_an_attempt_then_the_upload_completes() {
+    let env = setup().await;
+    let bytes = random_bytes(600_000, 11);
+    let id = env.upload_pdf(&bytes).await;
+
+    // Drive's quota refuses every API call: 403 userRateLimitExceeded.
+    env.sim.set_quota_units_per_minute(0);
+    let report = env.drain().await;
+    assert_eq!(report.snoozed, 1, "{report:?}");
+    assert_eq!(env.job("drive_upload").await, ("scheduled".into(), 0));
+    let doc = env.document(id).await;
+    assert_eq!(doc.status, "PENDING");
+    assert_eq!(doc.throttle_count, 1);
+    assert!(env.sim.rate_limit_hits() >= 1);
+
+    // Then a 429 from the backend checks.
+    env.sim.set_quota_units_per_minute(325_000);
+    env.sim.faults().next(FaultKind::TooManyRequests);
+    env.make_due().await;
+    let report = env.drain().await;
+    assert_eq!(report.snoozed, 1, "{report:?}");
+    assert_eq!(env.job("drive_upload").await, ("scheduled".into(), 0));
+    assert_eq!(env.document(id).await.throttle_count, 2, "the wait doubles");
+
+    env.make_due().await;
+    let report = env.drain().await;
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(env.sim.files()[0].content, bytes);
+    let doc = env.document(id).await;
+    assert_eq!(doc.status, "UPLOADED");
+    assert_eq!(doc.throttle_count, 0);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once() {
+    let env = setup().await;
+    env.upload_pdf(&random_bytes(1000, 12)).await;
+    assert_eq!(env.drain().await.completed, 1);
+    let minted = env.sim.tokens_issued();
+    env.sim.expire_tokens();
+    env.upload_pdf(&random_bytes(2000, 13)).await;
+    let report = env.drain().await;
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(env.sim.tokens_issued(), minted + 1);
+    assert_eq!(env.sim.files().len(), 2);
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_marks_the_document_failed_with_the_reason() {
+    let env = setup().await;
+    // A client without a folder, and no GOOGLE_DRIVE_FOLDER_ID.
+    sqlx::query("update clients set drive_folder_id = null")
+        .execute(&env.db.pool)
+        .await
+        .unwrap();
+    let id = env.upload_pdf(&random_bytes(1000, 14)).await;
+    let report = env.drain().await;
+    assert_eq!(report.discarded, 1, "{report:?}");
+    let doc = env.document(id).await;
+    assert_eq!(doc.status, "FAILED");
+    let reason = doc.failure_reason.unwrap();
+    assert!(reason.contains("no Drive folder"), "{reason}");
+
+    // A 4xx from Drive: an uploaded file whose answer is a bad request.
+    sqlx::query("update clients set drive_folder_id = 'f'")
+        .execute(&env.db.pool)
+        .await
+        .unwrap();
+    let id = env.upload_pdf(&random_bytes(1000, 15)).await;
+    env.sim.faults().next(FaultKind::ServerError(503));
+    let report = env.drain().await;
+    assert_eq!(report.retried, 1, "a 5xx retries: {report:?}");
+    assert_eq!(env.document(id).await.status, "PENDING");
+    env.make_due().await;
+    assert_eq!(env.drain().await.completed, 1);
+    assert_eq!(env.document(id).await.status, "UPLOADED");
+}
+
+#[tokio::test]
+async fn drive_delete_removes_the_file_and_a_404_counts_as_done() {
+    let env = setup().await;
+    let id = env.upload_pdf(&random_bytes(3000, 16)).await;
+    assert_eq!(env.drain().await.completed, 1);
+    let file_id = env.document(id).await.drive_file_id.unwrap();
+
+    enqueue(
+        &env.db.pool,
+        NewJob::of(&DriveDelete {
+            document_id: Some(id),
+            drive_file_id: None,
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.drain().await.completed, 1);
+    assert!(env.sim.file(&file_id).is_none());
+    assert_eq!(env.count("select count(*) from documents").await, 0);
+
+    // Deleting it again: Drive answers 404, which is done.
+    enqueue(
+        &env.db.pool,
+        NewJob::of(&DriveDelete {
+            document_id: None,
+            drive_file_id: Some(file_id),
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let report = env.drain().await;
+    assert_eq!(report.completed, 1, "{report:?}");
+}
+
+/// A stand-in for the old blob storage.
+async fn old_storage(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    let mut router = Router::new();
+    for (path, bytes) in files {
+        router = router.route(path, get(move || async move { bytes.clone() }));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn documents_import_moves_old_files_into_drive_in_place() {
+    let env = setup().await;
+    let a = random_bytes(700_000, 17);
+    let b = random_bytes(5_000, 18);
+    let base = old_storage(vec![("/blob/a.pdf", a.clone()), ("/blob/b.pdf", b.clone())]).await;
+    let rows = [
+        (
+            "11111111-1111-4111-8111-111111111111",
+            "a.pdf",
+            format!("{base}/blob/a.pdf"),
+        ),
+        (
+            "22222222-2222-4222-8222-222222222222",
+            "b.pdf",
+            format!("{base}/blob/b.pdf"),
+        ),
+        (
+            "33333333-3333-4333-8333-333333333333",
+            "gone.pdf",
+            format!("{base}/blob/gone.pdf"),
+        ),
+    ];
+    for (id, name, url) in &rows {
+        sqlx::query(
+            "insert into documents (id, client_id, title, file_name, mime_type, file_url)
+             values ($1::uuid, $2, $3, $3, 'application/pdf', $4)",
+        )
+        .bind(id)
+        .bind(CLIENT)
+        .bind(name)
+        .bind(url)
+        .execute(&env.db.pool)
+        .await
+        .unwrap();
+    }
+    let (found, queued) = drive_import::enqueue_imports(&env.db.pool, 100)
+        .await
+        .unwrap();
+    assert_eq!((found, queued), (3, 3));
+    // Running the command again while they wait queues nothing twice.
+    assert_eq!(
+        drive_import::enqueue_imports(&env.db.pool, 100)
+            .await
+            .unwrap(),
+        (3, 0)
+    );
+    let report = env.drain().await;
+    assert_eq!(report.completed, 2, "{report:?}");
+    assert_eq!(report.discarded, 1, "{report:?}");
+
+    for (id, bytes) in [(rows[0].0, &a), (rows[1].0, &b)] {
+        let doc = env.document(id.parse().unwrap()).await;
+        assert_eq!(doc.status, "UPLOADED");
+        assert_eq!(doc.sha256.as_deref(), Some(sha256_hex(bytes).as_str()));
+        let file = env.sim.file(doc.drive_file_id.as_deref().unwrap()).unwrap();
+        assert_eq!(&file.content, bytes);
+        assert_eq!(file.app_properties["baseaim_document_id"], id);
+        assert_eq!(
+            doc.file_url, doc.web_view_link,
+            "file_url now points at Drive"
+        );
+    }
+    let gone = env.document(rows[2].0.parse().unwrap()).await;
+    assert_eq!(gone.status, "FAILED");
+    assert!(gone.failure_reason.unwrap().contains("404"));
+    assert_eq!(env.sim.files().len(), 2);
+    assert_eq!(env.count("select count(*) from document_chunks").await, 0);
+    // Nothing left to import but the failed one.
+    assert_eq!(
+        drive_import::enqueue_imports(&env.db.pool, 100)
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+}
