@@ -279,65 +279,6 @@ impl Default for DriveSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
-/// The upload intake (`POST /v1/uploads`) and the staging of files in the database.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UploadSettings {
-    /// Largest file accepted, in bytes (413 beyond); also the largest `drive_import` download.
-    pub max_bytes: u64,
-    /// Accepted media types of the file part (415 otherwise), compared without parameters.
-    pub allowed_mime_types: Vec<String>,
-    /// Bytes per staged chunk row.
-    pub chunk_bytes: usize,
-}
-
-impl Default for UploadSettings {
-    fn default() -> Self {
-        UploadSettings {
-            max_bytes: 100 * 1024 * 1024,
-            allowed_mime_types: vec!["application/pdf".into()],
-            chunk_bytes: 1024 * 1024,
-        }
-    }
-}
-
-/// The Google Drive API and how uploads use it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DriveSettings {
-    /// `https://www.googleapis.com`, or a simulator.
-    pub api_base: String,
-    /// The OAuth scope the service account asks for.
-    pub scope: String,
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// One API call or one upload request.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Bytes per resumable upload request (a multiple of 256 KiB).
-    pub upload_chunk_bytes: usize,
-    /// Grant "anyone with the link" read access after upload (off by default).
-    pub share_with_link: bool,
-    pub supports_all_drives: bool,
-    /// In-run resumes after a cut connection or a 5xx before the run gives up.
-    pub resume_retries: u32,
-}
-
-impl Default for DriveSettings {
-    fn default() -> Self {
-        DriveSettings {
-            api_base: "https://www.googleapis.com".into(),
-            scope: "https://www.googleapis.com/auth/drive.file".into(),
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(120),
-            upload_chunk_bytes: 8 * 1024 * 1024,
-            share_with_link: false,
-            supports_all_drives: true,
-            resume_retries: 3,
-        }
-    }
-}
-
     /// The sender, `"Name <address>"` on a domain verified in Resend.
     pub from: String,
     /// `email_log` rows (recipients are personal data) older than this are deleted by `prune`.
@@ -458,18 +399,6 @@ impl Config {
             if !(limit.rate > 0.0 && limit.burst >= 1.0 && !limit.per.is_zero()) {
                 return invalid(
                     &format!("rate_limits.{name}"),
-        if self.uploads.max_bytes == 0 {
-            return invalid("uploads.max_bytes", "at least 1");
-        }
-        if self.uploads.chunk_bytes < 4096 || self.uploads.chunk_bytes > 64 * 1024 * 1024 {
-            return invalid("uploads.chunk_bytes", "between 4096 and 67108864");
-        }
-        let granularity = 256 * 1024;
-        if self.drive.upload_chunk_bytes == 0
-            || !self.drive.upload_chunk_bytes.is_multiple_of(granularity)
-        {
-            return invalid("drive.upload_chunk_bytes", "a positive multiple of 262144");
-        }
                     "rate > 0, burst >= 1 and a non-zero `per`",
                 );
             }
