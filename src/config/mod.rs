@@ -72,6 +72,10 @@ pub struct DatabaseConfig {
 pub struct HttpConfig {
     pub bind: SocketAddr,
     pub body_limit: usize,
+    /// Marks the dashboard's session cookie `Secure`: set it when browsers reach the node over
+    /// TLS (the node itself speaks plain HTTP, so a TLS proxy in front is the usual case).
+    #[serde(default)]
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,5 @@
-//! The operator web UI and its JSON admin API, server-rendered over the queue's admin queries.
-//! Filled by the dashboard issue; the queue's operations it will call live in `queue::admin`.
+//! The operator's tools over the queue's admin queries (`queue::admin`, `queue::admin_query`):
+//! the web UI at `/dashboard` ([`web`]) and the CLI's table output ([`cli`]).
 
 pub mod cli;
+pub mod web;

@@ -53,6 +53,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(uploads::router())
         .merge(api::router())
         .merge(metrics::router())
+        .merge(crate::dashboard::web::router())
         .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }

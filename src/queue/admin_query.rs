@@ -12,8 +12,8 @@
 //!   and its cursor continues below the window;
 //! - listings of the other states follow their partial indexes (`jobs_fetch_idx`,
 //!   `jobs_running_idx`, `jobs_failed_idx`), so their cost is bounded by those states' sizes;
-//! - counts are exact where a partial index serves them, and the planner's estimate for
-//!   `completed`, which only a scan could count ([`Count::estimated`]);
+//! - counts are exact where a partial index serves them; `completed`, which only a scan could
+//!   count, is the planner's estimate once the table is over 32 MiB ([`Count::estimated`]);
 //! - throughput reads `jobs_finished_idx` (index-only, its predicate is the filter).
 //!
 //! Statements are sent unprepared (`persistent(false)`): PostgreSQL then plans each with its
@@ -358,9 +358,18 @@ select queue, state, count(*) from jobs
 const JOB_ESTIMATE_COMPLETED: &str =
     "explain (format json) select 1 from jobs where state = 'completed' and queue = $1::text";
 
+/// Below this size of the `jobs` heap, completed jobs are counted exactly: the scan is short
+/// (32 MiB is about 100,000 rows), and a young table's statistics may not exist yet.
+const EXACT_COUNT_MAX_BYTES: i64 = 32 << 20;
+
+const JOB_TABLE_BYTES: &str = "select pg_relation_size('jobs')";
+
+const JOB_COUNT_COMPLETED: &str =
+    "select queue, count(*) from jobs where state = 'completed' group by queue";
+
 /// Jobs per queue and state: exact for every state but `completed`, whose count is the
-/// planner's estimate (exact counting would scan millions of rows). Ordered by queue, then
-/// lifecycle order.
+/// planner's estimate once the table is big (exact counting would scan millions of rows).
+/// Ordered by queue, then lifecycle order.
 pub async fn counts(pool: &PgPool, queues: &[String]) -> Result<Vec<Count>, sqlx::Error> {
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as(JOB_COUNT_INDEXED).fetch_all(pool).await?;
@@ -373,6 +382,33 @@ pub async fn counts(pool: &PgPool, queues: &[String]) -> Result<Vec<Count>, sqlx
             estimated: false,
         })
         .collect();
+    let bytes: i64 = sqlx::query_scalar(JOB_TABLE_BYTES).fetch_one(pool).await?;
+    if bytes <= EXACT_COUNT_MAX_BYTES {
+        let completed: Vec<(String, i64)> =
+            sqlx::query_as(JOB_COUNT_COMPLETED).fetch_all(pool).await?;
+        let mut names: Vec<String> = queues.to_vec();
+        names.extend(out.iter().map(|c| c.queue.clone()));
+        names.sort();
+        names.dedup();
+        for queue in names {
+            if !completed.iter().any(|(q, _)| *q == queue) {
+                out.push(Count {
+                    queue,
+                    state: "completed".into(),
+                    count: 0,
+                    estimated: false,
+                });
+            }
+        }
+        out.extend(completed.into_iter().map(|(queue, count)| Count {
+            queue,
+            state: "completed".into(),
+            count,
+            estimated: false,
+        }));
+        sort_counts(&mut out);
+        return Ok(out);
+    }
     let mut names: Vec<String> = queues.to_vec();
     names.extend(out.iter().map(|c| c.queue.clone()));
     names.sort();
@@ -396,13 +432,18 @@ pub async fn counts(pool: &PgPool, queues: &[String]) -> Result<Vec<Count>, sqlx
             estimated: true,
         });
     }
+    sort_counts(&mut out);
+    Ok(out)
+}
+
+/// By queue, then lifecycle order.
+fn sort_counts(counts: &mut [Count]) {
     let order = |s: &str| STATES.iter().position(|x| *x == s).unwrap_or(STATES.len());
-    out.sort_by(|a, b| {
+    counts.sort_by(|a, b| {
         a.queue
             .cmp(&b.queue)
             .then(order(&a.state).cmp(&order(&b.state)))
     });
-    Ok(out)
 }
 
 /// The queues that have unfinished jobs, or a row in `queues` (paused or resumed once).

@@ -8,8 +8,11 @@
 //!   the same run on the same database.
 //! - `facebook`: the Facebook insights sync of 1,000 ad accounts x 20 campaigns x 7 days against
 //!   the simulator (50 ms per call, 100 rows a page) through the real engine and jobs.
+//! - `dashboard`: every dashboard page with 1,000,000 finished jobs in the table (dashboard.rs).
 //!
 //! A benchmark that needs more than a screen lives in a module of its own beside this file.
+
+mod dashboard;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,8 +42,11 @@ async fn main() -> anyhow::Result<()> {
         "intake" => intake().await,
         "facebook" => facebook().await,
         "email" => email().await,
+        "dashboard" => dashboard::run().await,
         other => {
-            anyhow::bail!("unknown benchmark `{other}`; available: queue, intake, facebook, email")
+            anyhow::bail!(
+                "unknown benchmark `{other}`; available: queue, intake, facebook, email, dashboard"
+            )
         }
     }
 }

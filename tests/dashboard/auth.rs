@@ -1,0 +1,223 @@
+//! Who may see and do what: no session, no page; a read-only operator looks but cannot act; an
+//! action without the session's CSRF token is refused; logging out ends the session.
+
+use baseaim_worker::auth::Role;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::{App, discarded_job, location};
+
+/// Every page and every action, with a job, a queue, a schedule and a Stripe event that exist.
+fn routes(job: i64) -> (Vec<String>, Vec<String>) {
+    let gets = vec![
+        "/dashboard".to_string(),
+        "/dashboard/jobs".into(),
+        "/dashboard/jobs?state=discarded&args=A-1".into(),
+        format!("/dashboard/jobs/{job}"),
+        "/dashboard/queues".into(),
+        "/dashboard/schedules".into(),
+        "/dashboard/integrations".into(),
+    ];
+    let posts = vec![
+        "/dashboard/logout".to_string(),
+        "/dashboard/jobs/bulk".into(),
+        format!("/dashboard/jobs/{job}/retry"),
+        format!("/dashboard/jobs/{job}/cancel"),
+        format!("/dashboard/jobs/{job}/delete"),
+        "/dashboard/queues/default/pause".into(),
+        "/dashboard/queues/default/resume".into(),
+        "/dashboard/schedules/prune/run".into(),
+        "/dashboard/stripe/evt_1/replay".into(),
+    ];
+    (gets, posts)
+}
+
+async fn stripe_event(app: &App) {
+    sqlx::query(
+        "insert into stripe_events (id, type, created, payload, status)
+         values ('evt_1', 'invoice.paid', 1, '{}', 'processed')",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn every_dashboard_route_without_a_session_is_401() {
+    let app = App::start().await;
+    let job = discarded_job(&app.db, json!({"order": "A-1"})).await;
+    stripe_event(&app).await;
+    let (gets, posts) = routes(job);
+    for path in &gets {
+        for cookie in [None, Some("baw_session=not-a-real-session")] {
+            let response = app.get(path, cookie).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "GET {path}");
+            let body = response.text().await.unwrap();
+            assert!(body.contains("/dashboard/login"), "GET {path}: {body}");
+            assert!(!body.contains("A-1"), "GET {path} revealed data: {body}");
+        }
+    }
+    for path in &posts {
+        let response = app
+            .post_form(path, None, &[("action", "retry"), ("scope", "filter")])
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "POST {path}");
+    }
+    assert_eq!(app.job_state(job).await, "discarded");
+    // The login page and the stylesheet/script it needs are public.
+    assert_eq!(
+        app.get("/dashboard/login", None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get("/dashboard/assets/htmx.min.js", None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_gets_no_session() {
+    let app = App::start().await;
+    app.login_as("alice", Role::Admin).await;
+    let response = app
+        .post_form(
+            "/dashboard/login",
+            None,
+            &[("username", "alice"), ("password", "wrong password!!")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().get("set-cookie").is_none());
+    let unknown = app
+        .post_form(
+            "/dashboard/login",
+            None,
+            &[("username", "mallory"), ("password", "wrong password!!")],
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    let (a, b) = (
+        response.text().await.unwrap(),
+        unknown.text().await.unwrap(),
+    );
+    assert!(a.contains("Wrong user name or password"), "{a}");
+    // Same answer for an unknown user as for a wrong password (the echoed name aside).
+    assert_eq!(a.replace("alice", "X"), b.replace("mallory", "X"));
+}
+
+#[tokio::test]
+async fn a_read_only_operator_sees_everything_and_changes_nothing() {
+    let app = App::start().await;
+    let job = discarded_job(&app.db, json!({"order": "A-1"})).await;
+    stripe_event(&app).await;
+    let viewer = app.login_as("viewer", Role::ReadOnly).await;
+    let (gets, posts) = routes(job);
+    for path in &gets {
+        let response = app.get(path, Some(&viewer.cookie)).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        let html = response.text().await.unwrap();
+        assert!(
+            !html.contains("Retry selected"),
+            "no action buttons: {path}"
+        );
+    }
+    for path in posts.iter().filter(|p| !p.ends_with("logout")) {
+        let response = app
+            .post_form(
+                path,
+                Some(&viewer.cookie),
+                &[
+                    ("csrf", &viewer.csrf),
+                    ("action", "retry"),
+                    ("scope", "filter"),
+                    ("confirm", "yes"),
+                ],
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "POST {path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("read-only"), "POST {path}: {body}");
+    }
+    assert_eq!(app.job_state(job).await, "discarded");
+    let paused: i64 = sqlx::query_scalar("select count(*) from queues where paused_at is not null")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(paused, 0, "no queue paused");
+    let jobs: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1, "no schedule run, no replay enqueued");
+}
+
+#[tokio::test]
+async fn an_action_without_the_csrf_token_is_refused() {
+    let app = App::start().await;
+    let job = discarded_job(&app.db, json!({"order": "A-1"})).await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let path = format!("/dashboard/jobs/{job}/retry");
+    for fields in [vec![], vec![("csrf", "forged-token")]] {
+        let response = app.post_form(&path, Some(&admin.cookie), &fields).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(response.text().await.unwrap().contains("CSRF"));
+    }
+    let bulk = app
+        .post_form(
+            "/dashboard/jobs/bulk",
+            Some(&admin.cookie),
+            &[("action", "retry"), ("scope", "filter"), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(bulk.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.job_state(job).await, "discarded");
+
+    // With the token, the same action works.
+    let response = app
+        .post_form(&path, Some(&admin.cookie), &[("csrf", &admin.csrf)])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(app.job_state(job).await, "available");
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let refused = app
+        .post_form("/dashboard/logout", Some(&admin.cookie), &[])
+        .await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::FORBIDDEN,
+        "logout needs the token"
+    );
+    assert_eq!(
+        app.get("/dashboard", Some(&admin.cookie)).await.status(),
+        StatusCode::OK
+    );
+
+    let response = app
+        .post_form(
+            "/dashboard/logout",
+            Some(&admin.cookie),
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/dashboard/login");
+    let cleared = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // The old cookie no longer opens anything.
+    assert_eq!(
+        app.get("/dashboard", Some(&admin.cookie)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -1,0 +1,339 @@
+//! The pages and actions as an admin uses them over HTTP.
+
+use baseaim_worker::auth::Role;
+use baseaim_worker::queue::testing::{JobFactory, insert_job};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::{App, Session, discarded_job, location};
+
+async fn page(app: &App, session: &Session, path: &str) -> String {
+    let response = app.get(path, Some(&session.cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    response.text().await.unwrap()
+}
+
+/// An attribute value as the browser reads it.
+fn unescape(s: &str) -> String {
+    s.replace("&#38;", "&")
+        .replace("&amp;", "&")
+        .replace("&#61;", "=")
+}
+
+/// Job ids listed in the jobs table of `html`, in order.
+fn listed(html: &str) -> Vec<i64> {
+    html.split("data-job=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn filters_find_jobs_by_args_error_and_state_newest_first() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let wanted = discarded_job(&app.db, json!({"order": "A-1001", "client_id": "c1"})).await;
+    let other = discarded_job(&app.db, json!({"order": "B-2002", "client_id": "c2"})).await;
+    let done = insert_job(
+        &app.db.pool,
+        JobFactory {
+            args: json!({"order": "A-1001"}),
+            state: "completed".into(),
+            finished_at: Some(chrono::Utc::now()),
+            ..JobFactory::default()
+        },
+    )
+    .await;
+
+    let html = page(&app, &admin, "/dashboard/jobs?state=discarded&args=A-1001").await;
+    assert_eq!(listed(&html), vec![wanted]);
+    assert!(
+        html.contains("card_declined: insufficient funds"),
+        "last error shown"
+    );
+    let html = page(&app, &admin, "/dashboard/jobs?args=A-1001").await;
+    assert_eq!(
+        listed(&html),
+        vec![done, wanted],
+        "every state, newest first"
+    );
+    let html = page(
+        &app,
+        &admin,
+        "/dashboard/jobs?args=%7B%22client_id%22%3A%22c2%22%7D",
+    )
+    .await;
+    assert_eq!(
+        listed(&html),
+        vec![other],
+        "a JSON object is matched by containment"
+    );
+    let html = page(&app, &admin, "/dashboard/jobs?error=CARD_DECLINED").await;
+    assert_eq!(listed(&html), vec![other, wanted]);
+    let html = page(&app, &admin, "/dashboard/jobs?state=completed&kind=other").await;
+    assert!(listed(&html).is_empty());
+    assert!(html.contains("No job matches"));
+    let html = page(
+        &app,
+        &admin,
+        "/dashboard/jobs?from=2000-01-01T00:00&to=2000-01-02T00:00",
+    )
+    .await;
+    assert!(listed(&html).is_empty(), "time range");
+
+    let bad = app
+        .get("/dashboard/jobs?from=yesterday", Some(&admin.cookie))
+        .await;
+    assert_eq!(bad.status(), StatusCode::OK);
+    assert!(bad.text().await.unwrap().contains("is not a time"));
+}
+
+#[tokio::test]
+async fn pages_are_keyset_and_completed_listings_stop_at_the_scan_window() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    // One old completed job with a distinctive kind, then 100,000 newer completed jobs.
+    let old = insert_job(
+        &app.db.pool,
+        JobFactory {
+            kind: "rare".into(),
+            state: "completed".into(),
+            finished_at: Some(chrono::Utc::now()),
+            ..JobFactory::default()
+        },
+    )
+    .await;
+    sqlx::query(
+        "insert into jobs (kind, state, finished_at, attempt)
+         select 'noop', 'completed', now(), 1 from generate_series(1, 100000)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    let first = page(&app, &admin, "/dashboard/jobs?state=completed").await;
+    let ids = listed(&first);
+    assert_eq!(ids.len(), 50);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let older = first
+        .split("id=\"older\"")
+        .next()
+        .and_then(|s| s.rsplit("href=\"").next())
+        .and_then(|s| s.split('"').next())
+        .map(unescape)
+        .expect("an older link");
+    let second = page(&app, &admin, &older).await;
+    let next_ids = listed(&second);
+    assert_eq!(next_ids.len(), 50);
+    assert!(
+        next_ids[0] < ids[49],
+        "the next page continues below the first"
+    );
+
+    let rare = page(&app, &admin, "/dashboard/jobs?state=completed&kind=rare").await;
+    assert!(listed(&rare).is_empty(), "outside the first window");
+    assert!(
+        rare.contains("Searched job ids down to"),
+        "the page says why"
+    );
+    let link = rare
+        .split("id=\"older\"")
+        .next()
+        .and_then(|s| s.rsplit("href=\"").next())
+        .and_then(|s| s.split('"').next())
+        .map(unescape)
+        .expect("a link to search further");
+    let further = page(&app, &admin, &link).await;
+    assert_eq!(listed(&further), vec![old]);
+}
+
+#[tokio::test]
+async fn bulk_retry_of_everything_matching_asks_first_then_acts() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let mut failed = Vec::new();
+    for n in 0..3 {
+        failed.push(discarded_job(&app.db, json!({"batch": "x", "n": n})).await);
+    }
+    let bystander = discarded_job(&app.db, json!({"batch": "y"})).await;
+    let fields = [
+        ("csrf", admin.csrf.as_str()),
+        ("action", "retry"),
+        ("scope", "filter"),
+        ("state", "discarded"),
+        ("args", r#"{"batch": "x"}"#),
+    ];
+    let confirm = app
+        .post_form("/dashboard/jobs/bulk", Some(&admin.cookie), &fields)
+        .await;
+    assert_eq!(confirm.status(), StatusCode::OK);
+    let html = confirm.text().await.unwrap();
+    assert!(html.contains("3 jobs"), "{html}");
+    assert!(html.contains("id=\"confirm\""));
+    for id in &failed {
+        assert_eq!(
+            app.job_state(*id).await,
+            "discarded",
+            "nothing before confirming"
+        );
+    }
+
+    let mut confirmed = fields.to_vec();
+    confirmed.push(("confirm", "yes"));
+    let done = app
+        .post_form("/dashboard/jobs/bulk", Some(&admin.cookie), &confirmed)
+        .await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let back = location(&done);
+    assert!(
+        back.starts_with("/dashboard/jobs?state=discarded"),
+        "{back}"
+    );
+    let html = page(&app, &admin, &back).await;
+    assert!(html.contains("3 jobs set to run again"), "{html}");
+    for id in &failed {
+        assert_eq!(app.job_state(*id).await, "available");
+    }
+    assert_eq!(app.job_state(bystander).await, "discarded");
+
+    // The selection: cancel two of them, after confirming.
+    let ids = [failed[0].to_string(), failed[1].to_string()];
+    let selection = [
+        ("csrf", admin.csrf.as_str()),
+        ("action", "cancel"),
+        ("scope", "selected"),
+        ("id", ids[0].as_str()),
+        ("id", ids[1].as_str()),
+        ("confirm", "yes"),
+    ];
+    let done = app
+        .post_form("/dashboard/jobs/bulk", Some(&admin.cookie), &selection)
+        .await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(app.job_state(failed[0]).await, "cancelled");
+    assert_eq!(app.job_state(failed[1]).await, "cancelled");
+    assert_eq!(app.job_state(failed[2]).await, "available");
+}
+
+#[tokio::test]
+async fn a_job_page_shows_args_attempts_node_and_escapes_everything() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let id = discarded_job(&app.db, json!({"note": "<script>alert(1)</script>"})).await;
+    let html = page(&app, &admin, &format!("/dashboard/jobs/{id}")).await;
+    assert!(!html.contains("<script>alert(1)"), "escaped");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") || html.contains("&#60;script&#62;")
+    );
+    assert!(html.contains("upstream timed out"));
+    assert!(html.contains("card_declined: insufficient funds"));
+    assert!(html.contains("node-a-1234"), "the node that ran it");
+    assert!(html.contains("3 of 3"));
+    assert!(html.contains("id=\"retry\""));
+    let list = page(&app, &admin, "/dashboard/jobs").await;
+    assert!(!list.contains("<script>alert(1)"));
+
+    let missing = app.get("/dashboard/jobs/999999", Some(&admin.cookie)).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn queues_pause_and_resume_and_schedules_run_now() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let response = app
+        .post_form(
+            "/dashboard/queues/email/pause",
+            Some(&admin.cookie),
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let html = page(&app, &admin, &location(&response)).await;
+    assert!(html.contains("Queue email paused"));
+    let paused = html.split("data-queue=\"email\"").nth(1).unwrap();
+    assert!(paused.split("</tr>").next().unwrap().contains("paused"));
+    app.post_form(
+        "/dashboard/queues/email/resume",
+        Some(&admin.cookie),
+        &[("csrf", &admin.csrf)],
+    )
+    .await;
+    let paused: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select paused_at from queues where name = 'email'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(paused, None);
+
+    let html = page(&app, &admin, "/dashboard/schedules").await;
+    assert!(html.contains("every 30 minutes"), "facebook_sync in words");
+    assert!(
+        html.contains("every day at 04:00"),
+        "stripe_reconcile in words"
+    );
+    let response = app
+        .post_form(
+            "/dashboard/schedules/prune/run",
+            Some(&admin.cookie),
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let kind: String = sqlx::query_scalar("select kind from jobs order by id desc limit 1")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "prune");
+}
+
+#[tokio::test]
+async fn the_overview_and_integrations_show_what_needs_an_operator() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    discarded_job(&app.db, json!({})).await;
+    for statement in [
+        "insert into nodes (name, role, version) values ('node-a-1234', 'all', '0.1.0')",
+        "insert into clients (id, name, email, facebook_ad_account_id)
+              values ('c1', 'Acme Dental', 'a@example.com', '123')",
+        "insert into facebook_sync_runs (client_id, ad_account_id, started_at, outcome, error)
+              values ('c1', '123', now(), 'token_invalid', 'Error validating access token')",
+        "insert into stripe_events (id, type, created, payload, status, last_error)
+              values ('evt_9', 'invoice.payment_failed', 1, '{}', 'failed', 'no such client')",
+        "insert into email_log (idempotency_key, template, recipient, subject, status)
+              values ('k1', 'welcome', 'dora@example.com', 'Welcome aboard', 'sent'),
+                     ('k2', 'invoice', 'eve@example.com', 'Your invoice', 'failed')",
+    ] {
+        sqlx::query(statement).execute(&app.db.pool).await.unwrap();
+    }
+
+    let html = page(&app, &admin, "/dashboard").await;
+    assert!(html.contains("node-a-1234"), "node alive");
+    assert!(html.contains("<svg class=\"chart\""));
+    let discarded_total = html.split("<tfoot>").nth(1).unwrap();
+    assert!(discarded_total.contains(">1<"), "{discarded_total}");
+
+    let html = page(&app, &admin, "/dashboard/integrations?email=dora").await;
+    assert!(html.contains("INVALID"), "token health");
+    assert!(html.contains("Acme Dental"));
+    assert!(html.contains("evt_9"));
+    assert!(html.contains("dora@example.com"));
+    assert!(
+        !html.contains("eve@example.com"),
+        "the search narrows the email log"
+    );
+
+    let response = app
+        .post_form(
+            "/dashboard/stripe/evt_9/replay",
+            Some(&admin.cookie),
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let kind: String = sqlx::query_scalar("select kind from jobs order by id desc limit 1")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "stripe_event");
+}
