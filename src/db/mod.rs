@@ -57,6 +57,9 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
 }
 
 /// A lazily connecting pool with the configured limits.
+/// A pooled connection idle at least this long is pinged before it is handed out.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     let options: PgConnectOptions =
         with_default_user(&config.url)
@@ -70,6 +73,20 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
+        // sqlx pings every connection it hands out by default: a round trip before each
+        // statement on the hot paths (claim, finish, enqueue). Only a connection idle for a while
+        // is checked; one that died under a busy node fails its statement, which every caller
+        // handles (the engine backs off and retries, the intake answers 503).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_CHECK_AFTER {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 
