@@ -123,3 +123,27 @@ pub async fn disable(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error>
     tx.commit().await?;
     Ok(id.is_some())
 }
+
+/// Creates `username` or, if it exists, sets its password and role and enables it: for the demo,
+/// which prints a fresh password each run.
+pub async fn upsert(pool: &PgPool, username: &str, pw: &str, role: Role) -> anyhow::Result<i64> {
+    if pw.chars().count() < password::MIN_LENGTH {
+        anyhow::bail!(
+            "the password must have at least {} characters",
+            password::MIN_LENGTH
+        );
+    }
+    let hash = password::hash(pw)?;
+    let id = sqlx::query_scalar(
+        "insert into operators (username, password_hash, role) values ($1, $2, $3)
+         on conflict (username) do update
+            set password_hash = excluded.password_hash, role = excluded.role, disabled_at = null
+         returning id",
+    )
+    .bind(username)
+    .bind(hash)
+    .bind(role.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(id)
+}
