@@ -9,10 +9,12 @@
 //! - `facebook`: the Facebook insights sync of 1,000 ad accounts x 20 campaigns x 7 days against
 //!   the simulator (50 ms per call, 100 rows a page) through the real engine and jobs.
 //! - `dashboard`: every dashboard page with 1,000,000 finished jobs in the table (dashboard.rs).
+//! - `load`: sustained webhook intake at half the maximum for 60 s while workers drain (load.rs).
 //!
 //! A benchmark that needs more than a screen lives in a module of its own beside this file.
 
 mod dashboard;
+mod load;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         "intake" => intake().await,
         "facebook" => facebook().await,
         "email" => email().await,
+        "load" => load::run().await,
         "dashboard" => dashboard::run().await,
         other => {
             anyhow::bail!(
