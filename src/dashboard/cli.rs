@@ -50,16 +50,21 @@ pub enum JobsCommand {
         #[arg(required = true)]
         ids: Vec<i64>,
     },
-    /// Enqueue a job of any kind, e.g. `jobs enqueue noop`.
+    /// Enqueue a job of any registered kind, e.g. `jobs enqueue noop`. The args are checked
+    /// against the kind; its policy (queue, priority, attempts, unique key) applies.
     Enqueue {
         kind: String,
         /// The args as JSON.
         #[arg(default_value = "{}")]
         args: String,
-        #[arg(long, default_value = "default")]
-        queue: String,
+        /// Default: the kind's queue.
+        #[arg(long)]
+        queue: Option<String>,
         #[arg(long)]
         unique_key: Option<String>,
+        /// Print `{"id": .., "duplicate": ..}` instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -147,12 +152,33 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             args,
             queue,
             unique_key,
+            json,
         } => {
-            let mut job = NewJob::raw(kind, parse_json("args", &args)?).queue(queue);
+            // The same check as `POST /v1/jobs`: a kind nobody runs, or args that do not fit it,
+            // would only be discarded later.
+            let registry = crate::jobs::registry();
+            let Some(entry) = registry.get(&kind) else {
+                let mut known: Vec<&str> = registry.kinds().collect();
+                known.sort_unstable();
+                anyhow::bail!("unknown kind `{kind}` (registered: {})", known.join(", "));
+            };
+            let mut job: NewJob = entry
+                .new_job(parse_json("args", &args)?)
+                .map_err(|e| anyhow::anyhow!("the args do not fit kind `{kind}`: {e}"))?;
+            if let Some(queue) = queue {
+                job = job.queue(queue);
+            }
             if let Some(key) = unique_key {
                 job = job.unique_key(key);
             }
             let enqueued = enqueue(&pool, job).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": enqueued.id, "duplicate": !enqueued.inserted })
+                );
+                return Ok(());
+            }
             let note = if enqueued.inserted {
                 ""
             } else {

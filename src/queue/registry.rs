@@ -30,16 +30,19 @@ impl<S> Entry<S> {
     }
 
     /// Checks `args` against the kind's struct and builds the job with the kind's policy and
-    /// unique key (args normalised by a round trip), for callers that enqueue by kind name (the
-    /// API). Err: why the args do not fit, in serde's words (naming the field).
+    /// unique key, for callers that enqueue by kind name (the API, the CLI). The args are stored
+    /// as given (fields the struct ignores are kept, e.g. for searching). Err: why the args do
+    /// not fit, in serde's words (naming the field).
     pub fn new_job(&self, args: serde_json::Value) -> Result<NewJob, String> {
         (self.new_job)(args)
     }
 }
 
 fn new_job<J: JobArgs>(args: serde_json::Value) -> Result<NewJob, String> {
-    let job: J = serde_json::from_value(args).map_err(|e| e.to_string())?;
-    NewJob::of(&job).map_err(|e| e.to_string())
+    let job: J = serde_json::from_value(args.clone()).map_err(|e| e.to_string())?;
+    let mut new = NewJob::of(&job).map_err(|e| e.to_string())?;
+    new.args = args;
+    Ok(new)
 }
 
 /// The registered kinds of one node.

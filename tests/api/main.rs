@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod auth;
+mod cli;
 mod emails;
 mod helpers;
 mod jobs;
