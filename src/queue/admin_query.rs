@@ -12,8 +12,9 @@
 //!   and its cursor continues below the window;
 //! - listings of the other states follow their partial indexes (`jobs_fetch_idx`,
 //!   `jobs_running_idx`, `jobs_failed_idx`), so their cost is bounded by those states' sizes;
-//! - counts are exact where a partial index serves them; `completed`, which only a scan could
-//!   count, is the planner's estimate once the table is over 32 MiB ([`Count::estimated`]);
+//! - counts are exact while a state holds at most [`EXACT_STATE_MAX`] jobs (read through its
+//!   partial index), else the planner's estimate; `completed`, which only a scan could count, is
+//!   estimated once the table is over 32 MiB ([`Count::estimated`]);
 //! - throughput reads `jobs_finished_idx` (index-only, its predicate is the filter).
 //!
 //! Statements are sent unprepared (`persistent(false)`): PostgreSQL then plans each with its
@@ -342,21 +343,24 @@ pub struct Count {
     pub estimated: bool,
 }
 
-/// Exact counts of every state a partial index covers (all but `completed`), per queue, from
-/// those indexes.
-const JOB_COUNT_INDEXED: &str = "
-select queue, state, count(*) from jobs
- where state in ('available', 'scheduled', 'retryable') group by queue, state
-union all
-select queue, state, count(*) from jobs where state = 'running' group by queue, state
-union all
-select queue, state, count(*) from jobs
- where state in ('discarded', 'cancelled') group by queue, state";
+/// Beyond this many jobs in one state, that state's per-queue figures are the planner's
+/// estimates: an exact per-queue count reads one heap row per job (a backlog of a million
+/// available jobs, or an incident's hundred thousand discarded ones, would take seconds).
+pub const EXACT_STATE_MAX: i64 = 5_000;
 
-/// The planner's row estimate for completed jobs of queue $1 (from the column statistics: no
+/// How many jobs are in state $1, counting to $2 at most. Sent unprepared, so each state's
+/// partial index is used (`jobs_failed_idx` even index-only).
+const JOB_COUNT_STATE_CAPPED: &str =
+    "select count(*) from (select 1 from jobs where state = $1 limit $2) t";
+
+/// Jobs of state $1 per queue (for a state under [`EXACT_STATE_MAX`]).
+const JOB_COUNT_STATE_BY_QUEUE: &str =
+    "select queue, count(*) from jobs where state = $1 group by queue";
+
+/// The planner's row estimate for jobs of state $1 in queue $2 (from the column statistics: no
 /// rows are read).
-const JOB_ESTIMATE_COMPLETED: &str =
-    "explain (format json) select 1 from jobs where state = 'completed' and queue = $1::text";
+const JOB_ESTIMATE_STATE_QUEUE: &str =
+    "explain (format json) select 1 from jobs where state = $1::text and queue = $2::text";
 
 /// Below this size of the `jobs` heap, completed jobs are counted exactly: the scan is short
 /// (32 MiB is about 100,000 rows), and a young table's statistics may not exist yet.
@@ -364,76 +368,102 @@ const EXACT_COUNT_MAX_BYTES: i64 = 32 << 20;
 
 const JOB_TABLE_BYTES: &str = "select pg_relation_size('jobs')";
 
-const JOB_COUNT_COMPLETED: &str =
-    "select queue, count(*) from jobs where state = 'completed' group by queue";
-
-/// Jobs per queue and state: exact for every state but `completed`, whose count is the
-/// planner's estimate once the table is big (exact counting would scan millions of rows).
-/// Ordered by queue, then lifecycle order.
+/// Jobs per queue and state for `queues` (and any other queue an exact count finds): exact for
+/// a state with at most [`EXACT_STATE_MAX`] jobs, else the planner's estimate; `completed` is
+/// exact only while the table is small (under 32 MiB). Ordered by queue, then lifecycle order.
 pub async fn counts(pool: &PgPool, queues: &[String]) -> Result<Vec<Count>, sqlx::Error> {
-    let rows: Vec<(String, String, i64)> =
-        sqlx::query_as(JOB_COUNT_INDEXED).fetch_all(pool).await?;
-    let mut out: Vec<Count> = rows
-        .into_iter()
-        .map(|(queue, state, count)| Count {
-            queue,
-            state,
-            count,
-            estimated: false,
-        })
-        .collect();
     let bytes: i64 = sqlx::query_scalar(JOB_TABLE_BYTES).fetch_one(pool).await?;
-    if bytes <= EXACT_COUNT_MAX_BYTES {
-        let completed: Vec<(String, i64)> =
-            sqlx::query_as(JOB_COUNT_COMPLETED).fetch_all(pool).await?;
-        let mut names: Vec<String> = queues.to_vec();
-        names.extend(out.iter().map(|c| c.queue.clone()));
-        names.sort();
-        names.dedup();
-        for queue in names {
-            if !completed.iter().any(|(q, _)| *q == queue) {
-                out.push(Count {
-                    queue,
-                    state: "completed".into(),
-                    count: 0,
-                    estimated: false,
-                });
-            }
+    let mut out: Vec<Count> = Vec::new();
+    let mut estimate: Vec<&'static str> = Vec::new();
+    for state in STATES {
+        let exact = if state == "completed" {
+            bytes <= EXACT_COUNT_MAX_BYTES
+        } else {
+            let n: i64 = sqlx::query_scalar(JOB_COUNT_STATE_CAPPED)
+                .persistent(false)
+                .bind(state)
+                .bind(EXACT_STATE_MAX + 1)
+                .fetch_one(pool)
+                .await?;
+            n <= EXACT_STATE_MAX
+        };
+        if !exact {
+            estimate.push(state);
+            continue;
         }
-        out.extend(completed.into_iter().map(|(queue, count)| Count {
+        let rows: Vec<(String, i64)> = sqlx::query_as(JOB_COUNT_STATE_BY_QUEUE)
+            .persistent(false)
+            .bind(state)
+            .fetch_all(pool)
+            .await?;
+        out.extend(rows.into_iter().map(|(queue, count)| Count {
             queue,
-            state: "completed".into(),
+            state: state.into(),
             count,
             estimated: false,
         }));
-        sort_counts(&mut out);
-        return Ok(out);
     }
     let mut names: Vec<String> = queues.to_vec();
     names.extend(out.iter().map(|c| c.queue.clone()));
     names.sort();
     names.dedup();
-    for queue in names {
-        let plan: serde_json::Value = sqlx::query_scalar(JOB_ESTIMATE_COMPLETED)
-            .persistent(false)
-            .bind(&queue)
-            .fetch_one(pool)
-            .await?;
-        let rows = plan
-            .pointer("/0/Plan/Plan Rows")
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0);
-        // The planner never estimates below one row; treat that as "none seen".
-        let count = if rows <= 1.0 { 0 } else { rows as i64 };
-        out.push(Count {
-            queue,
-            state: "completed".into(),
-            count,
-            estimated: true,
-        });
+    for state in estimate {
+        for queue in &names {
+            let plan: serde_json::Value = sqlx::query_scalar(JOB_ESTIMATE_STATE_QUEUE)
+                .persistent(false)
+                .bind(state)
+                .bind(queue)
+                .fetch_one(pool)
+                .await?;
+            let rows = plan
+                .pointer("/0/Plan/Plan Rows")
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0);
+            // The planner never estimates below one row; treat that as "none seen".
+            out.push(Count {
+                queue: queue.clone(),
+                state: state.into(),
+                count: if rows <= 1.0 { 0 } else { rows as i64 },
+                estimated: true,
+            });
+        }
+    }
+    // Every queue asked about has a figure for every state.
+    for queue in &names {
+        for state in STATES {
+            if !out.iter().any(|c| c.queue == *queue && c.state == state) {
+                out.push(Count {
+                    queue: queue.clone(),
+                    state: state.into(),
+                    count: 0,
+                    estimated: false,
+                });
+            }
+        }
     }
     sort_counts(&mut out);
     Ok(out)
+}
+
+/// The queues that have waiting or running jobs, or a row in `queues` (paused or resumed once).
+/// The waiting ones by a loose index scan of `jobs_fetch_idx` (one probe per queue, however
+/// many jobs wait).
+const QUEUE_NAMES: &str = "
+with recursive waiting(queue) as (
+    select min(queue) from jobs where state in ('available', 'scheduled', 'retryable')
+    union all
+    select (select min(queue) from jobs
+             where state in ('available', 'scheduled', 'retryable') and queue > w.queue)
+      from waiting w where w.queue is not null
+)
+select queue from waiting where queue is not null
+union select queue from jobs where state = 'running'
+union select name from queues";
+
+pub async fn queue_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let mut names: Vec<String> = sqlx::query_scalar(QUEUE_NAMES).fetch_all(pool).await?;
+    names.sort();
+    Ok(names)
 }
 
 /// By queue, then lifecycle order.
@@ -444,18 +474,6 @@ fn sort_counts(counts: &mut [Count]) {
             .cmp(&b.queue)
             .then(order(&a.state).cmp(&order(&b.state)))
     });
-}
-
-/// The queues that have unfinished jobs, or a row in `queues` (paused or resumed once).
-const QUEUE_NAMES: &str = "
-select queue from jobs where state in ('available', 'scheduled', 'retryable')
-union select queue from jobs where state = 'running'
-union select name from queues";
-
-pub async fn queue_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    let mut names: Vec<String> = sqlx::query_scalar(QUEUE_NAMES).fetch_all(pool).await?;
-    names.sort();
-    Ok(names)
 }
 
 /// Per queue, the `run_at` of its oldest job that could run now (available, or scheduled /

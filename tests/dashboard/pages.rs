@@ -337,3 +337,29 @@ async fn the_overview_and_integrations_show_what_needs_an_operator() {
         .unwrap();
     assert_eq!(kind, "stripe_event");
 }
+
+#[tokio::test]
+async fn a_state_too_big_to_count_quickly_shows_the_planners_estimate() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    sqlx::query(
+        "insert into jobs (kind, queue, state, attempt, finished_at)
+         select 'noop', 'email', 'discarded', 1, now() from generate_series(1, 6000)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    discarded_job(&app.db, json!({})).await;
+    sqlx::query("analyze jobs")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let html = page(&app, &admin, "/dashboard").await;
+    let email = html
+        .split("/dashboard/jobs?queue=email\">email</a>")
+        .nth(1)
+        .and_then(|s| s.split("</tr>").next())
+        .expect("a row for the email queue");
+    assert!(email.contains("≈ 6,000"), "{email}");
+    assert!(html.contains("planner&#39;s estimate") || html.contains("planner's estimate"));
+}
