@@ -252,6 +252,7 @@ async fn queues_counts_schedules_and_stripe_replay() {
         "{}",
         queues.text
     );
+    assert_eq!(reports.map(|q| q["concurrency"].clone()), Some(json!(2)));
     let resumed = api
         .call(
             Method::POST,

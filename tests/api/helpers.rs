@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use baseaim_worker::config::{Config, RateLimitConfig, SecretString, Secrets};
+use baseaim_worker::config::{Config, QueueConfig, RateLimitConfig, SecretString, Secrets};
 use baseaim_worker::db::DbHealth;
 use baseaim_worker::http::{self, HttpState};
 use baseaim_worker::jobs::{self, AppState};
@@ -56,6 +56,12 @@ impl Api {
                 burst: 1000.0,
             },
         );
+        // Queues of their own, so tests can count exactly what they ran.
+        for queue in ["api_q", "metrics_q", "metrics_later", "reports"] {
+            config
+                .queues
+                .insert(queue.into(), QueueConfig { concurrency: 2 });
+        }
         let db = TestDb::new().await;
         rate_limit::declare(&db.pool, &config.rate_limits)
             .await

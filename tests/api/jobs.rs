@@ -39,6 +39,10 @@ async fn bad_requests_are_refused_naming_what_was_wrong_and_store_nothing() {
             "`queue` must not be empty",
         ),
         (
+            json!({"kind": "noop", "queue": "defualt"}),
+            "`queue` `defualt` is not worked",
+        ),
+        (
             json!({"kind": "noop", "run_at": "2030-01-01T00:00:00Z", "delay_seconds": 5}),
             "not both",
         ),

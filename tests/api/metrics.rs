@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use axum::http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use baseaim_worker::sim::fault::FaultKind;
+
 use crate::helpers::{Api, email_data};
 
 #[tokio::test]
@@ -33,7 +35,39 @@ async fn metrics_show_job_outcomes_durations_queue_depth_and_provider_calls() {
         .await;
     assert_eq!(email.status, StatusCode::ACCEPTED, "{}", email.text);
     api.drain("metrics_q").await;
+    // Resend fails once (a 500: retried), then sends.
+    api.sim
+        .faults()
+        .script([Some(FaultKind::ServerError(500)), None]);
+    assert_eq!(api.drain("email").await.retried, 1);
+    sqlx::query("update jobs set run_at = now() where queue = 'email'")
+        .execute(&api.db.pool)
+        .await
+        .unwrap();
     assert_eq!(api.drain("email").await.completed, 1);
+    // An empty bucket whose next token is far off: the next email is snoozed.
+    sqlx::query(
+        "update rate_limits set tokens = 0, rate_per_s = 0.01, updated_at = now()
+          where name = 'resend'",
+    )
+    .execute(&api.db.pool)
+    .await
+    .unwrap();
+    let email = api
+        .call(
+            Method::POST,
+            "/v1/emails",
+            Some(&writer),
+            Some(json!({"template": "payment_failed", "to": "john@example.com", "data": email_data()})),
+        )
+        .await;
+    assert_eq!(email.status, StatusCode::ACCEPTED, "{}", email.text);
+    assert_eq!(api.drain("email").await.snoozed, 1);
+    // A webhook while STRIPE_WEBHOOK_SECRET is unset: 503, counted.
+    let webhook = api
+        .call(Method::POST, "/webhooks/stripe", None, Some(json!({})))
+        .await;
+    assert_eq!(webhook.status, StatusCode::SERVICE_UNAVAILABLE);
 
     let answer = api.call(Method::GET, "/metrics", Some(&reader), None).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -50,6 +84,12 @@ async fn metrics_show_job_outcomes_durations_queue_depth_and_provider_calls() {
         r#"baw_job_duration_seconds_bucket{queue="metrics_q",kind="noop",le="0.005"}"#,
         r#"baw_job_duration_seconds_count{queue="metrics_q",kind="noop"} 2"#,
         r#"baw_provider_requests_total{provider="resend",result="ok"}"#,
+        r#"baw_provider_requests_total{provider="resend",result="server"}"#,
+        r#"baw_provider_errors_total{provider="resend",class="server"}"#,
+        r#"baw_jobs_total{queue="email",kind="send_email",outcome="retry"}"#,
+        r#"baw_jobs_total{queue="email",kind="send_email",outcome="snooze"}"#,
+        r#"baw_rate_limit_snoozes_total{bucket="resend"}"#,
+        r#"baw_webhooks_total{provider="stripe",result="unavailable"}"#,
         r#"baw_queue_depth{queue="metrics_later"} 1"#,
         r#"baw_queue_jobs{queue="metrics_later",state="scheduled"} 1"#,
         r#"baw_queue_oldest_runnable_age_seconds{queue="metrics_later"} 0"#,

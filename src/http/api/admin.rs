@@ -436,10 +436,13 @@ pub struct QueueInfo {
     pub name: String,
     /// No node claims its jobs while paused.
     pub paused: bool,
+    /// Jobs of this queue one node runs at once (`[queues.<name>]`); null: not configured here,
+    /// so no node with this config works it.
+    pub concurrency: Option<u32>,
     pub counts: Vec<Count>,
 }
 
-/// Queues with unfinished jobs or paused once, with their counts.
+/// Queues configured, with unfinished jobs, or paused once, with their counts.
 #[utoipa::path(get, path = "/v1/admin/queues", tag = "admin",
     security(("bearer" = ["admin:read"])),
     responses(
@@ -453,8 +456,10 @@ pub async fn list_queues(
     caller.require("admin:read")?;
     let counts = all_counts(&state).await?;
     let paused = admin::paused_queues(&state.pool).await?;
+    let configured = &state.app.config.queues;
     let mut names: Vec<String> = counts.iter().map(|c| c.queue.clone()).collect();
     names.extend(paused.iter().cloned());
+    names.extend(configured.keys().cloned());
     names.sort();
     names.dedup();
     Ok(Json(
@@ -462,6 +467,7 @@ pub async fn list_queues(
             .into_iter()
             .map(|name| QueueInfo {
                 paused: paused.contains(&name),
+                concurrency: configured.get(&name).map(|q| q.concurrency),
                 counts: counts.iter().filter(|c| c.queue == name).cloned().collect(),
                 name,
             })

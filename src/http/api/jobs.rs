@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use super::{check_text, enqueue_error, json_error, registry};
 use crate::auth::ApiCaller;
+use crate::config::Config;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::jobs::SendEmail;
@@ -33,7 +34,8 @@ pub struct EnqueueJob {
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub args: serde_json::Value,
-    /// Default: the kind's queue.
+    /// Default: the kind's queue. Must be a queue of `[queues]` in the config (else nothing
+    /// would ever run the job).
     pub queue: Option<String>,
     /// Lower runs first. Default: the kind's.
     pub priority: Option<i16>,
@@ -66,7 +68,7 @@ pub struct EnqueuedJob {
 
 impl EnqueueJob {
     /// Checks every field and builds the job; 422 naming the first field that is wrong.
-    fn into_job(self) -> Result<NewJob, ApiError> {
+    fn into_job(self, config: &Config) -> Result<NewJob, ApiError> {
         let Some(entry) = registry().get(&self.kind) else {
             let mut known: Vec<&str> = registry().kinds().collect();
             known.sort_unstable();
@@ -95,6 +97,14 @@ impl EnqueueJob {
         if let Some(queue) = self.queue {
             check_text("queue", &queue, 100)?;
             job = job.queue(queue);
+        }
+        // A queue no node works would hold the job forever: most likely a typo.
+        if !config.queues.contains_key(&job.queue) {
+            return Err(ApiError::Unprocessable(format!(
+                "`queue` `{}` is not worked by this deployment (configured: {})",
+                job.queue,
+                config.queues.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
         }
         if let Some(priority) = self.priority {
             job = job.priority(priority);
@@ -164,7 +174,7 @@ pub async fn enqueue(
 ) -> Result<(StatusCode, Json<EnqueuedJob>), ApiError> {
     caller.require("jobs:write")?;
     let Json(request) = body.map_err(json_error)?;
-    let job = request.into_job()?;
+    let job = request.into_job(&state.app.config)?;
     let kind = job.kind.clone();
     let enqueued = crate::queue::enqueue(&state.pool, job)
         .await
