@@ -163,6 +163,9 @@ async fn an_operator_finds_a_failed_job_by_its_args_retries_it_and_sees_it_compl
             nodes.contains(engine.node()),
             "the engine's node is alive: {nodes}"
         );
+        // The vendored htmx is served from the binary and allowed by the page's CSP.
+        let htmx = browser.execute("return typeof htmx", vec![]).await?;
+        assert_eq!(htmx, json!("object"), "htmx loaded");
         screenshot(&browser, "02-overview").await;
 
         // Finding the failed job by its args.
