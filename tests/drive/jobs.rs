@@ -60,7 +60,31 @@ async fn an_expired_token_is_refreshed_once() {
 }
 
 #[tokio::test]
-async fn a_permanent_refusal_marks_the_document_failed_with_the_reason() {
+async fn a_missing_folder_marks_the_document_failed_with_drives_reason() {
+    let env = crate::setup_with(crate::Options {
+        sim: baseaim_worker::sim::google_drive::GoogleDriveConfig {
+            folders: Some(vec!["some-other-folder".into()]),
+            ..Default::default()
+        },
+        ..crate::Options::default()
+    })
+    .await;
+    let id = env.upload_pdf(&random_bytes(1000, 19)).await;
+    let report = env.drain().await;
+    assert_eq!(report.discarded, 1, "{report:?}");
+    assert_eq!(env.job("drive_upload").await.0, "discarded");
+    let doc = env.document(id).await;
+    assert_eq!(doc.status, "FAILED");
+    let reason = doc.failure_reason.unwrap();
+    assert!(
+        reason.contains("404") && reason.contains("notFound"),
+        "{reason}"
+    );
+    assert!(env.sim.files().is_empty());
+}
+
+#[tokio::test]
+async fn without_a_folder_the_document_fails_and_a_5xx_is_retried() {
     let env = setup().await;
     // A client without a folder, and no GOOGLE_DRIVE_FOLDER_ID.
     sqlx::query("update clients set drive_folder_id = null")
@@ -75,7 +99,7 @@ async fn a_permanent_refusal_marks_the_document_failed_with_the_reason() {
     let reason = doc.failure_reason.unwrap();
     assert!(reason.contains("no Drive folder"), "{reason}");
 
-    // A 4xx from Drive: an uploaded file whose answer is a bad request.
+    // A 5xx is not permanent: retried, then done.
     sqlx::query("update clients set drive_folder_id = 'f'")
         .execute(&env.db.pool)
         .await

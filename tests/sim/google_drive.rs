@@ -370,6 +370,65 @@ async fn resumable_upload_in_chunks_answers_308_with_range_then_the_file() {
     // A status query after completion answers with the file.
     let query = put_chunk(&session, &token, &format!("bytes */{total}"), Vec::new()).await;
     assert_eq!(query.status(), 200);
+
+    // The session counts every body byte it received: the odd chunk's half block was dropped
+    // and sent again.
+    let sessions = sim.upload_sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].received, (total + chunk / 2) as u64);
+}
+
+#[tokio::test]
+async fn without_keeping_content_a_file_keeps_its_size_and_sha256() {
+    let sim = start(GoogleDriveConfig {
+        keep_content: false,
+        ..GoogleDriveConfig::default()
+    })
+    .await;
+    let token = access_token(&sim).await;
+    let chunk = CHUNK_GRANULARITY as usize;
+    let total = chunk + 10;
+    let data = content(total);
+    let session = initiate(&sim, &token, total).await;
+    let first = put_chunk(
+        &session,
+        &token,
+        &format!("bytes 0-{}/{total}", chunk - 1),
+        data[..chunk].to_vec(),
+    )
+    .await;
+    assert_eq!(first.status(), 308);
+    let last = put_chunk(
+        &session,
+        &token,
+        &format!("bytes {chunk}-{}/{total}", total - 1),
+        data[chunk..].to_vec(),
+    )
+    .await;
+    assert_eq!(last.status(), 200);
+    let file = sim.files().pop().expect("stored");
+    assert!(file.content.is_empty());
+    assert_eq!(file.size, total as u64);
+    let sha: String = ring::digest::digest(&ring::digest::SHA256, &data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(file.sha256, sha);
+    let listed: Value = client()
+        .get(crate::with_query(
+            &format!("{}/drive/v3/files/{}", sim.base_url(), file.id),
+            &[("fields", "size,sha256Checksum")],
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["size"], total.to_string());
+    assert_eq!(listed["sha256Checksum"], sha);
 }
 
 #[tokio::test]

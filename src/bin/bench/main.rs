@@ -14,6 +14,7 @@
 //! A benchmark that needs more than a screen lives in a module of its own beside this file.
 
 mod dashboard;
+mod drive;
 mod load;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         "email" => email().await,
         "load" => load::run().await,
         "dashboard" => dashboard::run().await,
+        "drive" => drive::run().await,
         other => {
             anyhow::bail!(
                 "unknown benchmark `{other}`; available: queue, intake, facebook, email, dashboard"

@@ -26,6 +26,10 @@
 //!   the per-user quota (units per minute, method costs from the contract) answers 403
 //!   `userRateLimitExceeded` (or 403 `rateLimitExceeded` / 429 `rateLimitExceeded`, configurable).
 //!
+//! For tests and benchmarks: each session counts the body bytes it received
+//! ([`UploadSession::received`], so a client's re-sent bytes can be counted), and
+//! [`GoogleDriveConfig::keep_content`] off keeps only each file's size and SHA-256.
+//!
 //! Inferred behaviour ([I]) is configurable: search visibility delay (eventual consistency),
 //! uploads without a parent failing `storageQuotaExceeded`, `anyone` permissions forbidden by
 //! domain policy. Not simulated: `md5Checksum` (ring has no MD5; `sha256Checksum` is given),
@@ -133,6 +137,9 @@ pub struct GoogleDriveConfig {
     /// Uploads without `parents` fail 403 `storageQuotaExceeded`, as for a service account's
     /// own My Drive ([I]).
     pub require_parent: bool,
+    /// The folders that exist. `Some`: a file whose `parents` name another folder is refused
+    /// 404 `notFound` (at the resumable initiation already). `None`: any parent is accepted.
+    pub folders: Option<Vec<String>>,
     /// `anyone` permissions fail 403 `publishOutNotPermitted` (a domain policy, [I]).
     pub forbid_anyone_permissions: bool,
     /// Persist non-final resumable chunks only up to the last 256 KiB multiple.
@@ -155,6 +162,7 @@ impl Default for GoogleDriveConfig {
             rate_limit: DriveRateLimit::UserRateLimit403,
             list_visibility_delay: Duration::ZERO,
             require_parent: false,
+            folders: None,
             forbid_anyone_permissions: false,
             enforce_chunk_granularity: true,
             keep_content: true,

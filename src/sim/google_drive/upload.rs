@@ -62,6 +62,20 @@ pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// 404 for the first parent that is not a known folder (when the simulator knows its folders).
+pub(super) fn check_parents(s: &DriveState, metadata: &Value) -> Result<(), Box<Response>> {
+    let Some(folders) = &s.config.folders else {
+        return Ok(());
+    };
+    let parents = metadata.get("parents").and_then(Value::as_array);
+    for parent in parents.into_iter().flatten().filter_map(Value::as_str) {
+        if !folders.iter().any(|f| f == parent) {
+            return Err(Box::new(file_not_found(parent)));
+        }
+    }
+    Ok(())
+}
+
 /// Stores a file from metadata and content; returns it or Drive's refusal.
 pub(super) fn store(
     s: &mut DriveState,
@@ -84,6 +98,7 @@ pub(super) fn store(
                 .collect()
         })
         .unwrap_or_default();
+    check_parents(s, metadata)?;
     if s.config.require_parent && parents.is_empty() {
         return Err(Box::new(drive_error(
             StatusCode::FORBIDDEN,
@@ -242,6 +257,9 @@ pub(super) async fn upload(
                     Err(_) => return bad_request("Invalid JSON payload received.", None),
                 }
             };
+            if let Err(refusal) = check_parents(&s, &metadata) {
+                return *refusal;
+            }
             let total = headers
                 .get("x-upload-content-length")
                 .and_then(|v| v.to_str().ok())
