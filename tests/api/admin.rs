@@ -101,6 +101,7 @@ async fn operators_find_fix_and_clean_up_jobs_through_the_admin_api() {
         ("/v1/admin/jobs?limit=0", "limit"),
         ("/v1/admin/jobs?after=abc", "after"),
         ("/v1/admin/jobs?colour=red", "colour"),
+        ("/v1/admin/jobs?kind=no%00pe", "`kind` must not contain NUL"),
     ] {
         let answer = get(path.into()).await;
         assert_eq!(

@@ -24,8 +24,11 @@ async fn an_email_that_would_not_render_or_reach_anyone_is_refused_naming_why() 
         .as_object_mut()
         .unwrap()
         .remove("invoice_url");
+    let mut nul = email("jane@example.com");
+    nul["data"]["client_name"] = json!("Acme\u{0}");
     let cases = vec![
         (missing, "invoice_url"),
+        (nul, "`data` must not contain NUL"),
         (
             json!({"template": "nope", "to": "jane@example.com", "data": {}}),
             "unknown `template` `nope`",

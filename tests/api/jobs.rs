@@ -39,6 +39,10 @@ async fn bad_requests_are_refused_naming_what_was_wrong_and_store_nothing() {
             "`queue` must not be empty",
         ),
         (
+            json!({"kind": "noop", "args": {"note": ["a\u{0}b"]}}),
+            "`args` must not contain NUL",
+        ),
+        (
             json!({"kind": "noop", "queue": "defualt"}),
             "`queue` `defualt` is not worked",
         ),

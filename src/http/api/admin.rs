@@ -116,6 +116,16 @@ impl JobFilter {
     }
 
     fn into_query(self) -> Result<JobQuery, ApiError> {
+        for (field, value) in [
+            ("state", &self.state),
+            ("kind", &self.kind),
+            ("queue", &self.queue),
+            ("tag", &self.tag),
+            ("args", &self.args),
+            ("error", &self.error),
+        ] {
+            super::check_no_nul_text(field, value.as_deref())?;
+        }
         let query = JobQuery {
             state: self.state,
             kind: self.kind,

@@ -120,6 +120,10 @@ impl SendEmailBody {
             )));
         }
         check_address("to", &self.to)?;
+        for (key, value) in &self.data {
+            super::check_no_nul_text("data", Some(key))?;
+            super::check_no_nul("data", value)?;
+        }
         if let Some(reply_to) = &self.reply_to {
             check_address("reply_to", reply_to)?;
         }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{check_text, enqueue_error, json_error, registry};
+use super::{check_no_nul, check_text, enqueue_error, json_error, registry};
 use crate::auth::ApiCaller;
 use crate::config::Config;
 use crate::http::HttpState;
@@ -83,6 +83,7 @@ impl EnqueueJob {
                 "`args` must be a JSON object".into(),
             ));
         }
+        check_no_nul("args", &self.args)?;
         if self.kind == SendEmail::KIND {
             // Refuse an email that would render blank now, not when it is sent.
             let email: SendEmail = serde_json::from_value(self.args.clone()).map_err(|e| {
