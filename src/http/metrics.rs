@@ -64,7 +64,11 @@ async fn metrics(
 /// The queue gauges, rendered by hand: they are a snapshot of the database, so a queue that
 /// emptied must vanish or read 0 rather than keep a recorder's last value.
 async fn queue_gauges(state: &HttpState) -> Result<String, ApiError> {
-    let names = admin_query::queue_names(&state.pool).await?;
+    let mut names = admin_query::queue_names(&state.pool).await?;
+    // Configured queues read 0 when empty rather than vanish.
+    names.extend(state.app.config.queues.keys().cloned());
+    names.sort();
+    names.dedup();
     let counts = admin_query::counts(&state.pool, &names).await?;
     let oldest = admin_query::oldest_runnable(&state.pool).await?;
     let now = Utc::now();
