@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod api;
 mod webhooks;
 
 use std::sync::Arc;
@@ -83,7 +84,8 @@ impl App {
     pub async fn stored(&self) -> i64 {
         sqlx::query_scalar(
             "select (select count(*) from stripe_events) + (select count(*) from jobs)
-                  + (select count(*) from subscriptions) + (select count(*) from invoices)",
+                  + (select count(*) from subscriptions) + (select count(*) from invoices)
+                  + (select count(*) from email_log)",
         )
         .fetch_one(&self.db.pool)
         .await
