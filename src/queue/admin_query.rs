@@ -118,9 +118,9 @@ macro_rules! job_filter {
            and ($4::text is null or $4 = any(tags))
            and ($5::jsonb is null or args @> $5)
            and ($6::text is null or args::text ilike $6)
-           and ($7::text is null or exists (
-                   select 1 from jsonb_array_elements(coalesce(errors, '[]'::jsonb)) e
-                    where e->>'error' ilike $7))
+           and ($7::text is null or (errors is not null and exists (
+                   select 1 from jsonb_array_elements(errors) e
+                    where e->>'error' ilike $7)))
            and ($8::timestamptz is null or created_at >= $8)
            and ($9::timestamptz is null or created_at < $9)
            and ($10::bigint is null or id < $10)
@@ -519,18 +519,20 @@ pub async fn throughput(
     buckets: usize,
 ) -> Result<Vec<Throughput>, sqlx::Error> {
     let secs = step.num_seconds().max(1) as f64;
-    let finished: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(JOB_THROUGHPUT_FINISHED)
-        .persistent(false)
-        .bind(secs)
-        .bind(since)
-        .fetch_all(pool)
-        .await?;
-    let failed: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(JOB_THROUGHPUT_FAILED)
-        .persistent(false)
-        .bind(secs)
-        .bind(since)
-        .fetch_all(pool)
-        .await?;
+    // Two index scans of tens of milliseconds each on a busy day: run side by side.
+    type Buckets = Vec<(DateTime<Utc>, i64)>;
+    let (finished, failed): (Buckets, Buckets) = futures::try_join!(
+        sqlx::query_as(JOB_THROUGHPUT_FINISHED)
+            .persistent(false)
+            .bind(secs)
+            .bind(since)
+            .fetch_all(pool),
+        sqlx::query_as(JOB_THROUGHPUT_FAILED)
+            .persistent(false)
+            .bind(secs)
+            .bind(since)
+            .fetch_all(pool),
+    )?;
     let mut out: Vec<Throughput> = (0..buckets)
         .map(|i| Throughput {
             start: since + step * i as i32,

@@ -106,6 +106,10 @@ select id, template, recipient, subject, status, attempts, last_error, created_a
               select id from email_log where recipient = $3)
  order by created_at desc limit $2";
 
+const EMAIL_NEWEST: &str = "
+select id, template, recipient, subject, status, attempts, last_error, created_at, sent_at
+  from email_log order by created_at desc limit $1";
+
 /// Emails a substring search reads at most (the newest).
 const EMAIL_SEARCH_WINDOW: i64 = 20_000;
 
@@ -206,15 +210,45 @@ pub async fn page(
 ) -> Result<Response, WebError> {
     let pool = &state.pool;
     let now = Utc::now();
+    let stripe_status = params
+        .stripe_status
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let email_query = params
+        .email
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
 
-    let mut health: Vec<HealthRow> = sqlx::query_as(PROVIDER_HEALTH).fetch_all(pool).await?;
-    if let Some((ok, failed, error)) = optional_table(
-        sqlx::query_as::<_, (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>)>(
-            DRIVE_HEALTH,
-        )
-        .fetch_one(pool)
-        .await,
-    )? {
+    // Independent reads, each on its own connection: the page takes as long as the slowest.
+    let (health, drive, budgets, token, clients, stripe, emails, documents) = futures::try_join!(
+        sqlx::query_as::<_, HealthRow>(PROVIDER_HEALTH).fetch_all(pool),
+        async {
+            optional_table(
+                sqlx::query_as::<_, DriveHealthRow>(DRIVE_HEALTH)
+                    .fetch_one(pool)
+                    .await,
+            )
+        },
+        sqlx::query_as::<_, (String, f64, f64, f64)>(RATE_LIMIT_BUDGETS).fetch_all(pool),
+        sqlx::query_as::<_, (String, DateTime<Utc>, Option<String>)>(FACEBOOK_TOKEN_STATE)
+            .fetch_optional(pool),
+        sqlx::query_as::<_, ClientRow>(FACEBOOK_CLIENTS)
+            .bind(LIST_LIMIT)
+            .fetch_all(pool),
+        sqlx::query_as::<_, StripeRow>(STRIPE_EVENTS)
+            .bind(&stripe_status)
+            .bind(LIST_LIMIT)
+            .fetch_all(pool),
+        emails(pool, &email_query),
+        documents(pool),
+    )?;
+
+    let mut health = health;
+    if let Some((ok, failed, error)) = drive {
         health.push(("Google Drive".into(), ok, failed, error));
     }
     let providers = health
@@ -229,8 +263,6 @@ pub async fn page(
         })
         .collect();
 
-    let budgets: Vec<(String, f64, f64, f64)> =
-        sqlx::query_as(RATE_LIMIT_BUDGETS).fetch_all(pool).await?;
     let budgets = budgets
         .into_iter()
         .map(|(name, rate, burst, tokens)| Budget {
@@ -242,10 +274,6 @@ pub async fn page(
         })
         .collect();
 
-    let token: Option<(String, DateTime<Utc>, Option<String>)> =
-        sqlx::query_as(FACEBOOK_TOKEN_STATE)
-            .fetch_optional(pool)
-            .await?;
     let token = match token {
         None => TokenHealth {
             healthy: true,
@@ -265,19 +293,6 @@ pub async fn page(
         },
     };
 
-    type ClientRow = (
-        String,
-        String,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-    );
-    let clients: Vec<ClientRow> = sqlx::query_as(FACEBOOK_CLIENTS)
-        .bind(LIST_LIMIT)
-        .fetch_all(pool)
-        .await?;
     let clients = clients
         .into_iter()
         .map(
@@ -297,25 +312,6 @@ pub async fn page(
         )
         .collect();
 
-    let stripe_status = params
-        .stripe_status
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    type StripeRow = (
-        String,
-        String,
-        String,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-    );
-    let stripe: Vec<StripeRow> = sqlx::query_as(STRIPE_EVENTS)
-        .bind(&stripe_status)
-        .bind(LIST_LIMIT)
-        .fetch_all(pool)
-        .await?;
     let stripe = stripe
         .into_iter()
         .map(
@@ -332,41 +328,6 @@ pub async fn page(
         )
         .collect();
 
-    let email_query = params
-        .email
-        .as_deref()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let pattern = (!email_query.is_empty()).then(|| {
-        let escaped: String = email_query
-            .chars()
-            .flat_map(|c| match c {
-                '\\' | '%' | '_' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        format!("%{escaped}%")
-    });
-    type EmailRow = (
-        i64,
-        String,
-        String,
-        String,
-        String,
-        i32,
-        Option<String>,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-    );
-    let emails: Vec<EmailRow> = sqlx::query_as(EMAIL_SEARCH)
-        .persistent(false)
-        .bind(&pattern)
-        .bind(LIST_LIMIT)
-        .bind(&email_query)
-        .bind(EMAIL_SEARCH_WINDOW)
-        .fetch_all(pool)
-        .await?;
     let emails = emails
         .into_iter()
         .map(
@@ -387,7 +348,20 @@ pub async fn page(
         )
         .collect();
 
-    let documents = documents(pool, now).await?;
+    let documents = documents.map(|rows| {
+        rows.into_iter()
+            .map(
+                |(id, client, title, file_name, status, reason, created, _updated)| DocumentLine {
+                    id,
+                    client,
+                    title: if title.is_empty() { file_name } else { title },
+                    status,
+                    reason: reason.unwrap_or_default(),
+                    created: ago(Some(created), now),
+                },
+            )
+            .collect()
+    });
 
     super::render(&IntegrationsPage {
         chrome: Chrome::new(&operator, "integrations", params.notice),
@@ -404,48 +378,90 @@ pub async fn page(
     })
 }
 
-async fn documents(
-    pool: &PgPool,
-    now: DateTime<Utc>,
-) -> Result<Option<Vec<DocumentLine>>, WebError> {
-    type DocumentRow = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    );
-    let rows: Option<Vec<DocumentRow>> = optional_table(
+type DriveHealthRow = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>);
+
+type ClientRow = (
+    String,
+    String,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
+type StripeRow = (
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
+type EmailRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i32,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+type DocumentRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// The newest emails, or those matching `query` (see [`EMAIL_SEARCH`]).
+async fn emails(pool: &PgPool, query: &str) -> Result<Vec<EmailRow>, sqlx::Error> {
+    if query.is_empty() {
+        return sqlx::query_as(EMAIL_NEWEST)
+            .bind(LIST_LIMIT)
+            .fetch_all(pool)
+            .await;
+    }
+    let escaped: String = query
+        .chars()
+        .flat_map(|c| match c {
+            '\\' | '%' | '_' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    sqlx::query_as(EMAIL_SEARCH)
+        .persistent(false)
+        .bind(format!("%{escaped}%"))
+        .bind(LIST_LIMIT)
+        .bind(query)
+        .bind(EMAIL_SEARCH_WINDOW)
+        .fetch_all(pool)
+        .await
+}
+
+async fn documents(pool: &PgPool) -> Result<Option<Vec<DocumentRow>>, sqlx::Error> {
+    optional_table(
         sqlx::query_as(DOCUMENTS_UNFINISHED)
             .bind(LIST_LIMIT)
             .fetch_all(pool)
             .await,
-    )?;
-    Ok(rows.map(|rows| {
-        rows.into_iter()
-            .map(
-                |(id, client, title, file_name, status, reason, created, _updated)| DocumentLine {
-                    id,
-                    client,
-                    title: if title.is_empty() { file_name } else { title },
-                    status,
-                    reason: reason.unwrap_or_default(),
-                    created: ago(Some(created), now),
-                },
-            )
-            .collect()
-    }))
+    )
 }
 
 /// A statement's result, or None when it failed because its table does not exist (42P01).
-fn optional_table<T>(result: Result<T, sqlx::Error>) -> Result<Option<T>, WebError> {
+fn optional_table<T>(result: Result<T, sqlx::Error>) -> Result<Option<T>, sqlx::Error> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 

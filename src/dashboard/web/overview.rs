@@ -161,7 +161,18 @@ pub async fn page(
     let config = &state.app.config;
     let now = Utc::now();
     let configured: Vec<String> = config.queues.keys().cloned().collect();
-    let counts = admin_query::counts(pool, &configured).await?;
+    let minute = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
+    let hour_since = minute - Duration::minutes(59);
+    let top_of_hour = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
+    let day_since = top_of_hour - Duration::hours(23);
+    // Independent reads, each on its own connection: the page takes as long as the slowest.
+    let (counts, hour_points, day_points, oldest_rows, nodes) = futures::try_join!(
+        admin_query::counts(pool, &configured),
+        admin_query::throughput(pool, hour_since, Duration::minutes(1), 60),
+        admin_query::throughput(pool, day_since, Duration::hours(1), 24),
+        admin_query::oldest_runnable(pool),
+        admin_query::nodes_alive(pool, config.worker.lease),
+    )?;
 
     let mut by_queue: BTreeMap<String, BTreeMap<String, (i64, bool)>> = BTreeMap::new();
     let mut totals: BTreeMap<String, (i64, bool)> = BTreeMap::new();
@@ -195,14 +206,6 @@ pub async fn page(
         .collect();
     let totals = STATES.iter().map(|s| cell(s, totals.get(*s))).collect();
 
-    let minute = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
-    let hour_since = minute - Duration::minutes(59);
-    let hour_points = admin_query::throughput(pool, hour_since, Duration::minutes(1), 60).await?;
-    let top_of_hour = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
-    let day_since = top_of_hour - Duration::hours(23);
-    let day_points = admin_query::throughput(pool, day_since, Duration::hours(1), 24).await?;
-
-    let oldest_rows = admin_query::oldest_runnable(pool).await?;
     let oldest_by_queue: BTreeMap<String, DateTime<Utc>> = oldest_rows.into_iter().collect();
     let queues: BTreeSet<String> = configured
         .iter()
@@ -220,8 +223,7 @@ pub async fn page(
         })
         .collect();
 
-    let nodes = admin_query::nodes_alive(pool, config.worker.lease)
-        .await?
+    let nodes = nodes
         .into_iter()
         .map(|n| NodeRow {
             name: n.name,
