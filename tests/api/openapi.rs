@@ -13,6 +13,9 @@ async fn the_spec_documents_every_v1_route_with_its_scope() {
     let answer = api.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     let spec = answer.body;
+    // For people (and API clients' generators) to look at.
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/openapi.json");
+    let _ = std::fs::write(&out, serde_json::to_string_pretty(&spec).unwrap());
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     assert_eq!(
         spec["components"]["securitySchemes"]["bearer"]["scheme"],
