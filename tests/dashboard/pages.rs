@@ -303,6 +303,12 @@ async fn the_overview_and_integrations_show_what_needs_an_operator() {
         "insert into email_log (idempotency_key, template, recipient, subject, status)
               values ('k1', 'welcome', 'dora@example.com', 'Welcome aboard', 'sent'),
                      ('k2', 'invoice', 'eve@example.com', 'Your invoice', 'failed')",
+        "insert into documents (id, client_id, title, file_name, mime_type, status,
+                                failure_reason)
+              values (gen_random_uuid(), 'c1', 'Signed contract', 'contract.pdf',
+                      'application/pdf', 'FAILED', 'Drive refused the upload'),
+                     (gen_random_uuid(), 'c1', 'Old invoice', 'invoice.pdf',
+                      'application/pdf', 'UPLOADED', null)",
     ] {
         sqlx::query(statement).execute(&app.db.pool).await.unwrap();
     }
@@ -321,6 +327,16 @@ async fn the_overview_and_integrations_show_what_needs_an_operator() {
     assert!(
         !html.contains("eve@example.com"),
         "the search narrows the email log"
+    );
+    let documents = html
+        .split("id=\"documents\"")
+        .nth(1)
+        .expect("documents panel");
+    assert!(documents.contains("Signed contract"));
+    assert!(documents.contains("Drive refused the upload"));
+    assert!(
+        !documents.contains("Old invoice"),
+        "uploaded documents are not listed"
     );
 
     let response = app
