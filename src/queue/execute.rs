@@ -96,8 +96,16 @@ pub async fn run<S: Clone + Send + Sync + 'static>(
 ) -> Finish {
     let (id, attempt) = (job.id, job.attempt);
     let (queue, kind) = (job.queue.clone(), job.kind.clone());
-    // Every log line of the attempt carries these fields (text and JSON formats alike).
-    let span = tracing::info_span!("job", job_id = id, kind = %kind, attempt);
+    // Every log line of the attempt carries the job's id, kind and attempt (text and JSON alike).
+    // The engine's producer already runs us inside its `job` span; other callers (`drain`) not.
+    let span = if tracing::Span::current()
+        .metadata()
+        .is_some_and(|m| m.name() == "job")
+    {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("job", id, kind = %kind, attempt)
+    };
     let started = std::time::Instant::now();
     let outcome = run_outcome(registry, job, state, pool, cancel, stop)
         .instrument(span)

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use baseaim_worker::queue::{Engine, EngineConfig};
 use baseaim_worker::sim::fault::FaultKind;
 
 use crate::helpers::{Api, email_data};
@@ -123,20 +124,54 @@ async fn every_json_log_line_inside_a_job_carries_its_id_kind_and_attempt() {
         tracing_subscriber::EnvFilter::new("info"),
         move || sink.clone(),
     );
-    let email = api
-        .call(
-            Method::POST,
-            "/v1/emails",
-            Some(&writer),
-            Some(json!({"template": "payment_failed", "to": "jane@example.com", "data": email_data()})),
-        )
-        .await;
-    let id = email.body["id"].as_i64().unwrap();
+    let send = |to: &'static str| {
+        let (api, writer) = (&api, writer.clone());
+        async move {
+            let answer = api
+                .call(
+                    Method::POST,
+                    "/v1/emails",
+                    Some(&writer),
+                    Some(json!({"template": "payment_failed", "to": to, "data": email_data()})),
+                )
+                .await;
+            answer.body["id"].as_i64().unwrap()
+        }
+    };
+    let drained = send("jane@example.com").await;
+    let by_engine = send("john@example.com").await;
     {
-        // This test's runtime is single-threaded: the job runs on this thread, under this
-        // subscriber.
+        // This test's runtime is single-threaded: the jobs (and the engine's tasks) run on this
+        // thread, under this subscriber.
         let _guard = tracing::subscriber::set_default(subscriber);
+        // One through `drain`...
+        sqlx::query("update jobs set run_at = now() + interval '1 hour' where id = $1")
+            .bind(by_engine)
+            .execute(&api.db.pool)
+            .await
+            .unwrap();
         assert_eq!(api.drain("email").await.completed, 1);
+        // ...and one through the engine, as in production.
+        sqlx::query("update jobs set run_at = now() where id = $1")
+            .bind(by_engine)
+            .execute(&api.db.pool)
+            .await
+            .unwrap();
+        let mut config = EngineConfig::from_config(&api.state.config, "all");
+        config.maintenance = None;
+        let engine = Engine::start(
+            api.db.pool.clone(),
+            baseaim_worker::jobs::registry(),
+            api.state.clone(),
+            config,
+        )
+        .await
+        .unwrap();
+        crate::support::eventually(10, "the engine sent the second email", || async {
+            api.sim.emails().len() == 2
+        })
+        .await;
+        engine.shutdown().await;
     }
     let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<Value> = output
@@ -147,11 +182,20 @@ async fn every_json_log_line_inside_a_job_carries_its_id_kind_and_attempt() {
         .iter()
         .filter(|l| l["fields"]["message"] == "email sent")
         .collect();
-    assert_eq!(sent.len(), 1, "{output}");
-    assert_eq!(sent[0]["span"]["name"], "job");
-    assert_eq!(sent[0]["span"]["job_id"], id);
-    assert_eq!(sent[0]["span"]["kind"], "send_email");
-    assert_eq!(sent[0]["span"]["attempt"], 1);
-    // The address is masked in logs.
+    assert_eq!(sent.len(), 2, "{output}");
+    for (line, id) in sent.iter().zip([drained, by_engine]) {
+        assert_eq!(line["span"]["name"], "job", "{line}");
+        assert_eq!(line["span"]["id"], id, "{line}");
+        assert_eq!(line["span"]["kind"], "send_email", "{line}");
+        assert_eq!(line["span"]["attempt"], 1, "{line}");
+        let job_spans = line["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"] == "job")
+            .count();
+        assert_eq!(job_spans, 1, "one job span, not nested twice: {line}");
+    }
+    // Addresses are masked in logs.
     assert!(!output.contains("jane@example.com"), "{output}");
 }
