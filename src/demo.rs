@@ -29,6 +29,11 @@ use crate::sim::stripe::{EVENT_TYPES, WebhookSender};
 /// The demo's database unless told otherwise: never the production default.
 pub const DEMO_DATABASE_URL: &str = "postgres://localhost/baseaim_worker_demo";
 
+/// The demo's dashboard account (admin); its password is new each run and printed.
+const DEMO_OPERATOR: &str = "demo";
+/// Where demo uploads land in the Drive simulator.
+const DEMO_DRIVE_FOLDER: &str = "demo-client-documents";
+
 /// The customer the Stripe sample events carry; the first demo client owns it.
 const SAMPLE_CUSTOMER: &str = "cus_QXg1o8vcGmoR32";
 
@@ -85,23 +90,45 @@ pub async fn run(base: Config, database_url: String, bind: SocketAddr) -> anyhow
     config.http.bind = bind;
     config.stripe.api_base = sims.stripe.base_url().to_string();
     config.resend.api_base = sims.resend.base_url().to_string();
+    config.facebook.api_base = sims.facebook.base_url().to_string();
+    config.drive.api_base = sims.google_drive.base_url().to_string();
     let webhook_secret = format!("whsec_demo{:032x}", rand::random::<u128>());
     let secrets = Secrets {
         stripe_webhook_secret: Some(SecretString::from(webhook_secret.clone())),
         stripe_secret_key: Some(SecretString::from(sims.stripe.api_key())),
         resend_api_key: Some(SecretString::from(sims.resend.api_key())),
-        ..Secrets::default()
+        facebook_access_token: Some(SecretString::from(sims.facebook.access_token())),
+        google_service_account_key: Some(SecretString::from(sims.google_drive.key_file_json())),
+        google_drive_folder_id: Some(SecretString::from(DEMO_DRIVE_FOLDER)),
     };
 
     let pool = crate::db::connect(&config.database).await?;
     crate::db::migrate(&pool)
         .await
         .context("migrating the demo database")?;
-    seed(&pool).await.context("seeding the demo")?;
+    let ad_accounts: Vec<String> = sims
+        .facebook
+        .accounts()
+        .iter()
+        .map(|a| format!("act_{}", a.id))
+        .collect();
+    seed(&pool, &ad_accounts)
+        .await
+        .context("seeding the demo")?;
+    // A fresh throw-away password per run, for the demo database only.
+    let password = format!("demo-{:016x}", rand::random::<u64>());
+    crate::auth::operators::upsert(&pool, DEMO_OPERATOR, &password, crate::auth::Role::Admin)
+        .await
+        .context("creating the demo operator")?;
+    let schedules = crate::schedule::from_config(&config.schedules, &crate::jobs::registry())?;
 
     let stop = CancellationToken::new();
     tokio::spawn(crate::app::cancel_on_signal(stop.clone()));
     let node = Node::start(config, secrets, Role::All, true, stop.clone()).await?;
+    // Metrics from the Facebook simulator now, not at the next half hour.
+    if let Some(sync) = schedules.iter().find(|s| s.name == "facebook_sync") {
+        crate::schedule::command::run_now(&pool, sync).await?;
+    }
     let webhook_url = format!("http://{}/webhooks/stripe", node.addr);
     write_state(&DemoState {
         webhook_url,
@@ -110,6 +137,10 @@ pub async fn run(base: Config, database_url: String, bind: SocketAddr) -> anyhow
 
     println!();
     println!("baseaim-worker demo is running (Ctrl-C stops it).");
+    println!(
+        "  dashboard:   http://{}/dashboard   (log in as {DEMO_OPERATOR} / {password})",
+        node.addr
+    );
     println!("  health:      http://{}/readyz", node.addr);
     println!(
         "  simulators:  Stripe {}  Resend {}",
@@ -147,19 +178,22 @@ fn pool_url(pool: &sqlx::PgPool) -> String {
     )
 }
 
-/// Three clients (the first owns the Stripe sample customer), a welcome email each, and a few
-/// no-op jobs. A second demo run on the same database mails nobody twice (the email log keys).
-async fn seed(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+/// Three clients (the first owns the Stripe sample customer; each has one of the Facebook
+/// simulator's ad accounts), a welcome email each, and a few no-op jobs. A second demo run on the
+/// same database mails nobody twice (the email log keys).
+async fn seed(pool: &sqlx::PgPool, ad_accounts: &[String]) -> anyhow::Result<()> {
     for (i, (id, name, email)) in DEMO_CLIENTS.iter().enumerate() {
         let customer = (i == 0).then_some(SAMPLE_CUSTOMER);
         sqlx::query(
-            "insert into clients (id, name, email, stripe_customer_id) values ($1, $2, $3, $4)
-             on conflict (id) do nothing",
+            "insert into clients (id, name, email, stripe_customer_id, facebook_ad_account_id)
+             values ($1, $2, $3, $4, $5)
+             on conflict (id) do update set facebook_ad_account_id = excluded.facebook_ad_account_id",
         )
         .bind(id)
         .bind(name)
         .bind(email)
         .bind(customer)
+        .bind(ad_accounts.get(i))
         .execute(pool)
         .await?;
         let data = json!({"client_name": name, "dashboard_url": "https://app.baseaim.example/"});

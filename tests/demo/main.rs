@@ -7,6 +7,8 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
+
 use support::{TestDb, eventually};
 
 const BIN: &str = env!("CARGO_BIN_EXE_baseaim-worker");
@@ -36,6 +38,39 @@ async fn the_demo_runs_jobs_and_applies_a_signed_webhook_end_to_end() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+
+    // The banner names the dashboard and a working login for it.
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    let dashboard_line = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("dashboard:") {
+                return line;
+            }
+        }
+        panic!("the demo ended before printing the dashboard: {banner}");
+    })
+    .await
+    .expect("the demo printed its banner");
+    assert!(
+        dashboard_line.contains(&format!("http://127.0.0.1:{port}/dashboard")),
+        "{dashboard_line}"
+    );
+    let login = dashboard_line
+        .split("log in as ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .expect("the login is printed");
+    let (user, password) = login.split_once(" / ").unwrap();
+    let session = baseaim_worker::auth::session::login(&db.pool, user, password)
+        .await
+        .unwrap();
+    assert!(
+        session.is_some(),
+        "the printed login does not work: {login}"
+    );
 
     // The seeded jobs flow: the welcome emails reach the Resend simulator.
     eventually(60, "the three welcome emails were sent", || async {
@@ -84,6 +119,22 @@ async fn the_demo_runs_jobs_and_applies_a_signed_webhook_end_to_end() {
     .unwrap();
     assert_eq!(status, "processed");
 
+    // The Facebook sync ran at start against the simulator's ad accounts.
+    eventually(
+        60,
+        "campaign metrics arrived for the three clients",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "select count(distinct ad_account_id) from campaign_metrics",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or(0)
+                == 3
+        },
+    )
+    .await;
+
     let bad = tokio::process::Command::new(BIN)
         .args(["sim", "send-webhook", "invoice.exploded"])
         .env("BAW_DEMO_STATE", &state_path)
@@ -103,10 +154,10 @@ async fn the_demo_runs_jobs_and_applies_a_signed_webhook_end_to_end() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let mut banner = String::new();
-    tokio::io::AsyncReadExt::read_to_string(demo.stdout.as_mut().unwrap(), &mut banner)
-        .await
-        .unwrap();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        banner.push_str(&line);
+        banner.push('\n');
+    }
     assert!(
         banner.contains("baseaim-worker sim send-webhook invoice.payment_failed"),
         "{banner}"
