@@ -15,12 +15,14 @@
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::HttpState;
@@ -99,6 +101,24 @@ fn malformed(error: MultipartError) -> UploadRefusal {
     }
 }
 
+/// The staging writer's task, aborted if the request ends early (an error, or the client went
+/// away): its transaction is then dropped, which rolls it back.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, UploadRefusal> {
+        (&mut self.0).await.map_err(|e| {
+            UploadRefusal::Api(ApiError::Internal(anyhow::anyhow!("staging writer: {e}")))
+        })
+    }
+}
+
 struct StagedFile {
     file_name: String,
     mime_type: String,
@@ -163,14 +183,32 @@ async fn upload(
                     .map(clean_file_name)
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| "document".to_string());
-                let mut staging = Staging::new(document_id, settings.chunk_bytes);
+                // The writer task owns the transaction while the file streams in, so reading
+                // the body and writing the database overlap; it hands the transaction back.
+                let (sender, mut receiver) = mpsc::channel::<Bytes>(16);
+                let chunk_bytes = settings.chunk_bytes;
+                let mut staging_tx = tx;
+                let writer = AbortOnDrop(tokio::spawn(async move {
+                    let mut staging = Staging::new(document_id, chunk_bytes);
+                    while let Some(bytes) = receiver.recv().await {
+                        staging.push(&mut staging_tx, &bytes).await?;
+                    }
+                    let staged = staging.finish(&mut staging_tx).await?;
+                    Ok::<_, sqlx::Error>((staging_tx, staged))
+                }));
+                let mut size = 0u64;
                 while let Some(bytes) = field.chunk().await.map_err(malformed)? {
-                    if staging.size() + bytes.len() as u64 > settings.max_bytes {
+                    size += bytes.len() as u64;
+                    if size > settings.max_bytes {
                         return Err(ApiError::PayloadTooLarge.into());
                     }
-                    staging.push(&mut tx, &bytes).await?;
+                    if sender.send(bytes).await.is_err() {
+                        break; // the writer failed: its error comes out below
+                    }
                 }
-                let staged = staging.finish(&mut tx).await?;
+                drop(sender);
+                let (back, staged) = writer.join().await??;
+                tx = back;
                 if staged.size == 0 {
                     return Err(unprocessable("the file is empty"));
                 }

@@ -151,7 +151,7 @@ const CHUNKS_DELETE: &str = "delete from document_chunks where document_id = $1"
 const CHUNK_INSERT: &str =
     "insert into document_chunks (document_id, seq, data) values ($1, $2, $3)";
 
-const CHUNK_GET: &str = "select data from document_chunks where document_id = $1 and seq = $2";
+const CHUNK_RANGE: &str = "select seq, data from document_chunks where document_id = $1 and seq between $2 and $3 order by seq";
 
 const CHUNKS_SUMMARY: &str = "select count(*), coalesce(sum(length(data)), 0)::int8 from document_chunks where document_id = $1";
 
@@ -268,8 +268,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The bytes `start..end` of a staged document, read a chunk at a time by a task that stays a
-/// few chunks ahead of the request body.
+/// The bytes `start..end` of a staged document as a request body: one streamed range query
+/// (rows arrive as the body is sent; no round trip per chunk), read by a task that stays a few
+/// chunks ahead of the request.
 fn chunk_stream(
     pool: PgPool,
     document_id: Uuid,
@@ -279,19 +280,23 @@ fn chunk_stream(
 ) -> reqwest::Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
+        use futures::TryStreamExt;
+        let first = (start / chunk_bytes) as i32;
+        let last = ((end - 1) / chunk_bytes) as i32;
+        let mut rows = sqlx::query_as::<_, (i32, Vec<u8>)>(CHUNK_RANGE)
+            .bind(document_id)
+            .bind(first)
+            .bind(last)
+            .fetch(&pool);
         let mut at = start;
         while at < end {
-            let seq = (at / chunk_bytes) as i32;
-            let row: Result<Option<Vec<u8>>, sqlx::Error> = sqlx::query_scalar(CHUNK_GET)
-                .bind(document_id)
-                .bind(seq)
-                .fetch_optional(&pool)
-                .await;
-            let item = match row {
-                Ok(Some(data)) => {
+            let expected = (at / chunk_bytes) as i32;
+            let item = match rows.try_next().await {
+                Ok(Some((seq, data))) if seq == expected => {
                     let data = Bytes::from(data);
-                    let from = (at - seq as u64 * chunk_bytes) as usize;
-                    let to = ((end - seq as u64 * chunk_bytes) as usize).min(data.len());
+                    let base = seq as u64 * chunk_bytes;
+                    let from = (at - base) as usize;
+                    let to = ((end - base) as usize).min(data.len());
                     if from >= to {
                         Err(std::io::Error::other(format!(
                             "staged chunk {seq} is shorter than expected"
@@ -301,11 +306,11 @@ fn chunk_stream(
                         Ok(data.slice(from..to))
                     }
                 }
-                Ok(None) => Err(std::io::Error::other(format!(
-                    "staged chunk {seq} is missing"
+                Ok(_) => Err(std::io::Error::other(format!(
+                    "staged chunk {expected} is missing"
                 ))),
                 Err(error) => Err(std::io::Error::other(format!(
-                    "reading chunk {seq}: {error}"
+                    "reading chunk {expected}: {error}"
                 ))),
             };
             let failed = item.is_err();
