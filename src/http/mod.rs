@@ -51,7 +51,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(health::router())
         .merge(webhooks::router(&state.webhooks))
         .merge(uploads::router())
-        .merge(api::router())
+        .merge(api::router(state.app.config.http.body_limit))
         .merge(metrics::router())
         .merge(crate::dashboard::web::router())
         .layer(TraceLayer::new_for_http().on_failure(()))

@@ -179,3 +179,35 @@ async fn a_job_is_enqueued_with_its_options_and_a_unique_key_answers_the_first_j
     assert_eq!(report.completed, 1, "{report:?}");
     assert_eq!(api.sim.emails().len(), 1);
 }
+
+#[tokio::test]
+async fn a_body_past_the_configured_limit_is_413_and_stores_nothing() {
+    let api = Api::new().await;
+    let token = api.token(&["jobs:write", "emails:send"]).await;
+    let limit = api.state.config.http.body_limit;
+    let pad = "x".repeat(limit + 1);
+    let job = json!({"kind": "noop", "args": {"pad": pad}});
+    let answer = api
+        .call(Method::POST, "/v1/jobs", Some(&token), Some(job))
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        answer.text
+    );
+    assert_eq!(answer.body, json!({"error": "request body too large"}));
+    let mut data = email_data();
+    data["client_name"] = json!(pad);
+    let email = json!({"template": "welcome", "to": "a@example.com", "data": data});
+    let answer = api
+        .call(Method::POST, "/v1/emails", Some(&token), Some(email))
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        answer.text
+    );
+    assert_eq!(api.job_count().await, 0);
+}

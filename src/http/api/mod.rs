@@ -34,9 +34,11 @@ macro_rules! api_routes {
         /// Every `/v1` route as (method, path), in the router's path syntax.
         pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
 
-        /// The `/v1` surface.
-        pub fn router() -> Router<HttpState> {
+        /// The `/v1` surface; a request body past `body_limit` bytes (`[http] body_limit`) is
+        /// refused with 413 before it is parsed.
+        pub fn router(body_limit: usize) -> Router<HttpState> {
             Router::new()$(.route($path, axum::routing::$method($handler)))*
+                .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         }
     };
 }
