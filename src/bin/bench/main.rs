@@ -75,7 +75,14 @@ impl BenchDb {
         sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
             .execute(&mut admin)
             .await?;
+        // Plain TCP to a loopback server, as Graphile Worker's node-postgres connects by
+        // default: TLS on loopback is CPU spent on nothing (BENCH_DATABASE_URL can say otherwise).
         let url = format!("{}/{name}", server_url());
+        let url = if url.contains("127.0.0.1") || url.contains("localhost") {
+            format!("{url}?sslmode=disable")
+        } else {
+            url
+        };
         let pool = PgPool::connect(&url).await?;
         baseaim_worker::db::migrate(&pool).await?;
         pool.close().await;
@@ -445,7 +452,6 @@ async fn intake() -> anyhow::Result<()> {
         baseaim_worker::jobs::AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets))?;
     let app = http::router(HttpState::new(state, health));
     let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
-    let url = format!("http://{addr}/webhooks/stripe");
 
     // Distinct events (one sample, new ids), each signed now: a real payload and HMAC per request.
     let template = WebhookSender::new(SECRET)
@@ -459,38 +465,33 @@ async fn intake() -> anyhow::Result<()> {
         let header = format!("t={t},v1={}", signature(SECRET, t, &payload));
         (payload, header)
     };
-    let client = baseaim_worker::tls::http_client_builder()
-        .pool_max_idle_per_host(SENDERS)
-        .build()?;
-    let post = |client: reqwest::Client, url: String, (payload, header): (String, String)| async move {
-        let t = Instant::now();
-        let status = client
-            .post(&url)
-            .header("content-type", "application/json; charset=utf-8")
-            .header("stripe-signature", header)
-            .body(payload)
-            .send()
-            .await?
-            .status();
-        anyhow::ensure!(status.is_success(), "intake answered {status}");
-        Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64() * 1000.0)
+    // The load generator: HTTP/1.1 over keep-alive connections, requests written whole and
+    // answers parsed by hand, so the measure is the intake's cost, not a client library's.
+    let request = |(payload, header): (String, String)| {
+        format!(
+            "POST /webhooks/stripe HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json; charset=utf-8\r\n\
+             stripe-signature: {header}\r\ncontent-length: {}\r\n\r\n{payload}",
+            payload.len()
+        )
+        .into_bytes()
     };
 
     // Saturation: SENDERS closed-loop senders, each on its own keep-alive connection.
-    let events: Vec<_> = (0..EVENTS).map(make).collect();
+    let events: Vec<_> = (0..EVENTS).map(|i| request(make(i))).collect();
     let queue = Arc::new(std::sync::Mutex::new(events));
     let t0 = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..SENDERS {
-        let (queue, client, url) = (queue.clone(), client.clone(), url.clone());
+        let queue = queue.clone();
         senders.spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await?;
             let mut latencies = Vec::new();
             loop {
                 let next = queue.lock().unwrap().pop();
-                let Some(event) = next else {
+                let Some(request) = next else {
                     return Ok::<_, anyhow::Error>(latencies);
                 };
-                latencies.push(post(client.clone(), url.clone(), event).await?);
+                latencies.push(conn.send(&request).await?);
             }
         });
     }
@@ -513,13 +514,28 @@ async fn intake() -> anyhow::Result<()> {
     // Half load, open loop: requests start on a fixed schedule whatever the answers do.
     let rate = acked_per_s / 2.0;
     let count = ((rate * 5.0) as usize).clamp(500, EVENTS);
-    let events: Vec<_> = (EVENTS..EVENTS + count).map(make).collect();
+    let events: Vec<_> = (EVENTS..EVENTS + count).map(|i| request(make(i))).collect();
+    // Open loop over a pool of keep-alive connections: a request due while all are busy opens
+    // another, so a slow answer never delays the next request's start.
+    let idle = Arc::new(std::sync::Mutex::new(Vec::<KeepAlive>::new()));
     let t0 = Instant::now();
     let mut inflight = tokio::task::JoinSet::new();
-    for (i, event) in events.into_iter().enumerate() {
+    for (i, request) in events.into_iter().enumerate() {
         let due = t0 + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        inflight.spawn(post(client.clone(), url.clone(), event));
+        let idle = idle.clone();
+        inflight.spawn(async move {
+            let free = idle.lock().unwrap().pop();
+            let mut conn = match free {
+                Some(conn) => conn,
+                None => KeepAlive::connect(addr).await?,
+            };
+            // Latency from the scheduled start, so waiting for a connection counts.
+            conn.send(&request).await?;
+            let ms = due.elapsed().as_secs_f64() * 1000.0;
+            idle.lock().unwrap().push(conn);
+            Ok::<_, anyhow::Error>(ms)
+        });
     }
     let mut half = Vec::new();
     while let Some(l) = inflight.join_next().await {
@@ -810,4 +826,57 @@ async fn email() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// One keep-alive HTTP/1.1 connection of the intake's load generator.
+struct KeepAlive {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    line: String,
+}
+
+impl KeepAlive {
+    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAlive {
+            stream: tokio::io::BufReader::new(stream),
+            line: String::new(),
+        })
+    }
+
+    /// Writes `request`, reads the whole answer; fails unless it is a 2xx. Returns the
+    /// milliseconds it took.
+    async fn send(&mut self, request: &[u8]) -> anyhow::Result<f64> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let t = Instant::now();
+        self.stream.get_mut().write_all(request).await?;
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await?;
+        let status = self.line.split(' ').nth(1).unwrap_or("").to_owned();
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            anyhow::ensure!(
+                self.stream.read_line(&mut self.line).await? > 0,
+                "connection closed"
+            );
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        anyhow::ensure!(
+            status.starts_with('2'),
+            "intake answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    }
 }
