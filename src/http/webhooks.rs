@@ -281,11 +281,12 @@ async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, Fai
 }
 
 /// A database error at the intake: anything but a statement the server refused means we could
-/// not reach it (pool timeout, cut connection): 503, so Stripe resends.
+/// not reach it (pool timeout, cut connection), and so does a server shutting down or starting up
+/// ([`super::error::database_unavailable`]): 503, so Stripe resends.
 fn failed(error: sqlx::Error) -> Failed {
     match error {
-        sqlx::Error::Database(error) => {
-            tracing::error!(%error, "storing Stripe events failed");
+        sqlx::Error::Database(ref db) if !super::error::database_unavailable(&error) => {
+            tracing::error!(error = %db, "storing Stripe events failed");
             Failed::Internal
         }
         other => {
