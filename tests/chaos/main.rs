@@ -57,6 +57,8 @@ struct Plan {
     invoices: usize,
     subscriptions: usize,
     emails: usize,
+    /// Emails asked for through `POST /v1/emails` (with an Idempotency-Key, resent on failure).
+    api_emails: usize,
     noops: usize,
     fb_accounts: usize,
     fb_campaigns: usize,
@@ -81,6 +83,7 @@ impl Plan {
                 invoices: 1200,
                 subscriptions: 600,
                 emails: 600,
+                api_emails: 300,
                 noops: 30_000,
                 fb_accounts: 30,
                 fb_campaigns: 8,
@@ -97,6 +100,7 @@ impl Plan {
                 invoices: 120,
                 subscriptions: 60,
                 emails: 60,
+                api_emails: 40,
                 noops: 3000,
                 fb_accounts: 8,
                 fb_campaigns: 5,
@@ -133,6 +137,9 @@ struct Deliveries {
     resent_not_ok: u64,
     /// Events never acknowledged before the deadline.
     given_up: Vec<String>,
+    /// `POST /v1/emails`: answers by status, and the emails acknowledged (202).
+    api_statuses: BTreeMap<String, u64>,
+    api_accepted: HashSet<usize>,
 }
 
 #[derive(Default, Debug)]
@@ -168,6 +175,61 @@ fn subscription_event(sender: &WebhookSender, n: usize) -> StripeEvent {
         "active"
     });
     sender.event_with_object("customer.subscription.updated", object, None)
+}
+
+fn api_email_recipient(n: usize) -> String {
+    format!("chaos-api-{n}@example.com")
+}
+
+/// Asks a random node for email `n` through the API until it answers 202, with the same
+/// Idempotency-Key every time; an accepted request is sometimes sent again.
+async fn request_email(
+    ports: Vec<u16>,
+    token: String,
+    n: usize,
+    deadline: Instant,
+    log: Arc<Mutex<Deliveries>>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let body = json!({"template": "welcome", "to": api_email_recipient(n),
+                      "data": {"client_name": format!("Api {n}"), "dashboard_url": "https://app.example/"}});
+    let send = |port: u16| {
+        client
+            .post(format!("http://127.0.0.1:{port}/v1/emails"))
+            .bearer_auth(&token)
+            .header("idempotency-key", format!("chaos-api-{n}"))
+            .json(&body)
+            .send()
+    };
+    loop {
+        let port = ports[rand::rng().random_range(0..ports.len())];
+        let status = send(port).await.ok().map(|r| r.status().as_u16());
+        let accepted = status == Some(202);
+        {
+            let mut entry = log.lock().unwrap();
+            *entry
+                .api_statuses
+                .entry(status.map_or("error".into(), |s| s.to_string()))
+                .or_default() += 1;
+            if accepted {
+                entry.api_accepted.insert(n);
+            }
+        }
+        if accepted {
+            break;
+        }
+        if Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if rand::rng().random_bool(0.2) {
+        let port = ports[rand::rng().random_range(0..ports.len())];
+        let _ = send(port).await;
+    }
 }
 
 fn email_recipient(n: usize) -> String {
@@ -453,6 +515,22 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
         }
     }
 
+    // Emails asked for through the API of a random node.
+    let api_token = baseaim_worker::auth::tokens::create(&db.pool, "chaos", &["emails:send"])
+        .await
+        .unwrap();
+    for n in 0..plan.api_emails {
+        let at = t0
+            + plan
+                .duration
+                .mul_f64(n as f64 / plan.api_emails.max(1) as f64);
+        let (ports, token, log) = (ports.clone(), api_token.clone(), deliveries.clone());
+        delivery_tasks.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            request_email(ports, token, n, deliver_deadline, log).await;
+        });
+    }
+
     // Emails, plain jobs and Facebook syncs, enqueued by "the web app" (this process, straight to
     // the database) over the run.
     let feeder = {
@@ -638,7 +716,7 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
     // Emails: the welcome emails enqueued by the app and the payment-failed emails the invoice
     // events enqueue, each delivered exactly once.
     let mut email_row = Row {
-        what: "emails (welcome + payment failed)",
+        what: "emails (app, API, payment failed)",
         retries: retries("send_email").await,
         snoozes: snoozes.get("send_email").copied().unwrap_or(0),
         ..Row::default()
@@ -701,7 +779,34 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
         }
     }
 
-    email_row.accepted += plan.emails;
+    email_row.accepted += plan.emails + deliveries.api_accepted.len();
+    for n in 0..plan.api_emails {
+        if !deliveries.api_accepted.contains(&n) {
+            problems.push(format!(
+                "POST /v1/emails for {} never accepted",
+                api_email_recipient(n)
+            ));
+            continue;
+        }
+        match mailed.get(&api_email_recipient(n)).copied().unwrap_or(0) {
+            0 => {
+                email_row.lost += 1;
+                problems.push(format!(
+                    "email to {} never delivered",
+                    api_email_recipient(n)
+                ));
+            }
+            1 => email_row.completed += 1,
+            times => {
+                email_row.completed += 1;
+                email_row.duplicates += times - 1;
+                problems.push(format!(
+                    "email to {} delivered {times} times",
+                    api_email_recipient(n)
+                ));
+            }
+        }
+    }
     for n in 0..plan.emails {
         match mailed.get(&email_recipient(n)).copied().unwrap_or(0) {
             0 => {
@@ -722,9 +827,11 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
     let unexpected_mail = sent
         .iter()
         .filter(|e| {
-            !e.to
-                .iter()
-                .all(|to| to.starts_with("chaos-welcome-") || to.starts_with("chaos-invoice-"))
+            !e.to.iter().all(|to| {
+                to.starts_with("chaos-welcome-")
+                    || to.starts_with("chaos-invoice-")
+                    || to.starts_with("chaos-api-")
+            })
         })
         .count();
     if unexpected_mail > 0 {
@@ -826,6 +933,10 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
     statuses.insert("resent, not 200".into(), deliveries.resent_not_ok);
     println!("webhook delivery attempts by answer: {statuses:?}");
     println!(
+        "POST /v1/emails attempts by answer: {:?}",
+        deliveries.api_statuses
+    );
+    println!(
         "provider faults injected: resend {}, facebook {}",
         resend.faults().injected(),
         facebook.faults().injected()
@@ -839,6 +950,11 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
         }
         if status.starts_with('4') {
             problems.push(format!("{n} valid webhook deliveries answered {status}"));
+        }
+    }
+    for (status, n) in &deliveries.api_statuses {
+        if (status.starts_with('5') && status != "503") || status.starts_with('4') {
+            problems.push(format!("{n} POST /v1/emails answered {status}"));
         }
     }
     if !deliveries.given_up.is_empty() {
