@@ -56,22 +56,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     pool(config)
 }
 
-/// A lazily connecting pool with the configured limits.
-/// A pooled connection idle at least this long is pinged before it is handed out.
-const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
-
-pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions =
-        with_default_user(&config.url)
-            .parse()
-            .map_err(|source| DbError::Connect {
-                url: redact_url(&config.url),
-                source,
-            })?;
-    let options = options.application_name("baseaim-worker");
-    Ok(PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
+/// The daemon's pool settings (the benchmarks use them too).
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
         .idle_timeout(Duration::from_secs(300))
         // sqlx pings every connection it hands out by default: a round trip before each
         // statement on the hot paths (claim, finish, enqueue). Only a connection idle for a while
@@ -87,6 +75,23 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
                 Ok(true)
             })
         })
+}
+
+/// A pooled connection idle at least this long is pinged before it is handed out.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// A lazily connecting pool with the configured limits.
+pub fn pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions =
+        with_default_user(&config.url)
+            .parse()
+            .map_err(|source| DbError::Connect {
+                url: redact_url(&config.url),
+                source,
+            })?;
+    let options = options.application_name("baseaim-worker");
+    Ok(pool_options(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
         .connect_lazy_with(options))
 }
 

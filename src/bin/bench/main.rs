@@ -28,7 +28,6 @@ use baseaim_worker::queue::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 
@@ -90,8 +89,7 @@ impl BenchDb {
     }
 
     async fn pool(&self, connections: u32) -> anyhow::Result<PgPool> {
-        Ok(PgPoolOptions::new()
-            .max_connections(connections)
+        Ok(baseaim_worker::db::pool_options(connections)
             .connect(&self.url)
             .await?)
     }
