@@ -8,6 +8,14 @@
 //! `drive_upload` job. 202 answers with the document and job ids after the commit; any node can
 //! run the job, since the bytes are in the database.
 //!
+//! While the file streams in, a writer task owns the transaction and inserts the chunks, fed
+//! through a small bounded channel, so reading the body and writing the database overlap and
+//! memory stays at a few chunks. If the request ends early (a refusal, or the client went away)
+//! the writer is aborted and its transaction dropped, which rolls it back.
+//!
+//! The transaction holds one pooled connection for as long as the client takes to send its file;
+//! a slow client therefore occupies a connection (no upload concurrency cap yet).
+//!
 //! Refusals, with nothing stored (the transaction is rolled back): no or a bad bearer token
 //! 401, a token without `uploads:write` 403; a declared `Content-Length` or a file over
 //! `uploads.max_bytes` 413; a media type not accepted 415; a missing field, an unknown client, an
