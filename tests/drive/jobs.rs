@@ -198,10 +198,20 @@ async fn documents_import_moves_old_files_into_drive_in_place() {
         .await
         .unwrap();
     }
-    let (found, queued) = drive_import::enqueue_imports(&env.db.pool, 100)
+    // The operator's command, as the real binary.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_baseaim-worker"))
+        .args(["documents", "import"])
+        .env("DATABASE_URL", &env.db.url)
+        .output()
         .await
         .unwrap();
-    assert_eq!((found, queued), (3, 3));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("3 document(s) to import; 3 drive_import job(s) queued"),
+        "{text}"
+    );
     // Running the command again while they wait queues nothing twice.
     assert_eq!(
         drive_import::enqueue_imports(&env.db.pool, 100)
