@@ -265,6 +265,30 @@ async fn queues_counts_schedules_and_stripe_replay() {
     assert_eq!(resumed.body["paused"], false);
     assert_eq!(api.drain("reports").await.completed, 1);
 
+    sqlx::query(
+        "insert into nodes (name, role, version, heartbeat_at) values
+             ('alive-1', 'worker', 'test', now()), ('dead-1', 'worker', 'test', now() - interval '1 day')",
+    )
+    .execute(&api.db.pool)
+    .await
+    .unwrap();
+    let nodes = api
+        .call(Method::GET, "/v1/admin/nodes", Some(&admin), None)
+        .await;
+    assert_eq!(nodes.status, StatusCode::OK, "{}", nodes.text);
+    let names: Vec<&str> = nodes
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["alive-1"],
+        "only nodes heartbeating within the lease"
+    );
+
     let schedules = api
         .call(Method::GET, "/v1/admin/schedules", Some(&admin), None)
         .await;

@@ -683,3 +683,44 @@ pub async fn replay_stripe_event(
     tracing::info!(event = %id, job, caller = %caller.name, "Stripe event replayed through the API");
     Ok((StatusCode::ACCEPTED, Json(JobEnqueued { id: job })))
 }
+
+/// A node that heartbeated within the lease.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeInfo {
+    pub name: String,
+    /// all, web, worker or scheduler.
+    pub role: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Jobs it runs now.
+    pub running: i64,
+}
+
+/// The nodes alive now (heartbeat younger than `worker.lease`), with the jobs each runs.
+#[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin",
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = Vec<NodeInfo>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub async fn list_nodes(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+) -> Result<Json<Vec<NodeInfo>>, ApiError> {
+    caller.require("admin:read")?;
+    let nodes = admin_query::nodes_alive(&state.pool, state.app.config.worker.lease).await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|n| NodeInfo {
+                name: n.name,
+                role: n.role,
+                version: n.version,
+                started_at: n.started_at,
+                heartbeat_at: n.heartbeat_at,
+                running: n.running,
+            })
+            .collect(),
+    ))
+}

@@ -56,6 +56,7 @@ api_routes! {
     get "/v1/admin/queues" => admin::list_queues;
     post "/v1/admin/queues/{name}/pause" => admin::pause_queue;
     post "/v1/admin/queues/{name}/resume" => admin::resume_queue;
+    get "/v1/admin/nodes" => admin::list_nodes;
     get "/v1/admin/schedules" => admin::list_schedules;
     post "/v1/admin/schedules/{name}/run" => admin::run_schedule;
     post "/v1/admin/stripe/events/{id}/replay" => admin::replay_stripe_event;

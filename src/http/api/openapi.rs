@@ -29,6 +29,7 @@ use super::{admin, emails, jobs};
         admin::list_queues,
         admin::pause_queue,
         admin::resume_queue,
+        admin::list_nodes,
         admin::list_schedules,
         admin::run_schedule,
         admin::replay_stripe_event,
