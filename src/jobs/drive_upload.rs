@@ -7,10 +7,10 @@
 //!   session, the job looks for that key, so a run killed after Drive created the file finds it
 //!   instead of uploading it again.
 //! - The session URI is committed before the first byte is sent, and the offset Drive confirms
-//!   (`308` + `Range`) after every request. A later run (any node: the bytes are in the database)
-//!   asks the session where it stands (`bytes */total`) and sends only the rest; a finished
-//!   session answers with the file. An expired session (404/410) falls back to the lookup and a
-//!   new session.
+//!   (`308` + `Range`) is recorded while the next request is sent. A later run (any node: the
+//!   bytes are in the database) asks the session where it stands (`bytes */total`) and sends
+//!   only the rest; a finished session answers with the file. An expired session (404/410)
+//!   falls back to the lookup and a new session.
 //! - Inside one run, a cut connection or a 5xx is resumed in place (status query, then the rest)
 //!   up to `drive.resume_retries` times before the attempt is given up.
 //!
@@ -510,12 +510,28 @@ pub(crate) async fn upload(state: &AppState, doc: &DocumentRow) -> Result<DriveF
     let request_bytes = settings.upload_chunk_bytes as u64;
     let chunk_bytes = doc.chunk_bytes as u64;
     let mut resumes = 0;
+    // The offset Drive confirmed last, written while the next request is on its way (a commit
+    // per request would otherwise stall the upload; the session's status query is the truth).
+    let mut unrecorded: Option<u64> = None;
     loop {
         let end = (offset + request_bytes).min(total);
         let body = chunk_stream(pool.clone(), doc.id, chunk_bytes, offset, end);
-        let answer = drive
-            .upload_range(&uri, offset, end - offset, total, body)
-            .await;
+        let record = unrecorded.take();
+        let (recorded, answer) = tokio::join!(
+            async {
+                match record {
+                    Some(at) => sqlx::query(DOCUMENT_OFFSET_SET)
+                        .bind(doc.id)
+                        .bind(at as i64)
+                        .execute(pool)
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
+            },
+            drive.upload_range(&uri, offset, end - offset, total, body)
+        );
+        recorded?;
         let progress = match answer {
             Ok(progress) => progress,
             Err(error) if error.is_transient() && resumes < settings.resume_retries => {
@@ -543,11 +559,7 @@ pub(crate) async fn upload(state: &AppState, doc: &DocumentRow) -> Result<DriveF
                     resumes = 0;
                 }
                 offset = persisted;
-                sqlx::query(DOCUMENT_OFFSET_SET)
-                    .bind(doc.id)
-                    .bind(offset as i64)
-                    .execute(pool)
-                    .await?;
+                unrecorded = Some(offset);
             }
         }
     }
