@@ -439,11 +439,9 @@ fn the_email_api_refuses_hostile_input_and_stores_nothing() {
 }
 
 /// `[http] body_limit` is "the largest request body accepted by the JSON endpoints": a request
-/// past it is refused 413 before it is read, whatever it holds. It is not: `/v1/*` takes axum's
-/// default of 2 MB (a 128 KiB job is enqueued under a 64 KiB limit). The fix belongs to the API's
-/// owners (`src/http/api`, `src/http/mod.rs`); un-ignore this test with it.
+/// past it is refused 413 before it is read, whatever it holds. (It was not: `/v1/*` took axum's
+/// default of 2 MB until 9ab43a4.)
 #[test]
-#[ignore = "open defect: [http] body_limit is not applied to /v1/* (owned by src/http/api)"]
 fn a_body_past_the_configured_limit_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

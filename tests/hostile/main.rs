@@ -9,6 +9,7 @@
 mod support;
 
 mod api;
+mod uploads;
 mod webhooks;
 
 use std::sync::Arc;
@@ -46,6 +47,10 @@ impl App {
                 BODY_LIMIT.to_string(),
             ),
             ("BAW__HTTP__BODY_LIMIT".to_string(), BODY_LIMIT.to_string()),
+            (
+                "BAW__UPLOADS__MAX_BYTES".to_string(),
+                BODY_LIMIT.to_string(),
+            ),
         ];
         let config = Config::load_from(None, env).expect("config");
         let secrets = Secrets {
