@@ -8,8 +8,8 @@
 //!   in `queue::execute::run`;
 //! - `baw_rate_limit_snoozes_total{bucket}`: jobs snoozed for want of a rate-limit token;
 //! - `baw_provider_requests_total{provider,result}` and `baw_provider_errors_total{provider,class}`:
-//!   each request of the Resend, Stripe and Facebook clients, by the class their `error.rs`
-//!   gives (Google Drive: not yet instrumented);
+//!   each request of the Resend, Stripe, Facebook and Google Drive clients, by the class their
+//!   `error.rs` gives (Drive's token endpoint is counted with the API call it serves);
 //! - `baw_webhooks_total{provider,result}`: Stripe deliveries (accepted, duplicate, rejected,
 //!   too_large, unavailable, error).
 //!

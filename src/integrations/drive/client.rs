@@ -115,6 +115,13 @@ impl DriveClient {
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, DriveError> {
+        counted(self.api_once(build).await)
+    }
+
+    async fn api_once(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, DriveError> {
         let mut refreshed = false;
         loop {
             let token = self.tokens.token().await?;
@@ -251,8 +258,11 @@ impl DriveClient {
             .header(header::CONTENT_RANGE, format!("bytes */{total}"))
             .send()
             .await
-            .map_err(transport)?;
-        progress(response).await
+            .map_err(transport);
+        counted(match response {
+            Ok(response) => progress(response).await,
+            Err(error) => Err(error),
+        })
     }
 
     /// Sends bytes `first..first + len` of a `total`-byte upload as one request with `body`
@@ -279,8 +289,11 @@ impl DriveClient {
             .body(body)
             .send()
             .await
-            .map_err(transport)?;
-        progress(response).await
+            .map_err(transport);
+        counted(match response {
+            Ok(response) => progress(response).await,
+            Err(error) => Err(error),
+        })
     }
 
     /// Grants "anyone with the link" read access (not discoverable).
@@ -315,6 +328,21 @@ impl DriveClient {
             Err(error) => Err(error),
         }
     }
+}
+
+/// Counts one Drive request in `baw_provider_requests_total` / `baw_provider_errors_total`.
+fn counted<T>(result: Result<T, DriveError>) -> Result<T, DriveError> {
+    let class = result.as_ref().err().map(|error| match error {
+        DriveError::RateLimited { .. } => "rate_limited",
+        DriveError::Server { .. } => "server",
+        DriveError::Transport(_) => "transport",
+        DriveError::Auth(_) => "auth",
+        DriveError::SessionExpired => "session_expired",
+        DriveError::Rejected { .. } => "rejected",
+        DriveError::Unconfigured(_) => "unconfigured",
+    });
+    crate::telemetry::provider_call("drive", class);
+    result
 }
 
 /// Reads a session URI's answer: 200/201 with the file, 308 with the persisted range.
