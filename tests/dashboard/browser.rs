@@ -222,7 +222,7 @@ async fn an_operator_finds_a_failed_job_by_its_args_retries_it_and_sees_it_compl
             .for_element(Locator::Id("confirm"))
             .await?;
         let heading = browser.find(Locator::Css("h1")).await?.text().await?;
-        assert!(heading.contains("retry 1 jobs"), "{heading}");
+        assert!(heading.contains("retry 1 job"), "{heading}");
         screenshot(&browser, "04-confirm-retry").await;
         confirm.click().await?;
         let notice = browser

@@ -312,7 +312,7 @@ pub async fn bulk(
             .map_err(super::admin_error)?;
             let how_many = match counted {
                 Some(n) if n >= 10_000 => "10,000 or more jobs".to_string(),
-                Some(n) => format!("{} jobs", thousands(n)),
+                Some(n) => plural(n.max(0) as u64),
                 None => "more jobs than can be counted quickly".to_string(),
             };
             (
@@ -320,10 +320,7 @@ pub async fn bulk(
                 how_many,
             )
         } else {
-            (
-                "the selected jobs".to_string(),
-                format!("{} jobs", thousands(ids.len() as i64)),
-            )
+            ("the selected jobs".to_string(), plural(ids.len() as u64))
         };
         return super::render(&ConfirmPage {
             chrome: Chrome::new(&operator, "jobs", None),
