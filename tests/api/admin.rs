@@ -359,3 +359,25 @@ async fn queues_counts_schedules_and_stripe_replay() {
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
 }
+
+#[tokio::test]
+async fn retrying_a_job_whose_unique_key_is_taken_again_is_a_409_saying_so() {
+    let api = Api::new().await;
+    let writer = api.token(&["jobs:write"]).await;
+    let admin = api.token(&["admin:write"]).await;
+    let job = json!({"kind": "noop", "unique_key": "nightly-report"});
+    let first = enqueue(&api, &writer, job.clone()).await;
+    assert_eq!(api.drain("default").await.completed, 1);
+    let second = enqueue(&api, &writer, job).await;
+    assert_ne!(first, second, "a finished job frees its key");
+    let answer = api
+        .call(
+            Method::POST,
+            &format!("/v1/admin/jobs/{first}/retry"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.text);
+    assert!(answer.text.contains("unique key"), "{}", answer.text);
+}

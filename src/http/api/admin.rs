@@ -262,6 +262,12 @@ async fn find(state: &HttpState, id: i64) -> Result<JobRow, ApiError> {
 async fn act_on_one(state: &HttpState, id: i64, action: BulkAction) -> Result<Json<Job>, ApiError> {
     let before = find(state, id).await?;
     if action.apply(&state.pool, &[id]).await? == 0 {
+        if action == BulkAction::Retry && before.state != "running" {
+            return Err(ApiError::Conflict(format!(
+                "job {id} is {}, and its unique key is now held by another unfinished job",
+                before.state
+            )));
+        }
         let allowed = match action {
             BulkAction::Retry => "any state but running",
             BulkAction::Cancel => "unfinished jobs",
