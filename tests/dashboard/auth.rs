@@ -221,3 +221,34 @@ async fn logout_ends_the_session() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_when_configured_for_tls() {
+    for (secure, env) in [
+        (false, vec![]),
+        (
+            true,
+            vec![("BAW__HTTP__SECURE_COOKIES".to_string(), "true".to_string())],
+        ),
+    ] {
+        let app = App::start_with(env).await;
+        baseaim_worker::auth::operators::add(&app.db.pool, "alice", crate::PASSWORD, Role::Admin)
+            .await
+            .unwrap();
+        let response = app
+            .post_form(
+                "/dashboard/login",
+                None,
+                &[("username", "alice"), ("password", crate::PASSWORD)],
+            )
+            .await;
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(cookie.starts_with("baw_session="), "{cookie}");
+        assert_eq!(cookie.contains("; Secure"), secure, "{cookie}");
+    }
+}

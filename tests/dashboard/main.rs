@@ -44,8 +44,13 @@ impl Drop for App {
 
 impl App {
     pub async fn start() -> App {
+        App::start_with(Vec::new()).await
+    }
+
+    /// With config overrides as environment variables (`BAW__HTTP__SECURE_COOKIES`, ...).
+    pub async fn start_with(env: Vec<(String, String)>) -> App {
         let db = TestDb::new().await;
-        let config = Config::load_from(None, Vec::<(String, String)>::new()).expect("config");
+        let config = Config::load_from(None, env).expect("config");
         let stop = CancellationToken::new();
         let health = DbHealth::spawn(db.pool.clone(), Duration::from_secs(1), stop.child_token());
         let state = AppState::new(
