@@ -275,10 +275,35 @@ async fn run_phase(db: &TestDb, sims: &Sims, format: &str, secs: u64) -> (String
         );
     }
     // The API: refused tokens, then an admin token reading what operators read.
-    let token =
-        baseaim_worker::auth::tokens::create(&db.pool, "leak-check", &["admin:read", "jobs:write"])
-            .await
-            .unwrap();
+    let token = baseaim_worker::auth::tokens::create(
+        &db.pool,
+        &format!("leak-check-{format}"),
+        &["admin:read", "jobs:write", "uploads:write"],
+    )
+    .await
+    .unwrap();
+    // A document for Drive: the service-account key and the folder id are used by its job.
+    let boundary = "leakboundary";
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"client_id\"\r\n\r\nleak-client-0\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n"
+    );
+    let response = client
+        .post(format!("{base}/v1/uploads"))
+        .bearer_auth(&token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    record(
+        "POST /v1/uploads",
+        status,
+        response.text().await.unwrap_or_default(),
+    );
     for (method, path, bearer, body) in [
         (
             "POST",
@@ -489,6 +514,19 @@ async fn no_secret_appears_in_output_answers_or_the_database() {
         "both log formats at debug level were written"
     );
 
+    assert!(
+        answers1.contains("POST /v1/uploads -> 202")
+            && answers2.contains("POST /v1/uploads -> 202"),
+        "the uploads were accepted: {answers1}"
+    );
+    let drive_failures: i64 = sqlx::query_scalar(
+        "select count(*) from jobs where kind = 'drive_upload'
+         and (state = 'discarded' or jsonb_array_length(coalesce(errors, '[]')) > 0)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(drive_failures >= 1, "the Drive job ran into its error path");
     // Both runs went through the error paths: failures retried under faults, refusals discarded.
     assert!(out1.contains("job failed; will retry"), "phase 1 retried");
     assert!(out2.contains("job discarded"), "phase 2 discarded");
