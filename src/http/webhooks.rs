@@ -205,7 +205,14 @@ async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>) {
                 }
             }
         }
-        match commit(&pool, &batch).await {
+        let started = std::time::Instant::now();
+        let result = commit(&pool, &batch).await;
+        tracing::debug!(
+            events = batch.len(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "stripe webhook batch committed"
+        );
+        match result {
             Ok(mut inserted) => {
                 for pending in batch {
                     let new = inserted.remove(&pending.envelope.id);
