@@ -15,7 +15,7 @@
 //! - counts are exact while a state holds at most [`EXACT_STATE_MAX`] jobs (read through its
 //!   partial index), else the planner's estimate; `completed`, which only a scan could count, is
 //!   estimated once the table is over 32 MiB ([`Count::estimated`]);
-//! - throughput reads `jobs_finished_idx` (index-only, its predicate is the filter).
+//! - throughput reads `jobs_finished_state_idx` (index-only, its predicate is the filter).
 //!
 //! Statements are sent unprepared (`persistent(false)`): PostgreSQL then plans each with its
 //! parameter values, so `($1 is null or state = $1)` folds to `state = 'discarded'` and the
@@ -504,14 +504,15 @@ pub struct Throughput {
     pub failed: i64,
 }
 
-/// Finished jobs per bucket: index-only over `jobs_finished_idx` (the filter is its predicate).
+/// Finished jobs per bucket: index-only over `jobs_finished_state_idx` (the filter is its
+/// predicate).
 const JOB_THROUGHPUT_FINISHED: &str = "
 select date_bin(make_interval(secs => $1), finished_at, $2) as bucket, count(*)
   from jobs
  where state in ('completed', 'discarded', 'cancelled') and finished_at >= $2
  group by 1";
 
-/// Discarded jobs per bucket, through `jobs_failed_idx`.
+/// Discarded jobs per bucket: index-only over `jobs_finished_state_idx` (it includes the state).
 const JOB_THROUGHPUT_FAILED: &str = "
 select date_bin(make_interval(secs => $1), finished_at, $2) as bucket, count(*)
   from jobs
