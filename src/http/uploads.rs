@@ -291,7 +291,15 @@ async fn text(mut field: Field<'_>, name: &str) -> Result<String, UploadRefusal>
             )));
         }
     }
-    String::from_utf8(raw).map_err(|_| unprocessable(format!("`{name}` is not UTF-8 text")))
+    let text =
+        String::from_utf8(raw).map_err(|_| unprocessable(format!("`{name}` is not UTF-8 text")))?;
+    // PostgreSQL text cannot hold NUL; refuse it here rather than fail the insert.
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(unprocessable(format!(
+            "`{name}` must not contain control characters"
+        )));
+    }
+    Ok(text)
 }
 
 /// The last path component of a client-supplied name, without control characters.

@@ -133,6 +133,14 @@ async fn oversized_and_disallowed_uploads_are_refused_with_nothing_stored() {
     );
     nothing_stored(&env).await;
 
+    // A NUL byte in a text field (PostgreSQL text cannot hold it): 422, not 500.
+    let (ct, body) = form(
+        &[("client_id", "a\u{0}b")],
+        Some(("r.pdf", "application/pdf", b"%PDF-1.7")),
+    );
+    assert_eq!(env.post(&ct, body).await.status(), 422);
+    nothing_stored(&env).await;
+
     // No file, an empty file, a body that is not multipart.
     let (ct, body) = form(&[("client_id", CLIENT)], None);
     assert_eq!(env.post(&ct, body).await.status(), 422);

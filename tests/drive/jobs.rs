@@ -249,3 +249,19 @@ async fn documents_import_moves_old_files_into_drive_in_place() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_throttled_token_request_snoozes_the_upload_instead_of_failing_it() {
+    let env = setup().await;
+    let bytes = random_bytes(40_000, 20);
+    let id = env.upload_pdf(&bytes).await;
+    // The first request the job makes is the token's: Drive's 403 usageLimits answers it.
+    env.sim.faults().next(FaultKind::Throttled);
+    let report = env.drain().await;
+    assert_eq!(report.snoozed, 1, "{report:?}");
+    assert_eq!(env.job("drive_upload").await, ("scheduled".into(), 0));
+    assert_eq!(env.document(id).await.status, "PENDING");
+    env.make_due().await;
+    assert_eq!(env.drain().await.completed, 1);
+    assert_eq!(env.sim.files()[0].content, bytes);
+}

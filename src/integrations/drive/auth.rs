@@ -232,7 +232,15 @@ impl TokenSource {
                 message: refusal.error_description,
             });
         }
-        if status == 429 {
+        // 429, or a 403 whose Drive-style body names a rate limit (`usageLimits`): wait, as for
+        // the API; never a reason to give the upload up.
+        let text = String::from_utf8_lossy(&bytes);
+        if status == 429
+            || (status == 403
+                && ["userRateLimitExceeded", "rateLimitExceeded", "usageLimits"]
+                    .iter()
+                    .any(|r| text.contains(r)))
+        {
             return Err(DriveError::RateLimited {
                 reason: "token endpoint".into(),
                 wait: None,
