@@ -18,7 +18,7 @@
 //! grow by themselves while the previous commit is in flight. A batch either commits whole or
 //! fails whole (all its deliveries get 503), so the guarantee per delivery is unchanged.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -35,6 +35,7 @@ use super::error::ApiError;
 use crate::integrations::stripe::Verifier;
 use crate::integrations::stripe::types::EventEnvelope;
 use crate::jobs::stripe_event::{APPLIED_TYPES, StripeEvent};
+use crate::queue::notify::{BEGIN_QUIET, Waker};
 use crate::queue::{self, EnqueueError, NewJob};
 
 /// Most deliveries one shared commit takes.
@@ -76,8 +77,9 @@ impl WebhookSettings {
         self.committers.get_or_init(|| {
             let (tx, rx) = mpsc::channel(MAX_BATCH * COMMITTERS * 2);
             let rx = Arc::new(Mutex::new(rx));
+            let waker = Waker::default();
             for _ in 0..COMMITTERS {
-                tokio::spawn(committer(pool.clone(), rx.clone()));
+                tokio::spawn(committer(pool.clone(), rx.clone(), waker.clone()));
             }
             tx
         })
@@ -189,7 +191,7 @@ async fn stripe_delivery(
 }
 
 /// Takes whatever deliveries are waiting, commits them together, answers each.
-async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>, waker: Waker) {
     loop {
         let mut batch = Vec::new();
         {
@@ -206,7 +208,7 @@ async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>) {
             }
         }
         let started = std::time::Instant::now();
-        let result = commit(&pool, &batch).await;
+        let result = commit(&pool, &batch, &waker).await;
         tracing::debug!(
             events = batch.len(),
             ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -229,8 +231,14 @@ async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>) {
 }
 
 /// One transaction: the events, then the jobs of those newly inserted and applied.
-async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, Failed> {
-    let mut tx = pool.begin().await.map_err(failed)?;
+async fn commit(
+    pool: &PgPool,
+    batch: &[Pending],
+    waker: &Waker,
+) -> Result<HashSet<String>, Failed> {
+    // Quiet: NOTIFY would serialise the committers' flushes (see queue::notify); the waker
+    // wakes the workers after the commit instead.
+    let mut tx = pool.begin_with(BEGIN_QUIET).await.map_err(failed)?;
     let column = |f: fn(&Pending) -> String| batch.iter().map(f).collect::<Vec<_>>();
     let inserted: Vec<String> = sqlx::query_scalar(STRIPE_EVENT_INSERT_MANY)
         .bind(column(|p| p.envelope.id.clone()))
@@ -274,6 +282,7 @@ async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, Fai
             tracing::error!(%error, "building stripe_event jobs");
             Failed::Internal
         })?;
+    let queues: BTreeSet<String> = jobs.iter().map(|j| j.queue.clone()).collect();
     queue::enqueue_many(&mut *tx, jobs)
         .await
         .map_err(|error| match error {
@@ -284,6 +293,9 @@ async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, Fai
             }
         })?;
     tx.commit().await.map_err(failed)?;
+    for queue in queues {
+        waker.poke(pool, &queue);
+    }
     Ok(inserted)
 }
 

@@ -45,6 +45,7 @@ pub mod enqueue;
 pub mod execute;
 pub mod job;
 pub mod maintenance;
+pub mod notify;
 pub mod rate_limit;
 pub mod registry;
 mod sql;

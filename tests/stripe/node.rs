@@ -13,13 +13,14 @@ use crate::support::{TestDb, eventually};
 use crate::{SECRET, count};
 
 async fn node(db: &TestDb, secrets: Secrets) -> (Node, CancellationToken) {
+    node_polling(db, secrets, "100ms").await
+}
+
+async fn node_polling(db: &TestDb, secrets: Secrets, poll: &str) -> (Node, CancellationToken) {
     let env = vec![
         ("DATABASE_URL".to_string(), db.url.clone()),
         ("BAW__HTTP__BIND".to_string(), "127.0.0.1:0".to_string()),
-        (
-            "BAW__WORKER__POLL_INTERVAL".to_string(),
-            "100ms".to_string(),
-        ),
+        ("BAW__WORKER__POLL_INTERVAL".to_string(), poll.to_string()),
     ];
     let config = Config::load_from(None, env).unwrap();
     let stop = CancellationToken::new();
@@ -27,6 +28,38 @@ async fn node(db: &TestDb, secrets: Secrets) -> (Node, CancellationToken) {
         .await
         .unwrap();
     (node, stop)
+}
+
+/// The intake inserts its jobs without the trigger's NOTIFY (it would serialise the commits) and
+/// wakes the workers itself: an idle node whose slow poll is a minute away still applies the
+/// event at once.
+#[tokio::test]
+async fn a_webhook_wakes_idle_workers_without_waiting_for_the_poll() {
+    let db = TestDb::new().await;
+    let secrets = Secrets {
+        stripe_webhook_secret: Some(SecretString::from(SECRET)),
+        ..Secrets::default()
+    };
+    let (node, stop) = node_polling(&db, secrets, "60s").await;
+    let url = format!("http://{}/webhooks/stripe", node.addr);
+    let sender = WebhookSender::new(SECRET);
+    // Let the node's first look at the queues pass, so only a wake-up can find the job.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for event_type in ["customer.subscription.updated", "invoice.paid"] {
+        let event = sender.event(event_type).unwrap();
+        assert_eq!(sender.send(&url, &event).await, Some(200));
+    }
+    eventually(5, "the engine applied both events", || async {
+        count(
+            &db.pool,
+            "select count(*) from stripe_events where status = 'processed'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    stop.cancel();
+    node.stop().await.unwrap();
 }
 
 #[tokio::test]
