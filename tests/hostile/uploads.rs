@@ -291,11 +291,9 @@ fn the_upload_endpoint_refuses_hostile_input_and_stores_nothing() {
     assert!(seen.values().sum::<u32>() >= n);
 }
 
-/// A NUL byte in `client_id` (or `title`) must be refused like any other bad value. It is
-/// answered 500: the value reaches PostgreSQL, which refuses NUL in text ("invalid byte
-/// sequence"). Open defect in `src/http/uploads.rs` (not ours to edit); un-ignore with its fix.
+/// A NUL byte in `client_id` (or `title`) must be refused like any other bad value, not reach
+/// PostgreSQL (which refuses NUL in text: a 500). Regression test for a defect this suite found.
 #[test]
-#[ignore = "open defect: a NUL byte in client_id/title gives 500 (src/http/uploads.rs)"]
 fn a_nul_byte_in_a_text_field_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
