@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::job::{JobContext, JobError};
-use super::rate_limit;
+use super::rate_limit::{self, Reservation};
 use super::registry::Registry;
 use super::sql;
 
@@ -142,14 +142,12 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
     };
     let policy = &entry.policy;
     if let Some(bucket) = policy.rate_limit {
-        // A token due soon is waited for here, holding the slot: snoozing for a fraction of a
-        // second would cost a write and a re-claim, and tokens would go unused meanwhile. A
-        // longer wait gives the slot back (snooze, attempt not spent).
-        let give_up = tokio::time::Instant::now() + MAX_TOKEN_WAIT;
-        loop {
-            match rate_limit::take(&pool, bucket).await {
-                Ok(None) => break,
-                Ok(Some(wait)) if tokio::time::Instant::now() + wait <= give_up => {
+        // A token due soon is reserved and waited for here, holding the slot: snoozing for a
+        // fraction of a second would cost a write and a re-claim. A longer wait gives the slot
+        // back (snooze, attempt not spent).
+        match rate_limit::reserve(&pool, bucket, MAX_TOKEN_WAIT).await {
+            Ok(Reservation::Reserved(wait)) => {
+                if !wait.is_zero() {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = cancel.cancelled() => {
@@ -161,20 +159,19 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
                         }
                     }
                 }
-                Ok(Some(wait)) => {
-                    metrics::counter!("baw_rate_limit_snoozes_total", "bucket" => bucket)
-                        .increment(1);
-                    return Outcome::Snooze {
-                        run_at: Utc::now() + wait,
-                    };
-                }
-                Err(error) => {
-                    // The bucket could not be read (database trouble): not the job's fault.
-                    tracing::warn!(%error, bucket, "rate limit unavailable; snoozing the job");
-                    return Outcome::Snooze {
-                        run_at: Utc::now() + Duration::from_secs(1),
-                    };
-                }
+            }
+            Ok(Reservation::Busy { retry_in }) => {
+                metrics::counter!("baw_rate_limit_snoozes_total", "bucket" => bucket).increment(1);
+                return Outcome::Snooze {
+                    run_at: Utc::now() + retry_in,
+                };
+            }
+            Err(error) => {
+                // The bucket could not be read (database trouble): not the job's fault.
+                tracing::warn!(%error, bucket, "rate limit unavailable; snoozing the job");
+                return Outcome::Snooze {
+                    run_at: Utc::now() + Duration::from_secs(1),
+                };
             }
         }
     }

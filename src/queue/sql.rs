@@ -250,6 +250,27 @@ select bucket.available, bucket.rate_per_s, exists (select 1 from taken) as take
 from bucket
 "#;
 
+/// Takes the next token if it is due within $2 seconds, letting the bucket go into debt: the
+/// taker waits for its token instead of retrying (see `rate_limit::reserve`).
+pub const RATE_LIMIT_RESERVE: &str = r#"
+with bucket as (
+    select name, rate_per_s,
+           least(burst, tokens + extract(epoch from (now() - updated_at)) * rate_per_s) as available
+    from rate_limits
+    where name = $1
+    for update
+),
+taken as (
+    update rate_limits r
+    set tokens = bucket.available - 1, updated_at = now()
+    from bucket
+    where r.name = bucket.name and (1 - bucket.available) / bucket.rate_per_s <= $2
+    returning r.name
+)
+select bucket.available, bucket.rate_per_s, exists (select 1 from taken) as taken
+from bucket
+"#;
+
 pub const QUEUE_SET_PAUSED: &str = r#"
 insert into queues (name, paused_at) values ($1, case when $2 then now() end)
 on conflict (name) do update
