@@ -64,13 +64,37 @@ async fn the_demo_runs_jobs_and_applies_a_signed_webhook_end_to_end() {
         .and_then(|rest| rest.strip_suffix(')'))
         .expect("the login is printed");
     let (user, password) = login.split_once(" / ").unwrap();
-    let session = baseaim_worker::auth::session::login(&db.pool, user, password)
+    // Through the real dashboard: its login form takes them, and the overview answers.
+    baseaim_worker::tls::install_crypto_provider();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let anonymous = http.get(format!("{base}/dashboard")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // The password is letters, digits and a dash: nothing to percent-encode.
+    let answer = http
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("username={user}&password={password}"))
+        .send()
         .await
         .unwrap();
-    assert!(
-        session.is_some(),
-        "the printed login does not work: {login}"
-    );
+    let cookie = answer
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("the printed login does not work: {login}"))
+        .to_owned();
+    let overview = http
+        .get(format!("{base}/dashboard"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overview.status(), 200);
 
     // The seeded jobs flow: the welcome emails reach the Resend simulator.
     eventually(60, "the three welcome emails were sent", || async {
