@@ -686,10 +686,10 @@ async fn facebook() -> anyhow::Result<()> {
 
 /// `email`: 10,000 `send_email` jobs drained by three engines (own pools, shipped registry)
 /// against the Resend simulator limited to 50 requests/s, paced by the cluster-wide `resend`
-/// bucket. Knobs: `BENCH_EMAILS`; `BENCH_EMAIL_BUCKET_RATE` (per second, default 48.5) and
-/// `BENCH_EMAIL_BURST` (default 1.5): rate + burst = 50, the most one provider window can take.
-/// A burst above one token absorbs a taker's lateness (its wake-up and round trip), which a
-/// bucket capped at one token would lose for good;
+/// bucket. Knobs: `BENCH_EMAILS`; `BENCH_EMAIL_BUCKET_RATE` (per second, default 48) and
+/// `BENCH_EMAIL_BURST` (default 1): rate + burst = 49, one under the most one provider window
+/// takes, so a request delayed on its way out (up to one token interval) cannot make a third in
+/// a window (tokens are reserved in order, so lateness loses none);
 /// `BENCH_EMAIL_SLOTS` per engine (default 1: more slots mostly add snooze churn on the bucket
 /// row, measured slower on 2 cores).
 async fn email() -> anyhow::Result<()> {
@@ -705,12 +705,12 @@ async fn email() -> anyhow::Result<()> {
     let bucket_rate: f64 = std::env::var("BENCH_EMAIL_BUCKET_RATE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(48.5);
+        .unwrap_or(48.0);
 
     let burst: f64 = std::env::var("BENCH_EMAIL_BURST")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1.5);
+        .unwrap_or(1.0);
     let slots: usize = std::env::var("BENCH_EMAIL_SLOTS")
         .ok()
         .and_then(|v| v.parse().ok())
