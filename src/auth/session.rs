@@ -93,15 +93,25 @@ impl FromRequestParts<HttpState> for Operator {
 
 /// The session token in the request's cookies, if any.
 pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// The value of cookie `name` in the request, if any (and of a sane length).
+pub fn cookie<'h>(headers: &'h axum::http::HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
         .filter(|v| !v.is_empty() && v.len() <= 100)
+}
+
+/// A fresh random token for a form (the login form's CSRF token, before any session exists).
+pub fn form_token() -> String {
+    random_token("")
 }
 
 async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Operator>, sqlx::Error> {

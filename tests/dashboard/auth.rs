@@ -5,7 +5,7 @@ use baseaim_worker::auth::Role;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{App, discarded_job, location};
+use crate::{App, csrf_in, discarded_job, location};
 
 /// Every page and every action, with a job, a queue, a schedule and a Stripe event that exist.
 fn routes(job: i64) -> (Vec<String>, Vec<String>) {
@@ -77,34 +77,94 @@ async fn every_dashboard_route_without_a_session_is_401() {
     );
 }
 
+/// Login CSRF: a login posted from elsewhere (without the form's token and cookie, or with a
+/// token of another form) is refused even with the right password, and opens no session.
+#[tokio::test]
+async fn a_login_posted_without_the_forms_token_is_refused() {
+    let app = App::start().await;
+    baseaim_worker::auth::operators::add(&app.db.pool, "alice", crate::PASSWORD, Role::Admin)
+        .await
+        .unwrap();
+    let form = app.get("/dashboard/login", None).await;
+    let cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    let csrf = csrf_in(&form.text().await.unwrap()).unwrap();
+    let other = csrf_in(
+        &app.get("/dashboard/login", None)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let credentials = [("username", "alice"), ("password", crate::PASSWORD)];
+    let attempts: [(Option<&str>, Option<&str>); 4] = [
+        (None, None),
+        (Some(&cookie), None),
+        (None, Some(&csrf)),
+        (Some(&cookie), Some(&other)),
+    ];
+    for (cookie, token) in attempts {
+        let mut fields = credentials.to_vec();
+        if let Some(token) = token {
+            fields.push(("csrf", token));
+        }
+        let response = app.post_form("/dashboard/login", cookie, &fields).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "{cookie:?} {token:?}"
+        );
+        let set = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.starts_with("baw_session="));
+        assert!(!set, "a session was opened");
+    }
+    let count: i64 = sqlx::query_scalar("select count(*) from operator_sessions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    // The same form, posted as the browser does, logs in.
+    let response = app.post_login("alice", crate::PASSWORD).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+}
+
 #[tokio::test]
 async fn a_wrong_password_gets_no_session() {
     let app = App::start().await;
     app.login_as("alice", Role::Admin).await;
-    let response = app
-        .post_form(
-            "/dashboard/login",
-            None,
-            &[("username", "alice"), ("password", "wrong password!!")],
-        )
-        .await;
+    let response = app.post_login("alice", "wrong password!!").await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert!(response.headers().get("set-cookie").is_none());
-    let unknown = app
-        .post_form(
-            "/dashboard/login",
-            None,
-            &[("username", "mallory"), ("password", "wrong password!!")],
-        )
-        .await;
+    // A new form token for the retry, but no session.
+    let session_set = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.starts_with("baw_session="));
+    assert!(!session_set, "a wrong password opened a session");
+    let unknown = app.post_login("mallory", "wrong password!!").await;
     assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
     let (a, b) = (
         response.text().await.unwrap(),
         unknown.text().await.unwrap(),
     );
     assert!(a.contains("Wrong user name or password"), "{a}");
-    // Same answer for an unknown user as for a wrong password (the echoed name aside).
-    assert_eq!(a.replace("alice", "X"), b.replace("mallory", "X"));
+    // Same answer for an unknown user as for a wrong password (the echoed name and the fresh
+    // form token aside).
+    let (csrf_a, csrf_b) = (csrf_in(&a).unwrap(), csrf_in(&b).unwrap());
+    assert_eq!(
+        a.replace("alice", "X").replace(&csrf_a, "T"),
+        b.replace("mallory", "X").replace(&csrf_b, "T")
+    );
 }
 
 #[tokio::test]
@@ -235,13 +295,7 @@ async fn the_session_cookie_is_secure_when_configured_for_tls() {
         baseaim_worker::auth::operators::add(&app.db.pool, "alice", crate::PASSWORD, Role::Admin)
             .await
             .unwrap();
-        let response = app
-            .post_form(
-                "/dashboard/login",
-                None,
-                &[("username", "alice"), ("password", crate::PASSWORD)],
-            )
-            .await;
+        let response = app.post_login("alice", crate::PASSWORD).await;
         let cookie = response
             .headers()
             .get("set-cookie")

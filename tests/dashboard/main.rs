@@ -79,18 +79,33 @@ impl App {
         format!("{}{path}", self.base)
     }
 
+    /// Posts the login form as a browser does: first the form (its CSRF token and cookie), then
+    /// the credentials with them.
+    pub async fn post_login(&self, name: &str, password: &str) -> reqwest::Response {
+        let form = self.get("/dashboard/login", None).await;
+        let cookie = form
+            .headers()
+            .get(SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .expect("the login form sets its CSRF cookie")
+            .to_owned();
+        let html = form.text().await.unwrap();
+        let csrf = csrf_in(&html).expect("the login form carries its CSRF token");
+        self.post_form(
+            "/dashboard/login",
+            Some(&cookie),
+            &[("csrf", &csrf), ("username", name), ("password", password)],
+        )
+        .await
+    }
+
     /// Creates an operator and logs in through the form; returns its session.
     pub async fn login_as(&self, name: &str, role: Role) -> Session {
         operators::add(&self.db.pool, name, PASSWORD, role)
             .await
             .expect("add operator");
-        let response = self
-            .post_form(
-                "/dashboard/login",
-                None,
-                &[("username", name), ("password", PASSWORD)],
-            )
-            .await;
+        let response = self.post_login(name, PASSWORD).await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER, "login redirects");
         let cookie = response
             .headers()

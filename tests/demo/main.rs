@@ -73,11 +73,27 @@ async fn the_demo_runs_jobs_and_applies_a_signed_webhook_end_to_end() {
     let base = format!("http://127.0.0.1:{port}");
     let anonymous = http.get(format!("{base}/dashboard")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
-    // The password is letters, digits and a dash: nothing to percent-encode.
+    // As a browser does: the form (its CSRF token and cookie), then the credentials with them.
+    let form = http
+        .get(format!("{base}/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    let form_cookie = form.headers()["set-cookie"].to_str().unwrap();
+    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
+    let html = form.text().await.unwrap();
+    let csrf = html
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the login form carries a CSRF token")
+        .to_owned();
+    // The password, user name and token are letters, digits, `-` and `_`: nothing to encode.
     let answer = http
         .post(format!("{base}/dashboard/login"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("username={user}&password={password}"))
+        .header("cookie", form_cookie)
+        .body(format!("csrf={csrf}&username={user}&password={password}"))
         .send()
         .await
         .unwrap();

@@ -1,6 +1,10 @@
 //! Logging in and out: a form posting the user name and password; on success the session cookie
 //! of [`session`] (HttpOnly, SameSite=Strict, Secure with `http.secure_cookies`) and a redirect
 //! to the overview. A wrong user name and a wrong password get the same answer.
+//!
+//! The login form is protected against cross-site posting too (login CSRF: another site logging
+//! an operator into an account of its choosing): before any session exists, the form carries a
+//! random token that must match a SameSite=Strict cookie set with it (double submit).
 
 use askama::Template;
 use axum::extract::State;
@@ -18,16 +22,58 @@ use crate::http::error::ApiError;
 struct LoginPage {
     username: String,
     error: Option<&'static str>,
+    csrf: String,
 }
 
-pub async fn form() -> Result<Response, WebError> {
-    super::render(&LoginPage {
-        username: String::new(),
-        error: None,
-    })
+/// The login form's CSRF cookie (only sent back to the login form's own path).
+const LOGIN_CSRF_COOKIE: &str = "baw_login_csrf";
+
+/// The login page with a fresh form token, set as a cookie too; `status` and `error` for a retry.
+fn login_page(
+    state: &HttpState,
+    status: StatusCode,
+    username: String,
+    error: Option<&'static str>,
+) -> Result<Response, WebError> {
+    let csrf = session::form_token();
+    let secure = if state.app.config.http.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{LOGIN_CSRF_COOKIE}={csrf}; Path=/dashboard/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
+    );
+    let html = LoginPage {
+        username,
+        error,
+        csrf,
+    }
+    .render()
+    .map_err(|e| WebError(ApiError::Internal(e.into())))?;
+    Ok((status, [(header::SET_COOKIE, cookie)], Html(html)).into_response())
 }
 
-pub async fn submit(State(state): State<HttpState>, form: FormData) -> Result<Response, WebError> {
+pub async fn form(State(state): State<HttpState>) -> Result<Response, WebError> {
+    login_page(&state, StatusCode::OK, String::new(), None)
+}
+
+pub async fn submit(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    form: FormData,
+) -> Result<Response, WebError> {
+    let expected = session::cookie(&headers, LOGIN_CSRF_COOKIE);
+    let posted_with_form = matches!((expected, form.csrf()),
+        (Some(cookie), Some(field)) if bool::from(cookie.as_bytes().ct_eq(field.as_bytes())));
+    if !posted_with_form {
+        return login_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            String::new(),
+            Some("The login form expired or came from elsewhere: log in again here."),
+        );
+    }
     let username = form.get("username").unwrap_or_default().trim().to_owned();
     let password = form.get("password").unwrap_or_default();
     let session = if username.is_empty() || password.is_empty() {
@@ -36,14 +82,12 @@ pub async fn submit(State(state): State<HttpState>, form: FormData) -> Result<Re
         session::login(&state.pool, &username, password).await?
     };
     let Some(session) = session else {
-        let page = LoginPage {
+        return login_page(
+            &state,
+            StatusCode::UNAUTHORIZED,
             username,
-            error: Some("Wrong user name or password."),
-        };
-        let html = page
-            .render()
-            .map_err(|e| WebError(ApiError::Internal(e.into())))?;
-        return Ok((StatusCode::UNAUTHORIZED, Html(html)).into_response());
+            Some("Wrong user name or password."),
+        );
     };
     tracing::info!(operator = %session.operator.username, "operator logged in");
     let cookie = session::set_cookie(&session.token, state.app.config.http.secure_cookies);
