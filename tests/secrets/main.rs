@@ -2,8 +2,8 @@
 //! password) through every path that logs or answers: `config check`, start-up, provider calls
 //! that fail in every way the simulators can (5xx, 429, throttling, hangs past the timeout, cut
 //! bodies) and then with every credential refused (401/403, Graph 190), forged and genuine webhook
-//! deliveries, refused and accepted API calls, `/metrics` and the operators' job listings (which
-//! show each attempt's error). Then none of the values may appear in stdout/stderr (debug level,
+//! deliveries, refused and accepted API calls, `/metrics`, the operators' job listings (which
+//! show each attempt's error) and every dashboard page, logged in through its form. Then none of the values may appear in stdout/stderr (debug level,
 //! JSON and text), in any HTTP answer, or in any text or JSON column of any table.
 //!
 //! The values are canaries: `LEAKCANARY` plus the secret's name. The checks run against places
@@ -372,7 +372,7 @@ async fn run_phase(db: &TestDb, sims: &Sims, format: &str, secs: u64) -> (String
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    for id in ids {
+    for &id in &ids {
         let path = format!("/v1/admin/jobs/{id}");
         let response = client
             .get(format!("{base}{path}"))
@@ -381,6 +381,70 @@ async fn run_phase(db: &TestDb, sims: &Sims, format: &str, secs: u64) -> (String
             .await
             .unwrap();
         let status = response.status().as_u16();
+        record(&path, status, response.text().await.unwrap_or_default());
+    }
+
+    // And what they see on the dashboard: logged in through its form, every page.
+    baseaim_worker::auth::operators::upsert(
+        &db.pool,
+        "auditor",
+        "an operator password",
+        baseaim_worker::auth::Role::ReadOnly,
+    )
+    .await
+    .unwrap();
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = browser
+        .get(format!("{base}/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    let form_cookie = form.headers()["set-cookie"].to_str().unwrap();
+    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
+    let html = form.text().await.unwrap();
+    let csrf = html
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let login = browser
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", form_cookie)
+        .body(format!(
+            "csrf={csrf}&username=auditor&password=an+operator+password"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let session = login.headers()["set-cookie"].to_str().unwrap();
+    let session = session.split(';').next().unwrap().to_owned();
+    let mut pages: Vec<String> = [
+        "/dashboard",
+        "/dashboard/jobs",
+        "/dashboard/jobs?state=retryable",
+        "/dashboard/jobs?state=discarded",
+        "/dashboard/jobs?state=completed",
+        "/dashboard/queues",
+        "/dashboard/schedules",
+        "/dashboard/integrations",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    pages.extend(ids.iter().map(|id| format!("/dashboard/jobs/{id}")));
+    for path in pages {
+        let response = browser
+            .get(format!("{base}{path}"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert_eq!(status, 200, "GET {path}");
         record(&path, status, response.text().await.unwrap_or_default());
     }
 
