@@ -21,6 +21,7 @@
 mod support;
 
 mod cluster;
+mod private_pg;
 mod regressions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -154,6 +155,8 @@ struct Deliveries {
 struct ChaosLog {
     kills: usize,
     cuts: usize,
+    /// Crashes and restarts of the (private) PostgreSQL server.
+    restarts: usize,
     restart_failures: Vec<String>,
 }
 
@@ -425,13 +428,14 @@ struct Row {
 fn print_table(plan: &Plan, chaos: &ChaosLog, rows: &[Row], elapsed: Duration) {
     println!();
     println!(
-        "chaos summary (seed {}, {} nodes, {:.0} s of workload, {} kill -9, {} database cut(s) of {} s, 30% provider faults, {:.0} s in all)",
+        "chaos summary (seed {}, {} nodes, {:.0} s of workload, {} kill -9, {} database cut(s) of {} s, {} PostgreSQL crash-restart(s), 30% provider faults, {:.0} s in all)",
         plan.seed,
         NODES,
         plan.duration.as_secs_f64(),
         chaos.kills,
         chaos.cuts,
         plan.cut_for.as_secs(),
+        chaos.restarts,
         elapsed.as_secs_f64()
     );
     println!(
@@ -468,8 +472,19 @@ fn snoozes_by_kind(logs: &str) -> HashMap<String, usize> {
 async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
     let plan = Plan::from_env();
     let started = Instant::now();
-    let db = TestDb::new().await;
-    let proxy = PgProxy::start().await;
+    // A server of the test's own, so it can be crashed and restarted for real; the machine's
+    // shared server (and proxy cuts only) where that cannot be set up.
+    let private = private_pg::PrivatePg::start();
+    let (db, proxy) = match &private {
+        Some(pg) => (
+            TestDb::new_on(&pg.url()).await,
+            PgProxy::start_to(&pg.url()).await,
+        ),
+        None => {
+            eprintln!("chaos: no private PostgreSQL server; database restarts are skipped");
+            (TestDb::new().await, PgProxy::start().await)
+        }
+    };
 
     // The simulators, in this process, with 30% faults.
     let resend = ResendSim::start(ResendConfig {
@@ -729,6 +744,14 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
             tokio::time::sleep(plan.cut_for).await;
             proxy.up();
             chaos.cuts += 1;
+            // And once, the real thing: the server crashes (every backend killed, no
+            // checkpoint) and restarts, recovering from its WAL.
+            if let Some(pg) = private.as_ref().filter(|_| chaos.restarts == 0) {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let restarted = tokio::task::block_in_place(|| pg.crash_and_restart());
+                assert!(restarted, "the private PostgreSQL server did not restart");
+                chaos.restarts += 1;
+            }
             continue;
         }
         let victim = rng.random_range(0..NODES);
@@ -742,12 +765,17 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
                 .push(format!("node {victim} not ready 30 s after restart"));
         }
     }
-    // Any cut not placed yet (rounding) happens now.
+    // Any cut not placed yet (rounding) happens now, and the restart if it has not.
     while chaos.cuts < plan.cuts {
         proxy.down();
         tokio::time::sleep(plan.cut_for).await;
         proxy.up();
         chaos.cuts += 1;
+    }
+    if let Some(pg) = private.as_ref().filter(|_| chaos.restarts == 0) {
+        let restarted = tokio::task::block_in_place(|| pg.crash_and_restart());
+        assert!(restarted, "the private PostgreSQL server did not restart");
+        chaos.restarts += 1;
     }
     feeder.await.expect("feeder");
     tokio::time::sleep_until(end_of_feed).await;

@@ -21,11 +21,18 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The server it lives on (dropped there).
+    server: String,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
-        let db = Self::empty().await;
+        Self::new_on(&server_url()).await
+    }
+
+    /// A fresh migrated database on the server at `server` (e.g. a test's private one).
+    pub async fn new_on(server: &str) -> Self {
+        let db = Self::empty_on(server).await;
         baseaim_worker::db::migrate(&db.pool)
             .await
             .expect("migrate test database");
@@ -34,22 +41,31 @@ impl TestDb {
 
     /// A fresh database without migrations.
     pub async fn empty() -> Self {
+        Self::empty_on(&server_url()).await
+    }
+
+    async fn empty_on(server: &str) -> Self {
         baseaim_worker::tls::install_crypto_provider();
         let name = format!("baw_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&format!("{}/postgres", server_url()))
+        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
             .await
             .expect("connect to the test PostgreSQL server (is it running?)");
         sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
             .execute(&mut admin)
             .await
             .expect("create database");
-        let url = format!("{}/{name}", server_url());
+        let url = format!("{server}/{name}");
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .connect(&url)
             .await
             .expect("connect test database");
-        TestDb { name, url, pool }
+        TestDb {
+            name,
+            url,
+            pool,
+            server: server.to_owned(),
+        }
     }
 
     /// The test database's URL with its host and port replaced by `addr` (e.g. a [`PgProxy`]).
@@ -64,6 +80,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let server = self.server.clone();
         // Async drop is not a thing: drop the database from a short-lived thread and runtime.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -71,9 +88,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(mut admin) =
-                    PgConnection::connect(&format!("{}/postgres", server_url())).await
-                {
+                if let Ok(mut admin) = PgConnection::connect(&format!("{server}/postgres")).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "drop database if exists {name} with (force)"
                     )))
@@ -96,10 +111,15 @@ pub struct PgProxy {
 
 impl PgProxy {
     pub async fn start() -> Self {
+        Self::start_to(&server_url()).await
+    }
+
+    /// A proxy to the server at `server` (a URL).
+    pub async fn start_to(server: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let upstream: SocketAddr = {
-            let url = url::Url::parse(&server_url()).unwrap();
+            let url = url::Url::parse(server).unwrap();
             format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
                 .parse()
                 .unwrap()
