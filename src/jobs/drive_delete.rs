@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::drive_upload::{APP_PROPERTY, drive_client};
-use crate::queue::{Backoff, Job, JobArgs, JobContext, JobError, JobResult, Policy};
+use crate::queue::{Job, JobArgs, JobContext, JobError, JobResult, Policy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,18 +31,11 @@ pub struct DriveDelete {
 impl JobArgs for DriveDelete {
     const KIND: &'static str = "drive_delete";
 
+    /// The upload's queue, attempts, backoff and bucket; a delete is one short call.
     fn policy() -> Policy {
         Policy {
-            queue: "drive",
-            max_attempts: 12,
-            backoff: Backoff {
-                base: Duration::from_secs(10),
-                max: Duration::from_secs(1800),
-                jitter: 0.2,
-            },
             timeout: Some(Duration::from_secs(300)),
-            rate_limit: Some("drive"),
-            ..Policy::default()
+            ..super::DriveUpload::policy()
         }
     }
 

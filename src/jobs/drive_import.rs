@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
-use super::drive_upload::{self, Staging, UploadError};
+use super::drive_upload::{self, DriveUpload, Staging, UploadError};
 use crate::config::Config;
-use crate::queue::{self, Backoff, Job, JobArgs, JobContext, JobError, JobResult, NewJob, Policy};
+use crate::queue::{self, Job, JobArgs, JobContext, JobError, JobResult, NewJob, Policy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,19 +31,9 @@ pub struct DriveImport {
 impl JobArgs for DriveImport {
     const KIND: &'static str = "drive_import";
 
+    /// The upload's policy: an import is an upload whose bytes come from the old storage.
     fn policy() -> Policy {
-        Policy {
-            queue: "drive",
-            max_attempts: 12,
-            backoff: Backoff {
-                base: Duration::from_secs(10),
-                max: Duration::from_secs(1800),
-                jitter: 0.2,
-            },
-            timeout: Some(Duration::from_secs(3600)),
-            rate_limit: Some("drive"),
-            ..Policy::default()
-        }
+        DriveUpload::policy()
     }
 
     fn unique_key(&self) -> Option<String> {

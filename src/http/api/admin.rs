@@ -104,17 +104,6 @@ pub struct JobFilter {
 }
 
 impl JobFilter {
-    fn is_empty(&self) -> bool {
-        self.state.is_none()
-            && self.kind.is_none()
-            && self.queue.is_none()
-            && self.tag.is_none()
-            && self.args.is_none()
-            && self.error.is_none()
-            && self.created_from.is_none()
-            && self.created_to.is_none()
-    }
-
     fn into_query(self) -> Result<JobQuery, ApiError> {
         for (field, value) in [
             ("state", &self.state),
@@ -389,12 +378,12 @@ pub async fn bulk(
             request.action.apply(&state.pool, &ids).await?
         }
         (None, Some(filter)) => {
-            if filter.is_empty() {
+            let query = filter.into_query()?;
+            if query == JobQuery::default() {
                 return Err(ApiError::Unprocessable(
                     "`filter` needs at least one condition".into(),
                 ));
             }
-            let query = filter.into_query()?;
             admin_query::apply_matching(&state.pool, &query, request.action).await?
         }
         _ => {
