@@ -12,13 +12,13 @@
 //!
 //! **Group commit.** A commit costs a WAL flush, so one transaction per delivery caps the intake
 //! at the database's single-row commit rate. Verified deliveries are therefore handed to a few
-//! committer tasks over a channel: each takes whatever is waiting (up to [`MAX_BATCH`]), inserts
-//! it with one statement, enqueues the jobs with another, commits once, and answers every
-//! delivery of the batch. A lone delivery is committed at once (no timer); under load the batches
+//! committer tasks over a channel: each takes whatever is waiting (up to [`MAX_BATCH`]), stores
+//! the events and enqueues their jobs with one autocommitted statement (one round trip), and
+//! answers every delivery of the batch. A lone delivery is committed at once (no timer); under load the batches
 //! grow by themselves while the previous commit is in flight. A batch either commits whole or
 //! fails whole (all its deliveries get 503), so the guarantee per delivery is unchanged.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -35,8 +35,8 @@ use super::error::ApiError;
 use crate::integrations::stripe::Verifier;
 use crate::integrations::stripe::types::EventEnvelope;
 use crate::jobs::stripe_event::{APPLIED_TYPES, StripeEvent};
-use crate::queue::notify::{BEGIN_QUIET, Waker};
-use crate::queue::{self, EnqueueError, NewJob};
+use crate::queue::notify::Waker;
+use crate::queue::{EnqueueError, NewJob};
 
 /// Most deliveries one shared commit takes.
 pub const MAX_BATCH: usize = 128;
@@ -102,16 +102,45 @@ enum Failed {
     Internal,
 }
 
-/// Inserts delivered events unless their id is already stored; returns the ids inserted.
-/// A repeated id within the batch is inserted once (DO NOTHING skips the second).
-const STRIPE_EVENT_INSERT_MANY: &str = r#"
-insert into stripe_events (id, type, created, livemode, api_version, payload, status, processed_at)
-select id, type, created, livemode, api_version, payload, status,
-       case when status = 'ignored' then now() end
-from unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::text[], $6::text[], $7::text[])
-    as t (id, type, created, livemode, api_version, payload, status)
-on conflict (id) do nothing
-returning id
+/// One batch in one autocommitted statement (one round trip): inserts the delivered events
+/// unless their id is already stored, enqueues a `stripe_event` job for each newly inserted event
+/// we apply, and returns the ids inserted. `$1` holds distinct ids (the committer folds repeats);
+/// `$12` and `$13` hold each event's job args and unique key, null for a type we do not apply.
+///
+/// The jobs are inserted here rather than through `queue::enqueue_many` to save its round trip
+/// and the transaction's BEGIN and COMMIT; the job's kind, queue, priority and attempts still
+/// come from its [`JobArgs`](crate::queue::JobArgs) policy (`$8..$11`). `quiet` switches the jobs
+/// trigger's NOTIFY off for this statement's transaction (see `queue::notify`: it would serialise
+/// the committers' flushes); the insert reads from it, so it is set before any job row exists,
+/// and the committer wakes the workers after the commit instead.
+const STRIPE_EVENT_COMMIT: &str = r#"
+with quiet as (
+    select set_config('baw.notify', 'off', true)
+), new_events as (
+    insert into stripe_events (id, type, created, livemode, api_version, payload, status,
+                               processed_at)
+    select id, type, created, livemode, api_version, payload, status,
+           case when status = 'ignored' then now() end
+    from unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::text[], $6::text[],
+                $7::text[])
+        as t (id, type, created, livemode, api_version, payload, status)
+    on conflict (id) do nothing
+    returning id, status
+), new_jobs as (
+    insert into jobs (kind, queue, priority, max_attempts, args, unique_key)
+    select $8, $9, $10, $11, j.args, j.unique_key
+    from new_events e
+    join unnest($1::text[], $12::jsonb[], $13::text[]) as j (id, args, unique_key) on j.id = e.id
+    cross join quiet
+    where e.status = 'received'
+    -- A new event's key is free unless an unfinished job already holds it (that one runs it).
+    on conflict (unique_key)
+        where unique_key is not null
+          and state in ('scheduled', 'available', 'running', 'retryable')
+        do nothing
+    returning id
+)
+select id from new_events
 "#;
 
 pub fn router(settings: &WebhookSettings) -> Router<HttpState> {
@@ -230,73 +259,112 @@ async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>, wak
     }
 }
 
-/// One transaction: the events, then the jobs of those newly inserted and applied.
+/// Stores a batch with [`STRIPE_EVENT_COMMIT`]; returns the ids newly inserted.
 async fn commit(
     pool: &PgPool,
     batch: &[Pending],
     waker: &Waker,
 ) -> Result<HashSet<String>, Failed> {
-    // Quiet: NOTIFY would serialise the committers' flushes (see queue::notify); the waker
-    // wakes the workers after the commit instead.
-    let mut tx = pool.begin_with(BEGIN_QUIET).await.map_err(failed)?;
-    let column = |f: fn(&Pending) -> String| batch.iter().map(f).collect::<Vec<_>>();
-    let inserted: Vec<String> = sqlx::query_scalar(STRIPE_EVENT_INSERT_MANY)
+    // A repeated id within the batch is stored once; every copy gets the same answer.
+    let mut seen = HashSet::new();
+    let events: Vec<&Pending> = batch
+        .iter()
+        .filter(|p| seen.insert(p.envelope.id.as_str()))
+        .collect();
+    let jobs = job_columns(&events).map_err(|error| {
+        tracing::error!(%error, "building stripe_event jobs");
+        Failed::Internal
+    })?;
+    let template = jobs.template.as_ref();
+    let column = |f: fn(&Pending) -> String| events.iter().map(|p| f(p)).collect::<Vec<_>>();
+    let inserted: Vec<String> = sqlx::query_scalar(STRIPE_EVENT_COMMIT)
         .bind(column(|p| p.envelope.id.clone()))
         .bind(column(|p| p.envelope.event_type.clone()))
-        .bind(batch.iter().map(|p| p.envelope.created).collect::<Vec<_>>())
         .bind(
-            batch
+            events
+                .iter()
+                .map(|p| p.envelope.created)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
                 .iter()
                 .map(|p| p.envelope.livemode)
                 .collect::<Vec<_>>(),
         )
         .bind(
-            batch
+            events
                 .iter()
                 .map(|p| p.envelope.api_version.clone())
                 .collect::<Vec<_>>(),
         )
-        .bind(batch.iter().map(|p| p.payload.as_str()).collect::<Vec<_>>())
         .bind(
-            batch
+            events
+                .iter()
+                .map(|p| p.payload.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
                 .iter()
                 .map(|p| if p.applied { "received" } else { "ignored" })
                 .collect::<Vec<_>>(),
         )
-        .fetch_all(&mut *tx)
+        .bind(template.map(|j| j.kind.as_str()))
+        .bind(template.map(|j| j.queue.as_str()))
+        .bind(template.map(|j| j.priority))
+        .bind(template.map(|j| j.max_attempts))
+        .bind(&jobs.args)
+        .bind(&jobs.keys)
+        .fetch_all(pool)
         .await
         .map_err(failed)?;
     let inserted: HashSet<String> = inserted.into_iter().collect();
-    let mut queued = HashSet::new();
-    let jobs = batch
-        .iter()
-        .filter(|p| p.applied && inserted.contains(&p.envelope.id))
-        .filter(|p| queued.insert(p.envelope.id.as_str()))
-        .map(|p| {
-            NewJob::of(&StripeEvent {
-                event_id: p.envelope.id.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| {
-            tracing::error!(%error, "building stripe_event jobs");
-            Failed::Internal
-        })?;
-    let queues: BTreeSet<String> = jobs.iter().map(|j| j.queue.clone()).collect();
-    queue::enqueue_many(&mut *tx, jobs)
-        .await
-        .map_err(|error| match error {
-            EnqueueError::Database(error) => failed(error),
-            other => {
-                tracing::error!(error = %other, "enqueueing stripe_event jobs");
-                Failed::Internal
-            }
-        })?;
-    tx.commit().await.map_err(failed)?;
-    for queue in queues {
-        waker.poke(pool, &queue);
+    if let Some(job) = template
+        && events
+            .iter()
+            .any(|p| p.applied && inserted.contains(&p.envelope.id))
+    {
+        waker.poke(pool, &job.queue);
     }
     Ok(inserted)
+}
+
+/// The `stripe_event` job every applied event gets (its policy, from the first event's job) and
+/// each event's job args and unique key (None for a type we do not apply).
+fn job_columns(events: &[&Pending]) -> Result<JobColumns, EnqueueError> {
+    let jobs = events
+        .iter()
+        .map(|p| {
+            p.applied
+                .then(|| {
+                    NewJob::of(&StripeEvent {
+                        event_id: p.envelope.id.clone(),
+                    })
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let template = jobs.iter().flatten().next().cloned();
+    let (args, keys) = jobs
+        .into_iter()
+        .map(|job| match job {
+            Some(j) => (Some(j.args), j.unique_key),
+            None => (None, None),
+        })
+        .unzip();
+    Ok(JobColumns {
+        template,
+        args,
+        keys,
+    })
+}
+
+struct JobColumns {
+    /// None when no event of the batch is applied.
+    template: Option<NewJob>,
+    args: Vec<Option<serde_json::Value>>,
+    keys: Vec<Option<String>>,
 }
 
 /// A database error at the intake: anything but a statement the server refused means we could

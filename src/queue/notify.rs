@@ -4,7 +4,7 @@
 //! the commit is on disk, so two notifying transactions never share a flush. The jobs table's
 //! insert trigger notifies, which is right for the ordinary enqueue (one statement, one wake-up)
 //! but serialises a writer that commits many small batches side by side, like the webhook
-//! intake. Such a writer begins its transactions with [`BEGIN_QUIET`] (the trigger then stays
+//! intake. Such a writer sets `baw.notify` to `off` for its transaction (the trigger then stays
 //! silent) and, after each commit, pokes a [`Waker`]: one background task sends the
 //! notifications, coalescing every poke that arrives while one is being sent, in a transaction
 //! that does not wait for the disk (a notification lost in a crash costs one slow poll at most).
@@ -16,9 +16,6 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use super::worker::CHANNEL_JOBS;
-
-/// Begins a transaction whose job inserts do not notify (see the module doc).
-pub const BEGIN_QUIET: &str = "begin; set local baw.notify = 'off'";
 
 /// Sends `baw_jobs` notifications for queues poked since the last send; cheap to clone.
 #[derive(Clone, Default)]

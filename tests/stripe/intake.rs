@@ -219,3 +219,39 @@ async fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
     let report = intake.drain().await;
     assert_eq!(report.completed, 60, "{report:?}");
 }
+
+/// The intake's statement switches the jobs trigger's NOTIFY off (it would serialise the
+/// committers' flushes) and its waker sends one notification after the commit instead: a listener
+/// hears the job's queue exactly once per delivery, not twice.
+#[tokio::test]
+async fn a_delivery_wakes_listeners_once_from_the_waker_not_from_the_trigger() {
+    use sqlx::postgres::PgListener;
+    let db = TestDb::new().await;
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen("baw_jobs").await.unwrap();
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let sender = WebhookSender::new(SECRET);
+    let event = sender.event("invoice.paid").unwrap();
+    assert_eq!(sender.send(&intake.url, &event).await, Some(200));
+    let first = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the waker notifies after the commit")
+        .unwrap();
+    assert_eq!(first.payload(), "default");
+    let second = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(
+        second.is_err(),
+        "a second notification arrived: the insert was not quiet ({:?})",
+        second.map(|n| n.map(|n| n.payload().to_owned()))
+    );
+    // An enqueue from SQL (the web app) still wakes the workers through the trigger.
+    sqlx::query("insert into jobs (kind, queue) values ('noop', 'default')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the trigger notifies an ordinary insert")
+        .unwrap();
+    assert_eq!(third.payload(), "default");
+}

@@ -505,14 +505,17 @@ async fn intake() -> anyhow::Result<()> {
     }
     let acked_per_s = EVENTS as f64 / t0.elapsed().as_secs_f64();
     saturated.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let stored: i64 = sqlx::query_scalar("select count(*) from stripe_events")
-        .fetch_one(&pool)
-        .await?;
+    // A batch is one transaction, and its rows share the transaction's `now()`.
+    let (stored, commits): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct received_at) from stripe_events")
+            .fetch_one(&pool)
+            .await?;
     anyhow::ensure!(stored as usize == EVENTS, "{stored} events stored");
     println!(
         "{}",
         json!({"phase": "saturation", "senders": SENDERS, "acked_per_s": acked_per_s.round(),
-               "p50_ms": percentile(&saturated, 0.5), "p99_ms": percentile(&saturated, 0.99)})
+               "p50_ms": percentile(&saturated, 0.5), "p99_ms": percentile(&saturated, 0.99),
+               "events_per_commit": (stored as f64 / commits as f64 * 10.0).round() / 10.0})
     );
 
     // Half load, open loop: requests start on a fixed schedule whatever the answers do.
