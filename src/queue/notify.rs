@@ -62,18 +62,15 @@ async fn send(inner: std::sync::Weak<Inner>, pool: PgPool) {
             continue;
         }
         drop(strong);
-        // One round trip: the notifications, in a transaction that does not wait for its flush.
-        let result = async {
-            let mut tx = pool
-                .begin_with("begin; set local synchronous_commit = off")
-                .await?;
-            sqlx::query("select pg_notify($1, q) from unnest($2::text[]) q")
-                .bind(CHANNEL_JOBS)
-                .bind(&queues)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        }
+        // One round trip: the notifications, in a transaction that does not wait for its flush
+        // (set inside the statement; its implicit transaction commits right after).
+        let result = sqlx::query(
+            "select pg_notify($1, q), set_config('synchronous_commit', 'off', true)
+             from unnest($2::text[]) q",
+        )
+        .bind(CHANNEL_JOBS)
+        .bind(&queues)
+        .execute(&pool)
         .await;
         if let Err(error) = result {
             // The workers' slow poll finds the jobs anyway.

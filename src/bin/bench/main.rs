@@ -146,6 +146,44 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// User + system CPU seconds of process `pid` (`self` for this one) from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses: utime is the 14th
+    // field of the line, stime the 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks: 100 per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every process named `postgres` on this machine (the server and its backends;
+/// a backend that exited in between is missed, so keep connections open across a measure).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == "postgres")
+        })
+        .map(|pid| cpu_seconds(&pid))
+        .sum()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
@@ -392,9 +430,11 @@ fn engine_config(concurrency: usize, batch: usize) -> EngineConfig {
 /// `intake`: signed Stripe webhooks posted over keep-alive connections on loopback to the real
 /// intake (verify, group-committed insert + enqueue, 200 after the commit). Measures, in the
 /// same run and database: the single-row commit rate (10 connections, one insert per commit,
-/// `pgbench -N`-style), the acknowledged events/s at saturation (64 concurrent senders), and the
-/// latency at half that rate (open loop, paced). Last line: `acked_per_s`, `p50_ms`/`p99_ms` (at
-/// half load), `commit_rate_per_s`.
+/// `pgbench -N`-style), the acknowledged events/s at saturation (64 concurrent senders, with the
+/// events per commit and the CPU microseconds per event of this process and of PostgreSQL), the
+/// latency at half that rate (open loop, paced), and the same requests against the HTTP path
+/// alone (verify, parse, 200; no database) as a ceiling. Last line: `acked_per_s`,
+/// `p50_ms`/`p99_ms` (at half load), `commit_rate_per_s`, `http_without_database_per_s`.
 async fn intake() -> anyhow::Result<()> {
     use baseaim_worker::http::{self, HttpState};
     use baseaim_worker::sim::stripe::{WebhookSender, signature};
@@ -471,7 +511,7 @@ async fn intake() -> anyhow::Result<()> {
     };
     // The load generator: HTTP/1.1 over keep-alive connections, requests written whole and
     // answers parsed by hand, so the measure is the intake's cost, not a client library's.
-    let request = |(payload, header): (String, String)| {
+    let request = |(payload, header): (String, String), addr: std::net::SocketAddr| {
         format!(
             "POST /webhooks/stripe HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json; charset=utf-8\r\n\
              stripe-signature: {header}\r\ncontent-length: {}\r\n\r\n{payload}",
@@ -481,30 +521,16 @@ async fn intake() -> anyhow::Result<()> {
     };
 
     // Saturation: SENDERS closed-loop senders, each on its own keep-alive connection.
-    let events: Vec<_> = (0..EVENTS).map(|i| request(make(i))).collect();
-    let queue = Arc::new(std::sync::Mutex::new(events));
-    let t0 = Instant::now();
-    let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..SENDERS {
-        let queue = queue.clone();
-        senders.spawn(async move {
-            let mut conn = KeepAlive::connect(addr).await?;
-            let mut latencies = Vec::new();
-            loop {
-                let next = queue.lock().unwrap().pop();
-                let Some(request) = next else {
-                    return Ok::<_, anyhow::Error>(latencies);
-                };
-                latencies.push(conn.send(&request).await?);
-            }
-        });
-    }
-    let mut saturated = Vec::new();
-    while let Some(l) = senders.join_next().await {
-        saturated.extend(l??);
-    }
-    let acked_per_s = EVENTS as f64 / t0.elapsed().as_secs_f64();
-    saturated.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let events: Vec<_> = (0..EVENTS).map(|i| request(make(i), addr)).collect();
+    let cpu0 = (cpu_seconds("self"), postgres_cpu_seconds());
+    let (acked_per_s, saturated) = saturate(addr, events, SENDERS).await?;
+    // CPU per event, which the machine's other load does not change (unlike events/s): this
+    // process (the intake and the load generator) and every PostgreSQL process.
+    let per_event = |t0: f64, t1: f64| ((t1 - t0) / EVENTS as f64 * 1e7).round() / 10.0;
+    let cpu_us = json!({
+        "bench": per_event(cpu0.0, cpu_seconds("self")),
+        "postgres": per_event(cpu0.1, postgres_cpu_seconds()),
+    });
     // A batch is one transaction, and its rows share the transaction's `now()`.
     let (stored, commits): (i64, i64) =
         sqlx::query_as("select count(*), count(distinct received_at) from stripe_events")
@@ -515,13 +541,16 @@ async fn intake() -> anyhow::Result<()> {
         "{}",
         json!({"phase": "saturation", "senders": SENDERS, "acked_per_s": acked_per_s.round(),
                "p50_ms": percentile(&saturated, 0.5), "p99_ms": percentile(&saturated, 0.99),
-               "events_per_commit": (stored as f64 / commits as f64 * 10.0).round() / 10.0})
+               "events_per_commit": (stored as f64 / commits as f64 * 10.0).round() / 10.0,
+               "cpu_us_per_event": cpu_us})
     );
 
     // Half load, open loop: requests start on a fixed schedule whatever the answers do.
     let rate = acked_per_s / 2.0;
     let count = ((rate * 5.0) as usize).clamp(500, EVENTS);
-    let events: Vec<_> = (EVENTS..EVENTS + count).map(|i| request(make(i))).collect();
+    let events: Vec<_> = (EVENTS..EVENTS + count)
+        .map(|i| request(make(i), addr))
+        .collect();
     // Open loop over a pool of keep-alive connections: a request due while all are busy opens
     // another, so a slow answer never delays the next request's start.
     let idle = Arc::new(std::sync::Mutex::new(Vec::<KeepAlive>::new()));
@@ -554,6 +583,50 @@ async fn intake() -> anyhow::Result<()> {
         "{}",
         json!({"phase": "half_load", "per_s": rate.round(), "requests": count, "p50_ms": p50, "p99_ms": p99})
     );
+    // The same requests against the intake's HTTP path without the database (the same
+    // verification and envelope parse, the same server and trace layer, 200 at once): what this
+    // machine's two cores can take of HTTP alone, a ceiling for the real intake.
+    let ceiling = {
+        let verifier = Arc::new(
+            baseaim_worker::integrations::stripe::Verifier::new(
+                &SECRET.to_owned().into(),
+                Duration::from_secs(300),
+            )
+            .context("verifier")?,
+        );
+        let app = axum::Router::new()
+            .route(
+                "/webhooks/stripe",
+                axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                    let verifier = verifier.clone();
+                    async move {
+                        let signature = headers
+                            .get("stripe-signature")
+                            .and_then(|v| v.to_str().ok());
+                        let ok = verifier
+                            .verify(signature, &body, chrono::Utc::now().timestamp())
+                            .is_ok()
+                            && serde_json::from_slice::<
+                                baseaim_worker::integrations::stripe::types::EventEnvelope,
+                            >(&body)
+                            .is_ok();
+                        if ok {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::BAD_REQUEST
+                        }
+                    }
+                }),
+            )
+            .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()));
+        let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
+        let events: Vec<_> = (0..EVENTS).map(|i| request(make(i), addr)).collect();
+        saturate(addr, events, SENDERS).await?.0
+    };
+    println!(
+        "{}",
+        json!({"phase": "http_without_database", "senders": SENDERS, "per_s": ceiling.round()})
+    );
     stop.cancel();
     pool.close().await;
     db.drop_db().await?;
@@ -566,6 +639,7 @@ async fn intake() -> anyhow::Result<()> {
             "commit_rate_per_s": commit_rate.round(),
             "acked_to_commit_rate": (acked_per_s / commit_rate * 100.0).round() / 100.0,
             "half_load_per_s": rate.round(),
+            "http_without_database_per_s": ceiling.round(),
         })
     );
     Ok(())
@@ -833,6 +907,40 @@ async fn email() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Posts `requests` from `senders` closed-loop senders, each on its own keep-alive connection;
+/// returns the answers per second and each request's milliseconds, sorted.
+async fn saturate(
+    addr: std::net::SocketAddr,
+    requests: Vec<Vec<u8>>,
+    senders: usize,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let total = requests.len();
+    let queue = Arc::new(std::sync::Mutex::new(requests));
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..senders {
+        let queue = queue.clone();
+        tasks.spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await?;
+            let mut latencies = Vec::new();
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some(request) = next else {
+                    return Ok::<_, anyhow::Error>(latencies);
+                };
+                latencies.push(conn.send(&request).await?);
+            }
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(l) = tasks.join_next().await {
+        latencies.extend(l??);
+    }
+    let per_s = total as f64 / t0.elapsed().as_secs_f64();
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok((per_s, latencies))
 }
 
 /// One keep-alive HTTP/1.1 connection of the intake's load generator.
