@@ -430,7 +430,8 @@ fn engine_config(concurrency: usize, batch: usize) -> EngineConfig {
 /// `intake`: signed Stripe webhooks posted over keep-alive connections on loopback to the real
 /// intake (verify, group-committed insert + enqueue, 200 after the commit). Measures, in the
 /// same run and database: the single-row commit rate (10 connections, one insert per commit,
-/// `pgbench -N`-style), the acknowledged events/s at saturation (64 concurrent senders, with the
+/// `pgbench -N`-style), the acknowledged events/s at saturation (64 concurrent senders, or
+/// `BENCH_INTAKE_SENDERS`, with the
 /// events per commit and the CPU microseconds per event of this process and of PostgreSQL), the
 /// latency at half that rate (open loop, paced), and the same requests against the HTTP path
 /// alone (verify, parse, 200; no database) as a ceiling. Last line: `acked_per_s`,
@@ -441,7 +442,11 @@ async fn intake() -> anyhow::Result<()> {
 
     const SECRET: &str = "whsec_bench_intake";
     const EVENTS: usize = 20_000;
-    const SENDERS: usize = 64;
+    // Concurrent deliveries at saturation (Stripe's own concurrency is not bounded by us).
+    let senders: usize = std::env::var("BENCH_INTAKE_SENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let db = BenchDb::create().await?;
     let pool = db.pool(20).await?;
 
@@ -520,10 +525,10 @@ async fn intake() -> anyhow::Result<()> {
         .into_bytes()
     };
 
-    // Saturation: SENDERS closed-loop senders, each on its own keep-alive connection.
+    // Saturation: `senders` closed-loop senders, each on its own keep-alive connection.
     let events: Vec<_> = (0..EVENTS).map(|i| request(make(i), addr)).collect();
     let cpu0 = (cpu_seconds("self"), postgres_cpu_seconds());
-    let (acked_per_s, saturated) = saturate(addr, events, SENDERS).await?;
+    let (acked_per_s, saturated) = saturate(addr, events, senders).await?;
     // CPU per event, which the machine's other load does not change (unlike events/s): this
     // process (the intake and the load generator) and every PostgreSQL process.
     let per_event = |t0: f64, t1: f64| ((t1 - t0) / EVENTS as f64 * 1e7).round() / 10.0;
@@ -539,7 +544,7 @@ async fn intake() -> anyhow::Result<()> {
     anyhow::ensure!(stored as usize == EVENTS, "{stored} events stored");
     println!(
         "{}",
-        json!({"phase": "saturation", "senders": SENDERS, "acked_per_s": acked_per_s.round(),
+        json!({"phase": "saturation", "senders": senders, "acked_per_s": acked_per_s.round(),
                "p50_ms": percentile(&saturated, 0.5), "p99_ms": percentile(&saturated, 0.99),
                "events_per_commit": (stored as f64 / commits as f64 * 10.0).round() / 10.0,
                "cpu_us_per_event": cpu_us})
@@ -621,11 +626,11 @@ async fn intake() -> anyhow::Result<()> {
             .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()));
         let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
         let events: Vec<_> = (0..EVENTS).map(|i| request(make(i), addr)).collect();
-        saturate(addr, events, SENDERS).await?.0
+        saturate(addr, events, senders).await?.0
     };
     println!(
         "{}",
-        json!({"phase": "http_without_database", "senders": SENDERS, "per_s": ceiling.round()})
+        json!({"phase": "http_without_database", "senders": senders, "per_s": ceiling.round()})
     );
     stop.cancel();
     pool.close().await;
