@@ -138,16 +138,75 @@ pub struct NewSession {
     pub operator: Operator,
 }
 
+/// Failed logins of one user name within [`FAILURE_WINDOW`] that lock it for [`LOCKOUT`].
+pub const MAX_FAILURES: i32 = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Why [`login`] opened no session, beyond wrong credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Too many failed logins for this user name lately; try again after the duration. The
+    /// password was not checked.
+    #[error("too many failed logins for this user name; try again in {} s", .0.as_secs())]
+    Locked(Duration),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The seconds left on `$1`'s lock-out, if it is locked.
+const LOGIN_LOCKED: &str = "
+select ceil(extract(epoch from locked_until - now()))::int8 from login_failures
+where username = $1 and locked_until > now()";
+
+/// Counts a failure of `$1` (a new window once the last one is `$2` seconds old) and locks the
+/// name for `$4` seconds at the `$3`th failure of a window.
+const LOGIN_FAILED: &str = "
+insert into login_failures as f (username, failures, first_failed_at)
+values ($1, 1, now())
+on conflict (username) do update set
+    failures = case when f.first_failed_at > now() - make_interval(secs => $2)
+                    then f.failures + 1 else 1 end,
+    first_failed_at = case when f.first_failed_at > now() - make_interval(secs => $2)
+                           then f.first_failed_at else now() end
+returning failures";
+
+const LOGIN_LOCK: &str = "
+update login_failures set locked_until = now() + make_interval(secs => $2), failures = 0,
+                          first_failed_at = now()
+where username = $1";
+
+const LOGIN_FAILURES_SWEEP: &str = "
+delete from login_failures
+where first_failed_at < now() - make_interval(secs => $1)
+  and (locked_until is null or locked_until < now())";
+
 /// Checks the credentials and opens a session; None when they are wrong (which part is not
-/// said). Expired sessions are swept here.
+/// said). A user name with [`MAX_FAILURES`] failed logins within [`FAILURE_WINDOW`] is locked
+/// for [`LOCKOUT`] ([`LoginError::Locked`]; the right password does not help meanwhile).
+/// Expired sessions are swept here.
 pub async fn login(
     pool: &PgPool,
     username: &str,
     password: &str,
-) -> Result<Option<NewSession>, sqlx::Error> {
+) -> Result<Option<NewSession>, LoginError> {
+    let locked: Option<i64> = sqlx::query_scalar(LOGIN_LOCKED)
+        .bind(username)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(seconds) = locked {
+        return Err(LoginError::Locked(Duration::from_secs(
+            seconds.max(1) as u64
+        )));
+    }
     let Some((id, role)) = operators::verify(pool, username, password).await? else {
+        record_failure(pool, username).await?;
         return Ok(None);
     };
+    sqlx::query("delete from login_failures where username = $1")
+        .bind(username)
+        .execute(pool)
+        .await?;
     sqlx::query("delete from operator_sessions where expires_at < now()")
         .execute(pool)
         .await?;
@@ -172,6 +231,32 @@ pub async fn login(
             csrf_token,
         },
     }))
+}
+
+async fn record_failure(pool: &PgPool, username: &str) -> Result<(), sqlx::Error> {
+    let failures: i32 = sqlx::query_scalar(LOGIN_FAILED)
+        .bind(username)
+        .bind(FAILURE_WINDOW.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+    if failures >= MAX_FAILURES {
+        sqlx::query(LOGIN_LOCK)
+            .bind(username)
+            .bind(LOCKOUT.as_secs_f64())
+            .execute(pool)
+            .await?;
+        tracing::warn!(
+            username,
+            failures,
+            minutes = LOCKOUT.as_secs() / 60,
+            "dashboard login locked after repeated failures"
+        );
+    }
+    sqlx::query(LOGIN_FAILURES_SWEEP)
+        .bind(FAILURE_WINDOW.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Ends the session `token` belongs to.

@@ -137,6 +137,73 @@ async fn a_login_posted_without_the_forms_token_is_refused() {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
 }
 
+/// Five wrong passwords for a user name lock it for a while, cluster-wide: the right password is
+/// refused with 429 and Retry-After (without checking it), other operators are unaffected, an
+/// unknown name is locked the same way (no hint which names exist), and once the lock-out ends
+/// the right password works and clears the count.
+#[tokio::test]
+async fn repeated_wrong_passwords_lock_the_user_name_for_a_while() {
+    use baseaim_worker::auth::session::MAX_FAILURES;
+    let app = App::start().await;
+    for name in ["alice", "bob"] {
+        baseaim_worker::auth::operators::add(&app.db.pool, name, crate::PASSWORD, Role::Admin)
+            .await
+            .unwrap();
+    }
+    for name in ["alice", "mallory"] {
+        for _ in 0..MAX_FAILURES {
+            let response = app.post_login(name, "wrong password!!").await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+        }
+    }
+    let locked = app.post_login("alice", crate::PASSWORD).await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=15 * 60).contains(&retry_after), "{retry_after}");
+    assert!(
+        !locked
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("baw_session=")),
+        "a locked name got a session"
+    );
+    let page = locked.text().await.unwrap();
+    assert!(
+        page.contains("Too many failed logins for this user name: try again in 15 minutes."),
+        "{page}"
+    );
+    let unknown = app.post_login("mallory", "anything at all!").await;
+    assert_eq!(unknown.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another operator logs in as usual.
+    let bob = app.post_login("bob", crate::PASSWORD).await;
+    assert_eq!(bob.status(), StatusCode::SEE_OTHER);
+
+    // The lock-out runs out: the right password works and the count starts again.
+    sqlx::query("update login_failures set locked_until = now() - interval '1 second'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let alice = app.post_login("alice", crate::PASSWORD).await;
+    assert_eq!(alice.status(), StatusCode::SEE_OTHER);
+    let left: i64 =
+        sqlx::query_scalar("select count(*) from login_failures where username = 'alice'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "a successful login clears the failures");
+    let wrong = app.post_login("alice", "wrong password!!").await;
+    assert_eq!(
+        wrong.status(),
+        StatusCode::UNAUTHORIZED,
+        "one failure is not a lock"
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_password_gets_no_session() {
     let app = App::start().await;

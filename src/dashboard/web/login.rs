@@ -8,12 +8,13 @@
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
 use super::{FormData, WebError};
-use crate::auth::{Operator, session};
+use crate::auth::Operator;
+use crate::auth::session::{self, LoginError};
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 
@@ -21,7 +22,7 @@ use crate::http::error::ApiError;
 #[template(path = "dashboard/login.html")]
 struct LoginPage {
     username: String,
-    error: Option<&'static str>,
+    error: Option<String>,
     csrf: String,
 }
 
@@ -33,7 +34,7 @@ fn login_page(
     state: &HttpState,
     status: StatusCode,
     username: String,
-    error: Option<&'static str>,
+    error: Option<String>,
 ) -> Result<Response, WebError> {
     let csrf = session::form_token();
     let secure = if state.app.config.http.secure_cookies {
@@ -71,7 +72,7 @@ pub async fn submit(
             &state,
             StatusCode::FORBIDDEN,
             String::new(),
-            Some("The login form expired or came from elsewhere: log in again here."),
+            Some("The login form expired or came from elsewhere: log in again here.".into()),
         );
     }
     let username = form.get("username").unwrap_or_default().trim().to_owned();
@@ -79,14 +80,32 @@ pub async fn submit(
     let session = if username.is_empty() || password.is_empty() {
         None
     } else {
-        session::login(&state.pool, &username, password).await?
+        match session::login(&state.pool, &username, password).await {
+            Ok(session) => session,
+            Err(LoginError::Locked(wait)) => {
+                let minutes = wait.as_secs().div_ceil(60);
+                let mut page = login_page(
+                    &state,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    username,
+                    Some(format!(
+                        "Too many failed logins for this user name: try again in {minutes} minute{}.",
+                        if minutes == 1 { "" } else { "s" }
+                    )),
+                )?;
+                page.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
+                return Ok(page);
+            }
+            Err(LoginError::Database(error)) => return Err(error.into()),
+        }
     };
     let Some(session) = session else {
         return login_page(
             &state,
             StatusCode::UNAUTHORIZED,
             username,
-            Some("Wrong user name or password."),
+            Some("Wrong user name or password.".into()),
         );
     };
     tracing::info!(operator = %session.operator.username, "operator logged in");
