@@ -1,10 +1,10 @@
-//! `baseaim-worker operators add|list|disable` and `tokens create|list|revoke`.
+//! `baseaim-worker operators add|list|disable|unlock` and `tokens create|list|revoke`.
 
 use std::io::BufRead;
 
 use clap::Subcommand;
 
-use super::{Role, operators, tokens};
+use super::{Role, operators, session, tokens};
 use crate::config::Config;
 use crate::dashboard::cli::render_table;
 use crate::db;
@@ -23,6 +23,8 @@ pub enum OperatorsCommand {
     },
     /// Disable an account and end its sessions.
     Disable { username: String },
+    /// Lift a lock-out after repeated failed logins (and forget the failures).
+    Unlock { username: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +89,13 @@ pub async fn operators(config: &Config, command: OperatorsCommand) -> anyhow::Re
                 anyhow::bail!("no enabled operator named `{username}`");
             }
             println!("operator {username} disabled");
+        }
+        OperatorsCommand::Unlock { username } => {
+            if session::unlock(&pool, &username).await? {
+                println!("{username}: failed logins forgotten, lock-out lifted");
+            } else {
+                println!("{username}: no failed logins recorded");
+            }
         }
     }
     Ok(())

@@ -233,6 +233,15 @@ pub async fn login(
     }))
 }
 
+/// Forgets `username`'s failed logins, lifting a lock-out; false when there were none.
+pub async fn unlock(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("delete from login_failures where username = $1")
+        .bind(username)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 async fn record_failure(pool: &PgPool, username: &str) -> Result<(), sqlx::Error> {
     let failures: i32 = sqlx::query_scalar(LOGIN_FAILED)
         .bind(username)

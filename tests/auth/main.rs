@@ -328,3 +328,29 @@ async fn the_command_line_creates_operators_and_tokens() {
     .await;
     assert!(!ok && err.contains("unknown scope `root`"), "{err}");
 }
+
+#[tokio::test]
+async fn operators_unlock_lifts_a_login_lock_out() {
+    use auth::session::{LoginError, MAX_FAILURES};
+    let db = TestDb::new().await;
+    auth::operators::add(&db.pool, "ada", PASSWORD, Role::Admin)
+        .await
+        .unwrap();
+    for _ in 0..MAX_FAILURES {
+        let session = auth::session::login(&db.pool, "ada", "wrong password!!")
+            .await
+            .unwrap();
+        assert!(session.is_none());
+    }
+    let locked = auth::session::login(&db.pool, "ada", PASSWORD).await;
+    assert!(matches!(locked, Err(LoginError::Locked(_))), "not locked");
+    let (ok, out, err) = cli(&db, &["operators", "unlock", "ada"], "").await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("lock-out lifted"), "{out}");
+    let session = auth::session::login(&db.pool, "ada", PASSWORD)
+        .await
+        .unwrap();
+    assert!(session.is_some(), "unlocked, the right password works");
+    let (ok, out, _) = cli(&db, &["operators", "unlock", "ada"], "").await;
+    assert!(ok && out.contains("no failed logins"), "{out}");
+}
