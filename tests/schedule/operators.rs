@@ -202,12 +202,12 @@ async fn the_default_prune_schedule_runs_a_real_prune_job() {
     let recent = insert_job(&db.pool, finished(1)).await;
 
     let job = schedule::run_now(&db.pool, prune).await.unwrap();
-    let state = AppState {
-        pool: db.pool.clone(),
-        config: Arc::new(config),
-        secrets: Arc::new(Secrets::default()),
-        resend: None,
-    };
+    let state = AppState::new(
+        db.pool.clone(),
+        Arc::new(config),
+        Arc::new(Secrets::default()),
+    )
+    .unwrap();
     let report = drain(&db.pool, &registry, state, &prune.queue)
         .await
         .unwrap();
