@@ -8,10 +8,11 @@
 //! `drive_upload` job. 202 answers with the document and job ids after the commit; any node can
 //! run the job, since the bytes are in the database.
 //!
-//! While the file streams in, a writer task owns the transaction and inserts the chunks, fed
-//! through a small bounded channel, so reading the body and writing the database overlap and
-//! memory stays at a few chunks. If the request ends early (a refusal, or the client went away)
-//! the writer is aborted and its transaction dropped, which rolls it back.
+//! The file goes in with one binary `COPY` (see `jobs::drive_upload::Staging`): no round trip
+//! per chunk, so PostgreSQL stores earlier rows while later bytes are read, and memory stays at
+//! one batch of rows. The transaction runs on its own pooled connection, closed rather than
+//! reused if the request ends before the commit (a refusal, or the client went away), since a
+//! `COPY` cut off half way leaves it in a state sqlx does not track.
 //!
 //! The transaction holds one pooled connection for as long as the client takes to send its file;
 //! a slow client therefore occupies a connection (no upload concurrency cap yet).
@@ -23,21 +24,19 @@
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::HttpState;
 use super::error::ApiError;
 use crate::auth::ApiCaller;
 use crate::jobs::DriveUpload;
-use crate::jobs::drive_upload::Staging;
+use crate::jobs::drive_upload::{Staging, StagingConn};
 use crate::queue::{self, Db, NewJob};
 
 /// Room for the form's other fields and boundaries on top of the file's own limit.
@@ -109,24 +108,6 @@ fn malformed(error: MultipartError) -> UploadRefusal {
     }
 }
 
-/// The staging writer's task, aborted if the request ends early (an error, or the client went
-/// away): its transaction is then dropped, which rolls it back.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> AbortOnDrop<T> {
-    async fn join(mut self) -> Result<T, UploadRefusal> {
-        (&mut self.0).await.map_err(|e| {
-            UploadRefusal::Api(ApiError::Internal(anyhow::anyhow!("staging writer: {e}")))
-        })
-    }
-}
-
 struct StagedFile {
     file_name: String,
     mime_type: String,
@@ -158,7 +139,8 @@ async fn upload(
     })?;
     let document_id = Uuid::new_v4();
     // Everything below happens in this transaction: an error drops it, and nothing stays.
-    let mut tx = state.pool.begin().await?;
+    let mut conn = StagingConn::acquire(&state.pool).await?;
+    let mut tx = conn.begin().await?;
     let mut client_id = None;
     let mut title = None;
     let mut file: Option<StagedFile> = None;
@@ -191,32 +173,15 @@ async fn upload(
                     .map(clean_file_name)
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| "document".to_string());
-                // The writer task owns the transaction while the file streams in, so reading
-                // the body and writing the database overlap; it hands the transaction back.
-                let (sender, mut receiver) = mpsc::channel::<Bytes>(16);
-                let chunk_bytes = settings.chunk_bytes;
-                let mut staging_tx = tx;
-                let writer = AbortOnDrop(tokio::spawn(async move {
-                    let mut staging = Staging::new(document_id, chunk_bytes);
-                    while let Some(bytes) = receiver.recv().await {
-                        staging.push(&mut staging_tx, &bytes).await?;
-                    }
-                    let staged = staging.finish(&mut staging_tx).await?;
-                    Ok::<_, sqlx::Error>((staging_tx, staged))
-                }));
-                let mut size = 0u64;
+                let mut staging =
+                    Staging::begin(&mut tx, document_id, settings.chunk_bytes).await?;
                 while let Some(bytes) = field.chunk().await.map_err(malformed)? {
-                    size += bytes.len() as u64;
-                    if size > settings.max_bytes {
+                    if staging.size() + bytes.len() as u64 > settings.max_bytes {
                         return Err(ApiError::PayloadTooLarge.into());
                     }
-                    if sender.send(bytes).await.is_err() {
-                        break; // the writer failed: its error comes out below
-                    }
+                    staging.push(&bytes).await?;
                 }
-                drop(sender);
-                let (back, staged) = writer.join().await??;
-                tx = back;
+                let staged = staging.finish().await?;
                 if staged.size == 0 {
                     return Err(unprocessable("the file is empty"));
                 }
@@ -265,6 +230,7 @@ async fn upload(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     tx.commit().await?;
+    conn.committed();
     tracing::info!(%document_id, client_id, size = file.size, "document accepted for Drive");
     Ok((
         StatusCode::ACCEPTED,

@@ -13,8 +13,13 @@ async fn a_file_lands_in_drive_byte_identical_with_its_app_properties() {
     assert_eq!(pending.status, "PENDING");
     assert_eq!(pending.size_bytes, Some(bytes.len() as i64));
     assert_eq!(pending.sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
-    // 1,300,000 bytes in 100,000-byte staging chunks.
-    assert_eq!(env.count("select count(*) from document_chunks").await, 13);
+    // 1,300,000 bytes in 8,000-byte staging chunks, the last one short.
+    assert_eq!(env.count("select count(*) from document_chunks").await, 163);
+    assert_eq!(
+        env.count("select octet_length(data)::int8 from document_chunks where seq = 162")
+            .await,
+        4_000
+    );
 
     let report = env.drain().await;
     assert_eq!(report.completed, 1, "{report:?}");
