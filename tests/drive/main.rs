@@ -9,6 +9,7 @@ mod intake;
 mod jobs;
 mod proxy;
 mod resume;
+mod staging;
 
 use std::sync::Arc;
 use std::time::Duration;
