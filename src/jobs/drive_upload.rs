@@ -766,13 +766,23 @@ async fn finalize(
             Err(error) => return Err(error.into()),
         }
     }
-    sqlx::query(DOCUMENT_UPLOADED)
+    let recorded = sqlx::query(DOCUMENT_UPLOADED)
         .bind(doc.id)
         .bind(&file.id)
         .bind(&file.web_view_link)
         .bind(note)
         .execute(&state.pool)
-        .await?;
+        .await?
+        .rows_affected();
+    if recorded == 0 {
+        // The document was deleted while its upload ran, by a `drive_delete` that found no file
+        // yet (none recorded, none listed): the file must not outlive its document.
+        drive.delete(&file.id).await?;
+        tracing::info!(document_id = %doc.id, "document deleted during its upload; its Drive file deleted too");
+        return Err(UploadError::Invalid(
+            "the document was deleted during its upload; its Drive file was deleted too".into(),
+        ));
+    }
     tracing::info!(document_id = %doc.id, drive_file_id = %file.id, "document uploaded to Drive");
     // The staged copy goes after the row says UPLOADED, in its own statement: deleting a large
     // file's rows rewrites every page they are on (seconds for a gigabyte), and the document is
