@@ -14,27 +14,34 @@
 //! reused if the request ends before the commit (a refusal, or the client went away), since a
 //! `COPY` cut off half way leaves it in a state sqlx does not track.
 //!
-//! The transaction holds one pooled connection for as long as the client takes to send its file;
-//! a slow client therefore occupies a connection (no upload concurrency cap yet).
+//! The transaction holds one pooled connection for as long as the client takes to send its file,
+//! so uploads are capped per node (`uploads.max_concurrent`: beyond it 503 with `Retry-After`,
+//! before anything is read) and a body that stalls longer than `uploads.read_timeout` is answered
+//! 408 and rolled back.
 //!
 //! Refusals, with nothing stored (the transaction is rolled back): no or a bad bearer token
 //! 401, a token without `uploads:write` 403; a declared `Content-Length` or a file over
 //! `uploads.max_bytes` 413; a media type not accepted 415; a missing field, an unknown client, an
-//! empty file or a malformed body 422/400.
+//! empty file or a malformed body 422/400; every upload slot taken 503; a stalled body 408.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::multipart::{Field, MultipartError};
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::HttpState;
 use super::error::ApiError;
 use crate::auth::ApiCaller;
+use crate::config::UploadSettings;
 use crate::jobs::DriveUpload;
 use crate::jobs::drive_upload::{Staging, StagingConn};
 use crate::queue::{self, Db, NewJob};
@@ -52,19 +59,34 @@ insert into documents (id, client_id, title, file_name, mime_type, size_bytes, s
 values ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8)
 "#;
 
-pub fn router() -> Router<HttpState> {
+/// Seconds a client is told to wait when every upload slot is taken.
+const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
+pub fn router(settings: &UploadSettings) -> Router<HttpState> {
     Router::new()
         .route("/v1/uploads", post(upload))
         // The handler counts the bytes itself (413 past `uploads.max_bytes`) while streaming;
         // axum's default 2 MB limit would refuse every real document.
         .layer(DefaultBodyLimit::disable())
+        .layer(Extension(UploadSlots(Arc::new(Semaphore::new(
+            settings.max_concurrent,
+        )))))
 }
+
+/// The node's upload slots (`uploads.max_concurrent`): a permit is held for the whole request,
+/// since each upload holds a pooled connection until it commits.
+#[derive(Clone)]
+struct UploadSlots(Arc<Semaphore>);
 
 /// The intake's refusals: the API's errors, plus 415 (which the shared error type lacks).
 #[derive(Debug)]
 enum UploadRefusal {
     Api(ApiError),
     UnsupportedType(String),
+    /// Every upload slot is taken: 503 with `Retry-After`.
+    Busy,
+    /// The body stalled longer than `uploads.read_timeout`: 408.
+    Stalled(Duration),
 }
 
 impl From<ApiError> for UploadRefusal {
@@ -86,6 +108,19 @@ impl IntoResponse for UploadRefusal {
             UploadRefusal::UnsupportedType(message) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Json(json!({ "error": message })),
+            )
+                .into_response(),
+            UploadRefusal::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.to_string())],
+                Json(json!({ "error": "too many uploads in progress; retry later" })),
+            )
+                .into_response(),
+            UploadRefusal::Stalled(after) => (
+                StatusCode::REQUEST_TIMEOUT,
+                Json(json!({
+                    "error": format!("the upload stalled: no bytes for {} s", after.as_secs_f64())
+                })),
             )
                 .into_response(),
         }
@@ -115,15 +150,29 @@ struct StagedFile {
     sha256: String,
 }
 
+/// The next item of the body, or 408 once it stalls past `uploads.read_timeout`.
+async fn in_time<T>(
+    limit: Duration,
+    next: impl Future<Output = Result<T, MultipartError>>,
+) -> Result<T, UploadRefusal> {
+    match tokio::time::timeout(limit, next).await {
+        Ok(item) => item.map_err(malformed),
+        Err(_) => Err(UploadRefusal::Stalled(limit)),
+    }
+}
+
 async fn upload(
     State(state): State<HttpState>,
+    Extension(slots): Extension<UploadSlots>,
     caller: Result<ApiCaller, ApiError>,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>), UploadRefusal> {
     // Checked before the body is read: a stranger's bytes are never staged.
     caller?.require("uploads:write")?;
+    let _slot = slots.0.try_acquire().map_err(|_| UploadRefusal::Busy)?;
     let settings = &state.app.config.uploads;
+    let limit = settings.read_timeout;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -144,10 +193,10 @@ async fn upload(
     let mut client_id = None;
     let mut title = None;
     let mut file: Option<StagedFile> = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+    while let Some(mut field) = in_time(limit, multipart.next_field()).await? {
         match field.name().unwrap_or_default() {
-            "client_id" => client_id = Some(text(field, "client_id").await?),
-            "title" => title = Some(text(field, "title").await?),
+            "client_id" => client_id = Some(text(field, "client_id", limit).await?),
+            "title" => title = Some(text(field, "title", limit).await?),
             "file" => {
                 if file.is_some() {
                     return Err(unprocessable("send one `file` per upload"));
@@ -175,7 +224,7 @@ async fn upload(
                     .unwrap_or_else(|| "document".to_string());
                 let mut staging =
                     Staging::begin(&mut tx, document_id, settings.chunk_bytes).await?;
-                while let Some(bytes) = field.chunk().await.map_err(malformed)? {
+                while let Some(bytes) = in_time(limit, field.chunk()).await? {
                     if staging.size() + bytes.len() as u64 > settings.max_bytes {
                         return Err(ApiError::PayloadTooLarge.into());
                     }
@@ -247,9 +296,9 @@ async fn upload(
 }
 
 /// A short text field, read with a cap.
-async fn text(mut field: Field<'_>, name: &str) -> Result<String, UploadRefusal> {
+async fn text(mut field: Field<'_>, name: &str, limit: Duration) -> Result<String, UploadRefusal> {
     let mut raw = Vec::new();
-    while let Some(bytes) = field.chunk().await.map_err(malformed)? {
+    while let Some(bytes) = in_time(limit, field.chunk()).await? {
         raw.extend_from_slice(&bytes);
         if raw.len() > MAX_TEXT_FIELD {
             return Err(unprocessable(format!(
