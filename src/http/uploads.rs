@@ -10,9 +10,9 @@
 //!
 //! The file goes in with one binary `COPY` (see `jobs::drive_upload::Staging`): no round trip
 //! per chunk, so PostgreSQL stores earlier rows while later bytes are read, and memory stays at
-//! one batch of rows. The transaction runs on its own pooled connection, closed rather than
-//! reused if the request ends before the commit (a refusal, or the client went away), since a
-//! `COPY` cut off half way leaves it in a state sqlx does not track.
+//! one batch of rows. The transaction runs on a pooled connection that is closed rather than
+//! reused if the request ends while the `COPY` is under way (a refusal, or the client went
+//! away), since a `COPY` cut off half way leaves it in a state sqlx does not track.
 //!
 //! The transaction holds one pooled connection for as long as the client takes to send its file,
 //! so uploads are capped per node (`uploads.max_concurrent`: beyond it 503 with `Retry-After`,
@@ -189,6 +189,7 @@ async fn upload(
     let document_id = Uuid::new_v4();
     // Everything below happens in this transaction: an error drops it, and nothing stays.
     let mut conn = StagingConn::acquire(&state.pool).await?;
+    let watch = conn.watch();
     let mut tx = conn.begin().await?;
     let mut client_id = None;
     let mut title = None;
@@ -223,7 +224,8 @@ async fn upload(
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| "document".to_string());
                 let mut staging =
-                    Staging::begin(&mut tx, document_id, settings.chunk_bytes).await?;
+                    Staging::begin(&mut tx, watch.clone(), document_id, settings.chunk_bytes)
+                        .await?;
                 while let Some(bytes) = in_time(limit, field.chunk()).await? {
                     if staging.size() + bytes.len() as u64 > settings.max_bytes {
                         return Err(ApiError::PayloadTooLarge.into());
@@ -279,7 +281,6 @@ async fn upload(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     tx.commit().await?;
-    conn.committed();
     tracing::info!(%document_id, client_id, size = file.size, "document accepted for Drive");
     Ok((
         StatusCode::ACCEPTED,

@@ -134,12 +134,13 @@ async fn download(state: &AppState, id: Uuid, url: &str) -> Result<(), UploadErr
     // A run cut off mid-COPY (timeout, shutdown) must not hand its connection back: see
     // `StagingConn`.
     let mut conn = StagingConn::acquire(&state.pool).await?;
+    let watch = conn.watch();
     let mut tx = conn.begin().await?;
     sqlx::query(CHUNKS_DELETE)
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let mut staging = Staging::begin(&mut tx, id, chunk_bytes).await?;
+    let mut staging = Staging::begin(&mut tx, watch, id, chunk_bytes).await?;
     let mut body = response.bytes_stream();
     while let Some(bytes) = body.next().await {
         let bytes =
@@ -168,7 +169,6 @@ async fn download(state: &AppState, id: Uuid, url: &str) -> Result<(), UploadErr
         return Err(UploadError::Invalid("the document was deleted".into()));
     }
     tx.commit().await?;
-    conn.committed();
     Ok(())
 }
 

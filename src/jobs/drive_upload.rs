@@ -26,6 +26,8 @@
 //! (in the client); other 4xx, a missing folder or key discard and mark the document `FAILED`
 //! with the reason, as does the last failed attempt.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -208,10 +210,11 @@ pub(crate) async fn document(pool: &PgPool, id: Uuid) -> Result<Option<DocumentR
 /// (or left behind) unless it commits.
 ///
 /// A `COPY` cut off half way (an error, a refused or cancelled request) leaves the connection in
-/// a state sqlx does not track, so stage on a [`StagingConn`], which closes such a connection
-/// instead of returning it to the pool.
+/// a state sqlx does not track, so stage on a [`StagingConn`] (passing its [`CopyWatch`]), which
+/// closes such a connection instead of returning it to the pool.
 pub struct Staging<'c> {
     copy: PgCopyIn<&'c mut PgConnection>,
+    watch: CopyWatch,
     document_id: Uuid,
     chunk_bytes: usize,
     /// `COPY` binary data not sent yet: whole rows, then the row being filled (always last).
@@ -240,9 +243,11 @@ impl<'c> Staging<'c> {
     /// page uncompressed (the column's storage is PLAIN since migration 0011).
     pub async fn begin(
         conn: &'c mut PgConnection,
+        watch: CopyWatch,
         document_id: Uuid,
         chunk_bytes: usize,
     ) -> sqlx::Result<Self> {
+        watch.0.store(true, Ordering::Release);
         let copy = conn.copy_in_raw(CHUNKS_COPY).await?;
         let mut batch = BytesMut::with_capacity(COPY_BATCH_BYTES + chunk_bytes + 64);
         // The binary COPY header: signature, flags, header extension length.
@@ -251,6 +256,7 @@ impl<'c> Staging<'c> {
         batch.put_i32(0);
         Ok(Staging {
             copy,
+            watch,
             document_id,
             chunk_bytes,
             batch,
@@ -311,7 +317,10 @@ impl<'c> Staging<'c> {
         // The binary COPY trailer.
         self.batch.put_i16(-1);
         self.copy.send(&self.batch[..]).await?;
-        self.copy.finish().await?;
+        let ended = self.copy.finish().await;
+        // Ended either way (an error answer included): the connection's state is known again.
+        self.watch.0.store(false, Ordering::Release);
+        ended?;
         let digest = self.hasher.finish();
         Ok(Staged {
             size: self.size,
@@ -321,41 +330,47 @@ impl<'c> Staging<'c> {
     }
 }
 
-/// A pooled connection for a staging transaction: returned to the pool once [`Self::committed`]
-/// says the transaction ended cleanly, closed otherwise. Dropping a [`Staging`] mid-`COPY`
-/// (an error, a refused upload, a client that went away, a job that timed out) leaves protocol
-/// messages sqlx does not count, so such a connection must not serve another query.
+/// A pooled connection for a staging transaction, closed instead of returned to the pool if a
+/// [`Staging`] on it was dropped mid-`COPY` (an error, a client that went away, a job that timed
+/// out): sqlx does not count the messages such a `COPY` leaves behind, so that connection must
+/// not serve another query. Otherwise it goes back to the pool as usual (an uncommitted
+/// transaction rolled back).
 pub struct StagingConn {
     conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
-    clean: bool,
+    /// Set by [`Staging::begin`], cleared by [`Staging::finish`] once the `COPY` has ended.
+    copy_open: Arc<AtomicBool>,
 }
 
 impl StagingConn {
     pub async fn acquire(pool: &PgPool) -> sqlx::Result<Self> {
         Ok(StagingConn {
             conn: pool.acquire().await?,
-            clean: false,
+            copy_open: Arc::default(),
         })
     }
 
-    /// Opens the staging transaction.
+    /// Opens the staging transaction; stage in it with [`Staging::begin`] and [`Self::watch`].
     pub async fn begin(&mut self) -> sqlx::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
         sqlx::Connection::begin(&mut *self.conn).await
     }
 
-    /// The transaction committed: the connection can go back to the pool.
-    pub fn committed(&mut self) {
-        self.clean = true;
+    /// What a [`Staging`] on this connection reports its `COPY`'s state to.
+    pub fn watch(&self) -> CopyWatch {
+        CopyWatch(self.copy_open.clone())
     }
 }
 
 impl Drop for StagingConn {
     fn drop(&mut self) {
-        if !self.clean {
+        if self.copy_open.load(Ordering::Acquire) {
             self.conn.close_on_drop();
         }
     }
 }
+
+/// Whether a [`Staging`]'s `COPY` is under way (see [`StagingConn`]).
+#[derive(Clone, Debug)]
+pub struct CopyWatch(Arc<AtomicBool>);
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
