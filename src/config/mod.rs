@@ -228,16 +228,30 @@ pub struct UploadSettings {
     pub max_bytes: u64,
     /// Accepted media types of the file part (415 otherwise), compared without parameters.
     pub allowed_mime_types: Vec<String>,
-    /// Bytes per staged chunk row.
+    /// Bytes per staged chunk row, at most [`MAX_STAGED_CHUNK_BYTES`].
     pub chunk_bytes: usize,
+    /// Uploads staged at once by this node; more get 503 with `Retry-After`. Each holds a pooled
+    /// connection (its transaction) for as long as its client takes to send the file.
+    pub max_concurrent: usize,
+    /// Longest wait for the next bytes of an upload's body; a client that stalls longer gets 408
+    /// and its connection back to the pool.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
 }
+
+/// The largest staged chunk: a `document_chunks` row (24-byte tuple header, document id, seq,
+/// 4-byte length, data) must fit one 8 KB page (8160 bytes), since the column's storage is PLAIN
+/// (migration 0011: no TOAST, no compression).
+pub const MAX_STAGED_CHUNK_BYTES: usize = 8112;
 
 impl Default for UploadSettings {
     fn default() -> Self {
         UploadSettings {
             max_bytes: 100 * 1024 * 1024,
             allowed_mime_types: vec!["application/pdf".into()],
-            chunk_bytes: 1024 * 1024,
+            chunk_bytes: MAX_STAGED_CHUNK_BYTES,
+            max_concurrent: 4,
+            read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -390,8 +404,17 @@ impl Config {
         if self.uploads.max_bytes == 0 {
             return invalid("uploads.max_bytes", "at least 1");
         }
-        if self.uploads.chunk_bytes < 4096 || self.uploads.chunk_bytes > 64 * 1024 * 1024 {
-            return invalid("uploads.chunk_bytes", "between 4096 and 67108864");
+        if !(1024..=MAX_STAGED_CHUNK_BYTES).contains(&self.uploads.chunk_bytes) {
+            return invalid(
+                "uploads.chunk_bytes",
+                "between 1024 and 8112 (a staged chunk is stored inline in one 8 KB page)",
+            );
+        }
+        if self.uploads.max_concurrent == 0 {
+            return invalid("uploads.max_concurrent", "at least 1");
+        }
+        if self.uploads.read_timeout.is_zero() {
+            return invalid("uploads.read_timeout", "a non-zero duration");
         }
         let granularity = 256 * 1024;
         if self.drive.upload_chunk_bytes == 0

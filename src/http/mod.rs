@@ -50,7 +50,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(webhooks::router(&state.webhooks))
-        .merge(uploads::router())
+        .merge(uploads::router(&state.app.config.uploads))
         .merge(api::router(state.app.config.http.body_limit))
         .merge(metrics::router())
         .merge(crate::dashboard::web::router())

@@ -8,36 +8,42 @@
 //! `drive_upload` job. 202 answers with the document and job ids after the commit; any node can
 //! run the job, since the bytes are in the database.
 //!
-//! While the file streams in, a writer task owns the transaction and inserts the chunks, fed
-//! through a small bounded channel, so reading the body and writing the database overlap and
-//! memory stays at a few chunks. If the request ends early (a refusal, or the client went away)
-//! the writer is aborted and its transaction dropped, which rolls it back.
+//! The file goes in with one binary `COPY` (see `jobs::drive_upload::Staging`): no round trip
+//! per chunk, so PostgreSQL stores earlier rows while later bytes are read, and memory stays at
+//! one batch of rows. The transaction runs on a pooled connection that is closed rather than
+//! reused if the request ends while the `COPY` is under way (a refusal, or the client went
+//! away), since a `COPY` cut off half way leaves it in a state sqlx does not track.
 //!
-//! The transaction holds one pooled connection for as long as the client takes to send its file;
-//! a slow client therefore occupies a connection (no upload concurrency cap yet).
+//! The transaction holds one pooled connection for as long as the client takes to send its file,
+//! so uploads are capped per node (`uploads.max_concurrent`: beyond it 503 with `Retry-After`,
+//! before anything is read) and a body that stalls longer than `uploads.read_timeout` is answered
+//! 408 and rolled back.
 //!
 //! Refusals, with nothing stored (the transaction is rolled back): no or a bad bearer token
 //! 401, a token without `uploads:write` 403; a declared `Content-Length` or a file over
 //! `uploads.max_bytes` 413; a media type not accepted 415; a missing field, an unknown client, an
-//! empty file or a malformed body 422/400.
+//! empty file or a malformed body 422/400; every upload slot taken 503; a stalled body 408.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartError};
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::HttpState;
 use super::error::ApiError;
 use crate::auth::ApiCaller;
+use crate::config::UploadSettings;
 use crate::jobs::DriveUpload;
-use crate::jobs::drive_upload::Staging;
+use crate::jobs::drive_upload::{Staging, StagingConn};
 use crate::queue::{self, Db, NewJob};
 
 /// Room for the form's other fields and boundaries on top of the file's own limit.
@@ -53,19 +59,34 @@ insert into documents (id, client_id, title, file_name, mime_type, size_bytes, s
 values ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8)
 "#;
 
-pub fn router() -> Router<HttpState> {
+/// Seconds a client is told to wait when every upload slot is taken.
+const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
+pub fn router(settings: &UploadSettings) -> Router<HttpState> {
     Router::new()
         .route("/v1/uploads", post(upload))
         // The handler counts the bytes itself (413 past `uploads.max_bytes`) while streaming;
         // axum's default 2 MB limit would refuse every real document.
         .layer(DefaultBodyLimit::disable())
+        .layer(Extension(UploadSlots(Arc::new(Semaphore::new(
+            settings.max_concurrent,
+        )))))
 }
+
+/// The node's upload slots (`uploads.max_concurrent`): a permit is held for the whole request,
+/// since each upload holds a pooled connection until it commits.
+#[derive(Clone)]
+struct UploadSlots(Arc<Semaphore>);
 
 /// The intake's refusals: the API's errors, plus 415 (which the shared error type lacks).
 #[derive(Debug)]
 enum UploadRefusal {
     Api(ApiError),
     UnsupportedType(String),
+    /// Every upload slot is taken: 503 with `Retry-After`.
+    Busy,
+    /// The body stalled longer than `uploads.read_timeout`: 408.
+    Stalled(Duration),
 }
 
 impl From<ApiError> for UploadRefusal {
@@ -89,6 +110,19 @@ impl IntoResponse for UploadRefusal {
                 Json(json!({ "error": message })),
             )
                 .into_response(),
+            UploadRefusal::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.to_string())],
+                Json(json!({ "error": "too many uploads in progress; retry later" })),
+            )
+                .into_response(),
+            UploadRefusal::Stalled(after) => (
+                StatusCode::REQUEST_TIMEOUT,
+                Json(json!({
+                    "error": format!("the upload stalled: no bytes for {} s", after.as_secs_f64())
+                })),
+            )
+                .into_response(),
         }
     }
 }
@@ -109,24 +143,6 @@ fn malformed(error: MultipartError) -> UploadRefusal {
     }
 }
 
-/// The staging writer's task, aborted if the request ends early (an error, or the client went
-/// away): its transaction is then dropped, which rolls it back.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> AbortOnDrop<T> {
-    async fn join(mut self) -> Result<T, UploadRefusal> {
-        (&mut self.0).await.map_err(|e| {
-            UploadRefusal::Api(ApiError::Internal(anyhow::anyhow!("staging writer: {e}")))
-        })
-    }
-}
-
 struct StagedFile {
     file_name: String,
     mime_type: String,
@@ -134,15 +150,29 @@ struct StagedFile {
     sha256: String,
 }
 
+/// The next item of the body, or 408 once it stalls past `uploads.read_timeout`.
+async fn in_time<T>(
+    limit: Duration,
+    next: impl Future<Output = Result<T, MultipartError>>,
+) -> Result<T, UploadRefusal> {
+    match tokio::time::timeout(limit, next).await {
+        Ok(item) => item.map_err(malformed),
+        Err(_) => Err(UploadRefusal::Stalled(limit)),
+    }
+}
+
 async fn upload(
     State(state): State<HttpState>,
+    Extension(slots): Extension<UploadSlots>,
     caller: Result<ApiCaller, ApiError>,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>), UploadRefusal> {
     // Checked before the body is read: a stranger's bytes are never staged.
     caller?.require("uploads:write")?;
+    let _slot = slots.0.try_acquire().map_err(|_| UploadRefusal::Busy)?;
     let settings = &state.app.config.uploads;
+    let limit = settings.read_timeout;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -158,14 +188,16 @@ async fn upload(
     })?;
     let document_id = Uuid::new_v4();
     // Everything below happens in this transaction: an error drops it, and nothing stays.
-    let mut tx = state.pool.begin().await?;
+    let mut conn = StagingConn::acquire(&state.pool).await?;
+    let watch = conn.watch();
+    let mut tx = conn.begin().await?;
     let mut client_id = None;
     let mut title = None;
     let mut file: Option<StagedFile> = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+    while let Some(mut field) = in_time(limit, multipart.next_field()).await? {
         match field.name().unwrap_or_default() {
-            "client_id" => client_id = Some(text(field, "client_id").await?),
-            "title" => title = Some(text(field, "title").await?),
+            "client_id" => client_id = Some(text(field, "client_id", limit).await?),
+            "title" => title = Some(text(field, "title", limit).await?),
             "file" => {
                 if file.is_some() {
                     return Err(unprocessable("send one `file` per upload"));
@@ -191,32 +223,16 @@ async fn upload(
                     .map(clean_file_name)
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| "document".to_string());
-                // The writer task owns the transaction while the file streams in, so reading
-                // the body and writing the database overlap; it hands the transaction back.
-                let (sender, mut receiver) = mpsc::channel::<Bytes>(16);
-                let chunk_bytes = settings.chunk_bytes;
-                let mut staging_tx = tx;
-                let writer = AbortOnDrop(tokio::spawn(async move {
-                    let mut staging = Staging::new(document_id, chunk_bytes);
-                    while let Some(bytes) = receiver.recv().await {
-                        staging.push(&mut staging_tx, &bytes).await?;
-                    }
-                    let staged = staging.finish(&mut staging_tx).await?;
-                    Ok::<_, sqlx::Error>((staging_tx, staged))
-                }));
-                let mut size = 0u64;
-                while let Some(bytes) = field.chunk().await.map_err(malformed)? {
-                    size += bytes.len() as u64;
-                    if size > settings.max_bytes {
+                let mut staging =
+                    Staging::begin(&mut tx, watch.clone(), document_id, settings.chunk_bytes)
+                        .await?;
+                while let Some(bytes) = in_time(limit, field.chunk()).await? {
+                    if staging.size() + bytes.len() as u64 > settings.max_bytes {
                         return Err(ApiError::PayloadTooLarge.into());
                     }
-                    if sender.send(bytes).await.is_err() {
-                        break; // the writer failed: its error comes out below
-                    }
+                    staging.push(&bytes).await?;
                 }
-                drop(sender);
-                let (back, staged) = writer.join().await??;
-                tx = back;
+                let staged = staging.finish().await?;
                 if staged.size == 0 {
                     return Err(unprocessable("the file is empty"));
                 }
@@ -281,9 +297,9 @@ async fn upload(
 }
 
 /// A short text field, read with a cap.
-async fn text(mut field: Field<'_>, name: &str) -> Result<String, UploadRefusal> {
+async fn text(mut field: Field<'_>, name: &str, limit: Duration) -> Result<String, UploadRefusal> {
     let mut raw = Vec::new();
-    while let Some(bytes) = field.chunk().await.map_err(malformed)? {
+    while let Some(bytes) = in_time(limit, field.chunk()).await? {
         raw.extend_from_slice(&bytes);
         if raw.len() > MAX_TEXT_FIELD {
             return Err(unprocessable(format!(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
-use super::drive_upload::{self, DriveUpload, Staging, UploadError};
+use super::drive_upload::{self, DriveUpload, Staging, StagingConn, UploadError};
 use crate::config::Config;
 use crate::queue::{self, Job, JobArgs, JobContext, JobError, JobResult, NewJob, Policy};
 
@@ -74,6 +74,9 @@ impl Job<AppState> for DriveImport {
             return Err(JobError::Cancel(format!("document {id} does not exist")));
         };
         if doc.status == "UPLOADED" {
+            // Staged chunks left by a run that died between recording the upload and deleting
+            // them.
+            sqlx::query(CHUNKS_DELETE).bind(id).execute(pool).await?;
             return Ok(Some(
                 serde_json::json!({"drive_file_id": doc.drive_file_id, "already": true}),
             ));
@@ -128,12 +131,16 @@ async fn download(state: &AppState, id: Uuid, url: &str) -> Result<(), UploadErr
         )));
     }
     let chunk_bytes = state.config.uploads.chunk_bytes;
-    let mut tx = state.pool.begin().await?;
+    // A run cut off mid-COPY (timeout, shutdown) must not hand its connection back: see
+    // `StagingConn`.
+    let mut conn = StagingConn::acquire(&state.pool).await?;
+    let watch = conn.watch();
+    let mut tx = conn.begin().await?;
     sqlx::query(CHUNKS_DELETE)
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    let mut staging = Staging::new(id, chunk_bytes);
+    let mut staging = Staging::begin(&mut tx, watch, id, chunk_bytes).await?;
     let mut body = response.bytes_stream();
     while let Some(bytes) = body.next().await {
         let bytes =
@@ -143,19 +150,24 @@ async fn download(state: &AppState, id: Uuid, url: &str) -> Result<(), UploadErr
                 "the old file is larger than uploads.max_bytes ({limit} bytes)"
             )));
         }
-        staging.push(&mut tx, &bytes).await?;
+        staging.push(&bytes).await?;
     }
-    let staged = staging.finish(&mut tx).await?;
+    let staged = staging.finish().await?;
     if staged.size == 0 {
         return Err(UploadError::Invalid("the old file is empty".into()));
     }
-    sqlx::query(DOCUMENT_STAGED)
+    let updated = sqlx::query(DOCUMENT_STAGED)
         .bind(id)
         .bind(staged.size as i64)
         .bind(&staged.sha256)
         .bind(chunk_bytes as i32)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        // Deleted while downloading: the transaction is dropped, and the chunks with it.
+        return Err(UploadError::Invalid("the document was deleted".into()));
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -14,19 +14,26 @@
 //! - Inside one run, a cut connection or a 5xx is resumed in place (status query, then the rest)
 //!   up to `drive.resume_retries` times before the attempt is given up.
 //!
-//! Each request streams its range straight from `document_chunks` (a reader task a few chunks
-//! ahead), so memory stays near `drive.upload_chunk_bytes` whatever the file size.
+//! Staging stores a file as page-sized rows (`uploads.chunk_bytes`, at most 8112 bytes: one row
+//! per 8 KB page, inline, no TOAST) written with one binary `COPY`; rows staged earlier with
+//! larger chunks (TOASTed, before migration 0011) read back the same way, since the reader goes
+//! by each document's own `chunk_bytes`. Each request streams its range straight from
+//! `document_chunks` (a reader task a few 256 KiB pieces ahead), so memory stays small whatever
+//! the file size. The staged rows are deleted after the document is recorded `UPLOADED`.
 //!
 //! Errors (PROVIDERS.md §D.7, classified in `integrations::drive::error`): rate limits snooze with
 //! a doubling wait (no attempt spent); 5xx and cut connections retry; 401 refreshes the token once
 //! (in the client); other 4xx, a missing folder or key discard and mark the document `FAILED`
 //! with the reason, as does the last failed attempt.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::postgres::PgCopyIn;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -148,12 +155,26 @@ const DOCUMENT_FAILED: &str = "update documents set status = 'FAILED', failure_r
 
 const CHUNKS_DELETE: &str = "delete from document_chunks where document_id = $1";
 
-const CHUNK_INSERT: &str =
-    "insert into document_chunks (document_id, seq, data) values ($1, $2, $3)";
+/// The staging `COPY` (binary: rows of document id, seq, data; see [`Staging`]).
+const CHUNKS_COPY: &str =
+    "copy document_chunks (document_id, seq, data) from stdin with (format binary)";
+
+/// `COPY` data sent per message while staging: a few dozen rows.
+const COPY_BATCH_BYTES: usize = 256 * 1024;
+
+/// Planner settings for [`CHUNK_RANGE`], local to its transaction. The range is read with the
+/// primary key's index scan, which returns the rows in `seq` order. Without statistics (a table
+/// just filled) the planner may prefer a bitmap scan plus a sort, which spills a whole request's
+/// rows to a temporary file before sending the first one; with 1 MiB chunks that was cheap, with
+/// thousands of page-sized rows it is not.
+const RANGE_PLAN: &str = "select set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true)";
 
 const CHUNK_RANGE: &str = "select seq, data from document_chunks where document_id = $1 and seq between $2 and $3 order by seq";
 
-const CHUNKS_SUMMARY: &str = "select count(*), coalesce(sum(length(data)), 0)::int8 from document_chunks where document_id = $1";
+/// The last staged chunk (its number and length tell whether the staging is complete; each
+/// chunk before it is checked as it is read). Reading every row to sum their lengths would cost
+/// as much as the upload's own reads.
+const CHUNK_LAST: &str = "select seq, octet_length(data)::int8 from document_chunks where document_id = $1 order by seq desc limit 1";
 
 /// The document as the upload needs it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -183,12 +204,25 @@ pub(crate) async fn document(pool: &PgPool, id: Uuid) -> Result<Option<DocumentR
 // Staging
 
 /// Writes a file's bytes into `document_chunks` as they arrive, in fixed-size chunks, hashing
-/// them on the way. Holds at most one chunk in memory. The caller owns the transaction: nothing
-/// is visible (or left behind) unless it commits.
-pub struct Staging {
+/// them on the way, with ONE binary `COPY` per file: no round trip per chunk, so PostgreSQL
+/// stores the previous rows while the next bytes are read (the socket buffers decouple the two).
+/// Holds at most one batch of rows in memory. The caller owns the transaction: nothing is visible
+/// (or left behind) unless it commits.
+///
+/// A `COPY` cut off half way (an error, a refused or cancelled request) leaves the connection in
+/// a state sqlx does not track, so stage on a [`StagingConn`] (passing its [`CopyWatch`]), which
+/// closes such a connection instead of returning it to the pool.
+pub struct Staging<'c> {
+    copy: PgCopyIn<&'c mut PgConnection>,
+    watch: CopyWatch,
     document_id: Uuid,
     chunk_bytes: usize,
-    buffer: BytesMut,
+    /// `COPY` binary data not sent yet: whole rows, then the row being filled (always last).
+    batch: BytesMut,
+    /// Where the open row's length field is in `batch` (patched if the file ends inside it).
+    row_length_at: usize,
+    /// Data bytes in the open row; 0 when no row is open.
+    row_fill: usize,
     next_seq: i32,
     size: u64,
     hasher: ring::digest::Context,
@@ -203,16 +237,35 @@ pub struct Staged {
     pub chunks: i32,
 }
 
-impl Staging {
-    pub fn new(document_id: Uuid, chunk_bytes: usize) -> Self {
-        Staging {
+impl<'c> Staging<'c> {
+    /// Starts the `COPY` on `conn` (in the caller's transaction). `chunk_bytes` is at most
+    /// [`crate::config::MAX_STAGED_CHUNK_BYTES`] (checked at config load), so every row fits one
+    /// page uncompressed (the column's storage is PLAIN since migration 0011).
+    pub async fn begin(
+        conn: &'c mut PgConnection,
+        watch: CopyWatch,
+        document_id: Uuid,
+        chunk_bytes: usize,
+    ) -> sqlx::Result<Self> {
+        watch.0.store(true, Ordering::Release);
+        let copy = conn.copy_in_raw(CHUNKS_COPY).await?;
+        let mut batch = BytesMut::with_capacity(COPY_BATCH_BYTES + chunk_bytes + 64);
+        // The binary COPY header: signature, flags, header extension length.
+        batch.put_slice(b"PGCOPY\n\xff\r\n\0");
+        batch.put_i32(0);
+        batch.put_i32(0);
+        Ok(Staging {
+            copy,
+            watch,
             document_id,
             chunk_bytes,
-            buffer: BytesMut::with_capacity(chunk_bytes),
+            batch,
+            row_length_at: 0,
+            row_fill: 0,
             next_seq: 0,
             size: 0,
             hasher: ring::digest::Context::new(&ring::digest::SHA256),
-        }
+        })
     }
 
     /// Bytes accepted so far.
@@ -220,41 +273,54 @@ impl Staging {
         self.size
     }
 
-    /// Appends `data`, writing every full chunk.
-    pub async fn push(&mut self, conn: &mut PgConnection, mut data: &[u8]) -> sqlx::Result<()> {
+    /// Appends `data`; sends a batch of whole rows whenever one is full.
+    pub async fn push(&mut self, mut data: &[u8]) -> sqlx::Result<()> {
         self.size += data.len() as u64;
         self.hasher.update(data);
         while !data.is_empty() {
-            let room = self.chunk_bytes - self.buffer.len();
-            let take = room.min(data.len());
-            self.buffer.extend_from_slice(&data[..take]);
+            if self.row_fill == 0 {
+                self.open_row();
+            }
+            let take = (self.chunk_bytes - self.row_fill).min(data.len());
+            self.batch.extend_from_slice(&data[..take]);
+            self.row_fill += take;
             data = &data[take..];
-            if self.buffer.len() == self.chunk_bytes {
-                self.flush(conn).await?;
+            if self.row_fill == self.chunk_bytes {
+                self.row_fill = 0;
+                if self.batch.len() >= COPY_BATCH_BYTES {
+                    self.copy.send(&self.batch[..]).await?;
+                    self.batch.clear();
+                }
             }
         }
         Ok(())
     }
 
-    async fn flush(&mut self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let chunk = self.buffer.split().freeze();
-        sqlx::query(CHUNK_INSERT)
-            .bind(self.document_id)
-            .bind(self.next_seq)
-            .bind(chunk.as_ref())
-            .execute(&mut *conn)
-            .await?;
+    /// A row's fields (document id, seq) and the data's length field, announcing a full chunk.
+    fn open_row(&mut self) {
+        self.batch.put_i16(3);
+        self.batch.put_i32(16);
+        self.batch.put_slice(self.document_id.as_bytes());
+        self.batch.put_i32(4);
+        self.batch.put_i32(self.next_seq);
+        self.row_length_at = self.batch.len();
+        self.batch.put_i32(self.chunk_bytes as i32);
         self.next_seq += 1;
-        self.buffer.reserve(self.chunk_bytes);
-        Ok(())
     }
 
-    /// Writes the last (short) chunk; returns size, digest and chunk count.
-    pub async fn finish(mut self, conn: &mut PgConnection) -> sqlx::Result<Staged> {
-        self.flush(conn).await?;
+    /// Ends the last (short) chunk and the `COPY`; returns size, digest and chunk count.
+    pub async fn finish(mut self) -> sqlx::Result<Staged> {
+        if self.row_fill > 0 {
+            let length = (self.row_fill as i32).to_be_bytes();
+            self.batch[self.row_length_at..self.row_length_at + 4].copy_from_slice(&length);
+        }
+        // The binary COPY trailer.
+        self.batch.put_i16(-1);
+        self.copy.send(&self.batch[..]).await?;
+        let ended = self.copy.finish().await;
+        // Ended either way (an error answer included): the connection's state is known again.
+        self.watch.0.store(false, Ordering::Release);
+        ended?;
         let digest = self.hasher.finish();
         Ok(Staged {
             size: self.size,
@@ -264,13 +330,60 @@ impl Staging {
     }
 }
 
+/// A pooled connection for a staging transaction, closed instead of returned to the pool if a
+/// [`Staging`] on it was dropped mid-`COPY` (an error, a client that went away, a job that timed
+/// out): sqlx does not count the messages such a `COPY` leaves behind, so that connection must
+/// not serve another query. Otherwise it goes back to the pool as usual (an uncommitted
+/// transaction rolled back).
+pub struct StagingConn {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    /// Set by [`Staging::begin`], cleared by [`Staging::finish`] once the `COPY` has ended.
+    copy_open: Arc<AtomicBool>,
+}
+
+impl StagingConn {
+    pub async fn acquire(pool: &PgPool) -> sqlx::Result<Self> {
+        Ok(StagingConn {
+            conn: pool.acquire().await?,
+            copy_open: Arc::default(),
+        })
+    }
+
+    /// Opens the staging transaction; stage in it with [`Staging::begin`] and [`Self::watch`].
+    pub async fn begin(&mut self) -> sqlx::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+        sqlx::Connection::begin(&mut *self.conn).await
+    }
+
+    /// What a [`Staging`] on this connection reports its `COPY`'s state to.
+    pub fn watch(&self) -> CopyWatch {
+        CopyWatch(self.copy_open.clone())
+    }
+}
+
+impl Drop for StagingConn {
+    fn drop(&mut self) {
+        if self.copy_open.load(Ordering::Acquire) {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Whether a [`Staging`]'s `COPY` is under way (see [`StagingConn`]).
+#[derive(Clone, Debug)]
+pub struct CopyWatch(Arc<AtomicBool>);
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Body pieces handed to the HTTP client: rows are gathered into pieces of this size, so a
+/// request goes out in a few large writes rather than one per (page-sized) row.
+const BODY_PIECE_BYTES: usize = 256 * 1024;
+
 /// The bytes `start..end` of a staged document as a request body: one streamed range query
 /// (rows arrive as the body is sent; no round trip per chunk), read by a task that stays a few
-/// chunks ahead of the request.
+/// pieces ahead of the request. A missing or short chunk, or a database error, breaks the body
+/// off with that error.
 fn chunk_stream(
     pool: PgPool,
     document_id: Uuid,
@@ -280,46 +393,83 @@ fn chunk_stream(
 ) -> reqwest::Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
-        use futures::TryStreamExt;
-        let first = (start / chunk_bytes) as i32;
-        let last = ((end - 1) / chunk_bytes) as i32;
-        let mut rows = sqlx::query_as::<_, (i32, Vec<u8>)>(CHUNK_RANGE)
-            .bind(document_id)
-            .bind(first)
-            .bind(last)
-            .fetch(&pool);
-        let mut at = start;
-        while at < end {
-            let expected = (at / chunk_bytes) as i32;
-            let item = match rows.try_next().await {
-                Ok(Some((seq, data))) if seq == expected => {
-                    let data = Bytes::from(data);
-                    let base = seq as u64 * chunk_bytes;
-                    let from = (at - base) as usize;
-                    let to = ((end - base) as usize).min(data.len());
-                    if from >= to {
-                        Err(std::io::Error::other(format!(
-                            "staged chunk {seq} is shorter than expected"
-                        )))
-                    } else {
-                        at += (to - from) as u64;
-                        Ok(data.slice(from..to))
-                    }
-                }
-                Ok(_) => Err(std::io::Error::other(format!(
-                    "staged chunk {expected} is missing"
-                ))),
-                Err(error) => Err(std::io::Error::other(format!(
-                    "reading chunk {expected}: {error}"
-                ))),
-            };
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                return; // the request ended (or we told it why it must)
-            }
+        if let Err(error) = read_range(&pool, document_id, chunk_bytes, start..end, &tx).await {
+            let _ = tx.send(Err(error)).await;
         }
     });
     reqwest::Body::wrap_stream(tokio_stream_from(rx))
+}
+
+/// Reads bytes `range` of a staged document into `out`, piece by piece. Returns early (Ok) when
+/// the request no longer wants them.
+async fn read_range(
+    pool: &PgPool,
+    document_id: Uuid,
+    chunk_bytes: u64,
+    range: std::ops::Range<u64>,
+    out: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), std::io::Error> {
+    use futures::TryStreamExt;
+    use sqlx::Row;
+    let failed = |what: String| move |e: sqlx::Error| std::io::Error::other(format!("{what}: {e}"));
+    let (start, end) = (range.start, range.end);
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(failed("reading staged chunks".into()))?;
+    sqlx::query(RANGE_PLAN)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed("reading staged chunks".into()))?;
+    let mut piece = BytesMut::with_capacity(BODY_PIECE_BYTES + chunk_bytes as usize);
+    let mut rows = sqlx::query(CHUNK_RANGE)
+        .bind(document_id)
+        .bind((start / chunk_bytes) as i32)
+        .bind(((end - 1) / chunk_bytes) as i32)
+        .fetch(&mut *tx);
+    let mut at = start;
+    while at < end {
+        let expected = (at / chunk_bytes) as i32;
+        let missing = || std::io::Error::other(format!("staged chunk {expected} is missing"));
+        let row = rows
+            .try_next()
+            .await
+            .map_err(failed(format!("reading chunk {expected}")))?
+            .ok_or_else(missing)?;
+        let seq: i32 = row
+            .try_get(0)
+            .map_err(failed(format!("reading chunk {expected}")))?;
+        if seq != expected {
+            return Err(missing());
+        }
+        let data: &[u8] = row
+            .try_get(1)
+            .map_err(failed(format!("reading chunk {expected}")))?;
+        let base = seq as u64 * chunk_bytes;
+        let from = (at - base) as usize;
+        let to = ((end - base) as usize).min(data.len());
+        if from >= to {
+            return Err(std::io::Error::other(format!(
+                "staged chunk {seq} is shorter than expected"
+            )));
+        }
+        piece.extend_from_slice(&data[from..to]);
+        at += (to - from) as u64;
+        if piece.len() >= BODY_PIECE_BYTES || at == end {
+            let full = std::mem::replace(
+                &mut piece,
+                BytesMut::with_capacity(BODY_PIECE_BYTES + chunk_bytes as usize),
+            );
+            if out.send(Ok(full.freeze())).await.is_err() {
+                return Ok(()); // the request ended (cut, or failed): no one reads on
+            }
+        }
+    }
+    drop(rows);
+    tx.commit()
+        .await
+        .map_err(failed("reading staged chunks".into()))?;
+    Ok(())
 }
 
 /// An mpsc receiver as a stream (tokio-stream is not a dependency).
@@ -356,6 +506,11 @@ pub(crate) async fn run_upload(ctx: &JobContext<AppState>, document_id: Uuid) ->
         )));
     };
     if doc.status == "UPLOADED" {
+        // Staged chunks left by a run that died between recording the upload and deleting them.
+        sqlx::query(CHUNKS_DELETE)
+            .bind(document_id)
+            .execute(pool)
+            .await?;
         return Ok(Some(
             json!({"drive_file_id": doc.drive_file_id, "already": true}),
         ));
@@ -441,11 +596,13 @@ pub(crate) async fn upload(state: &AppState, doc: &DocumentRow) -> Result<DriveF
         ));
     };
     let total = size as u64;
-    let (chunks, staged): (i64, i64) = sqlx::query_as(CHUNKS_SUMMARY)
+    let chunk_bytes = doc.chunk_bytes as u64;
+    let last: Option<(i32, i64)> = sqlx::query_as(CHUNK_LAST)
         .bind(doc.id)
-        .fetch_one(pool)
+        .fetch_optional(pool)
         .await?;
-    if staged != size || chunks == 0 {
+    let staged = last.map_or(0, |(seq, len)| seq as i64 * chunk_bytes as i64 + len);
+    if total == 0 || chunk_bytes == 0 || staged != size {
         return Err(UploadError::Invalid(format!(
             "the staged bytes are incomplete ({staged} of {size} bytes)"
         )));
@@ -508,7 +665,6 @@ pub(crate) async fn upload(state: &AppState, doc: &DocumentRow) -> Result<DriveF
         }
     };
     let request_bytes = settings.upload_chunk_bytes as u64;
-    let chunk_bytes = doc.chunk_bytes as u64;
     let mut resumes = 0;
     // The offset Drive confirmed last, written while the next request is on its way (a commit
     // per request would otherwise stall the upload; the session's status query is the truth).
@@ -584,8 +740,8 @@ async fn status_with_retries(
     }
 }
 
-/// Checks Drive's copy, shares it if configured, and records the document `UPLOADED` with its
-/// staged chunks deleted, in one transaction.
+/// Checks Drive's copy, shares it if configured, records the document `UPLOADED`, then deletes
+/// its staged chunks.
 async fn finalize(
     state: &AppState,
     doc: &DocumentRow,
@@ -625,19 +781,31 @@ async fn finalize(
             Err(error) => return Err(error.into()),
         }
     }
-    let mut tx = state.pool.begin().await?;
-    sqlx::query(DOCUMENT_UPLOADED)
+    let recorded = sqlx::query(DOCUMENT_UPLOADED)
         .bind(doc.id)
         .bind(&file.id)
         .bind(&file.web_view_link)
         .bind(note)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&state.pool)
+        .await?
+        .rows_affected();
+    if recorded == 0 {
+        // The document was deleted while its upload ran, by a `drive_delete` that found no file
+        // yet (none recorded, none listed): the file must not outlive its document.
+        drive.delete(&file.id).await?;
+        tracing::info!(document_id = %doc.id, "document deleted during its upload; its Drive file deleted too");
+        return Err(UploadError::Invalid(
+            "the document was deleted during its upload; its Drive file was deleted too".into(),
+        ));
+    }
+    tracing::info!(document_id = %doc.id, drive_file_id = %file.id, "document uploaded to Drive");
+    // The staged copy goes after the row says UPLOADED, in its own statement: deleting a large
+    // file's rows rewrites every page they are on (seconds for a gigabyte), and the document is
+    // in Drive already. If this fails or the node dies first, the job is retried (or rescued)
+    // and its next run, finding the document UPLOADED, deletes what is left.
     sqlx::query(CHUNKS_DELETE)
         .bind(doc.id)
-        .execute(&mut *tx)
+        .execute(&state.pool)
         .await?;
-    tx.commit().await?;
-    tracing::info!(document_id = %doc.id, drive_file_id = %file.id, "document uploaded to Drive");
     Ok(file)
 }

@@ -559,7 +559,7 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
         ("BAW__DRIVE__REQUEST_TIMEOUT", "3s".to_owned()),
         ("BAW__DRIVE__CONNECT_TIMEOUT", "1s".to_owned()),
         ("BAW__DRIVE__UPLOAD_CHUNK_BYTES", "262144".to_owned()),
-        ("BAW__UPLOADS__CHUNK_BYTES", "100000".to_owned()),
+        ("BAW__UPLOADS__CHUNK_BYTES", "8000".to_owned()),
         ("BAW__RATE_LIMITS__DRIVE__RATE", "100".to_owned()),
         ("BAW__RATE_LIMITS__DRIVE__BURST", "100".to_owned()),
         ("GOOGLE_SERVICE_ACCOUNT_KEY", drive.key_file_json()),

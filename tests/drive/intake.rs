@@ -1,6 +1,10 @@
 //! The intake: a file streamed into the database and queued, then byte-identical in Drive;
 //! refusals that leave nothing behind.
 
+use std::time::Duration;
+
+use futures::StreamExt;
+
 use crate::{CLIENT, FOLDER, Options, form, random_bytes, setup, setup_with, sha256_hex};
 
 #[tokio::test]
@@ -13,8 +17,13 @@ async fn a_file_lands_in_drive_byte_identical_with_its_app_properties() {
     assert_eq!(pending.status, "PENDING");
     assert_eq!(pending.size_bytes, Some(bytes.len() as i64));
     assert_eq!(pending.sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
-    // 1,300,000 bytes in 100,000-byte staging chunks.
-    assert_eq!(env.count("select count(*) from document_chunks").await, 13);
+    // 1,300,000 bytes in 8,000-byte staging chunks, the last one short.
+    assert_eq!(env.count("select count(*) from document_chunks").await, 163);
+    assert_eq!(
+        env.count("select octet_length(data)::int8 from document_chunks where seq = 162")
+            .await,
+        4_000
+    );
 
     let report = env.drain().await;
     assert_eq!(report.completed, 1, "{report:?}");
@@ -177,4 +186,111 @@ async fn without_a_valid_token_with_the_scope_nothing_is_accepted() {
     let other = crate::api_token(&env.db.pool, &["jobs:write"]).await;
     assert_eq!(env.post_as(Some(&other), &ct, body).await.status(), 403);
     nothing_stored(&env).await;
+}
+
+/// A multipart upload whose file part is sent as `first` bytes, then the rest only when `go`
+/// fires (never, if it is dropped unfired); answers the response.
+fn held_upload(
+    env: &crate::Env,
+    first: usize,
+    rest: usize,
+    go: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (ct, body) = form(
+        &[("client_id", CLIENT)],
+        Some((
+            "held.pdf",
+            "application/pdf",
+            &random_bytes(first + rest, 30),
+        )),
+    );
+    let split = body.len() - rest - 60; // inside the file part, before the closing boundary
+    let head = bytes::Bytes::from(body[..split].to_vec());
+    let tail = bytes::Bytes::from(body[split..].to_vec());
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(
+        futures::stream::once(async move {
+            if go.await.is_err() {
+                // Dropped unfired: the body stalls for good.
+                std::future::pending::<()>().await;
+            }
+            Ok(tail)
+        }),
+    );
+    let request = env
+        .http
+        .post(format!("{}/v1/uploads", env.base))
+        .bearer_auth(&env.token)
+        .header("content-type", ct)
+        .body(reqwest::Body::wrap_stream(stream));
+    tokio::spawn(async move { request.send().await.expect("send") })
+}
+
+async fn staging_started(env: &crate::Env) {
+    crate::support::eventually(10, "the first upload is staging", || async {
+        env.count(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and query like 'copy document_chunks%'",
+        )
+        .await
+            == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_cap_get_503_with_retry_after_and_nothing_is_stored() {
+    let env = setup_with(Options {
+        config: vec![("BAW__UPLOADS__MAX_CONCURRENT".into(), "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let (go, wait) = tokio::sync::oneshot::channel();
+    let first = held_upload(&env, 50_000, 50_000, wait);
+    staging_started(&env).await;
+
+    let (ct, body) = form(
+        &[("client_id", CLIENT)],
+        Some(("second.pdf", "application/pdf", &random_bytes(10_000, 31))),
+    );
+    let response = env.post(&ct, body).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("5")
+    );
+    assert_eq!(env.count("select count(*) from documents").await, 0);
+
+    go.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status(), 202);
+    // The slot is free again.
+    env.upload_pdf(&random_bytes(10_000, 32)).await;
+    assert_eq!(env.count("select count(*) from documents").await, 2);
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408_frees_its_slot_and_stores_nothing() {
+    let env = setup_with(Options {
+        config: vec![
+            ("BAW__UPLOADS__MAX_CONCURRENT".into(), "1".into()),
+            ("BAW__UPLOADS__READ_TIMEOUT".into(), "1s".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let stalled = held_upload(&env, 50_000, 50_000, wait);
+    staging_started(&env).await;
+    let response = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("answered while the client still stalls")
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    nothing_stored(&env).await;
+    drop(go);
+    // Its slot and its connection are free: the next upload goes through.
+    env.upload_pdf(&random_bytes(10_000, 33)).await;
+    assert_eq!(env.count("select count(*) from documents").await, 1);
 }

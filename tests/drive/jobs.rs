@@ -3,6 +3,8 @@
 //! `drive_delete` (404 counts as done) and `drive_import` (streamed download, row updated in
 //! place).
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::routing::get;
 use baseaim_worker::jobs::{DriveDelete, drive_import};
@@ -264,4 +266,66 @@ async fn a_throttled_token_request_snoozes_the_upload_instead_of_failing_it() {
     env.make_due().await;
     assert_eq!(env.drain().await.completed, 1);
     assert_eq!(env.sim.files()[0].content, bytes);
+}
+
+#[tokio::test]
+async fn a_document_deleted_while_its_upload_runs_leaves_no_file_in_drive() {
+    let env = crate::setup_with(crate::Options {
+        sim: baseaim_worker::sim::google_drive::GoogleDriveConfig {
+            faults: baseaim_worker::sim::FaultConfig {
+                path_prefix: Some("/upload/".into()),
+                hang_for: Duration::from_secs(2),
+                ..baseaim_worker::sim::FaultConfig::default()
+            },
+            // The delete's appProperties lookup cannot see the new file yet.
+            list_visibility_delay: Duration::from_secs(60),
+            ..Default::default()
+        },
+        ..crate::Options::default()
+    })
+    .await;
+    let bytes = random_bytes(4 * crate::REQUEST_BYTES - 1000, 23);
+    let id = env.upload_pdf(&bytes).await;
+    // Initiation and three chunks go through; the last is stored, its answer held 2 s.
+    env.sim
+        .faults()
+        .script([None, None, None, None, Some(FaultKind::Hang)]);
+    let pool = env.db.pool.clone();
+    let state = env.state.clone();
+    let upload = tokio::spawn(async move {
+        baseaim_worker::queue::testing::drain(
+            &pool,
+            &baseaim_worker::jobs::registry(),
+            state,
+            "drive",
+        )
+        .await
+    });
+    crate::support::eventually(10, "Drive has the file", || async {
+        env.sim.files().len() == 1
+    })
+    .await;
+    // The document is deleted now: no file id recorded, none listed, so only the row goes.
+    enqueue(
+        &env.db.pool,
+        NewJob::of(&DriveDelete {
+            document_id: Some(id),
+            drive_file_id: None,
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let report = env.drain().await;
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(env.count("select count(*) from documents").await, 0);
+
+    let report = upload.await.unwrap().unwrap();
+    assert_eq!(report.completed, 0, "{report:?}");
+    assert!(
+        env.sim.files().is_empty(),
+        "the upload finished after its document was deleted and left {:?}",
+        env.sim.files().iter().map(|f| &f.id).collect::<Vec<_>>()
+    );
+    assert_eq!(env.count("select count(*) from document_chunks").await, 0);
 }

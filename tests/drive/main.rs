@@ -9,6 +9,7 @@ mod intake;
 mod jobs;
 mod proxy;
 mod resume;
+mod staging;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub const CLIENT: &str = "client-1";
 pub const FOLDER: &str = "folder-client-1";
 /// Small requests and odd-sized staging chunks, so a test file spans several of each.
 pub const REQUEST_BYTES: usize = 256 * 1024;
-pub const STAGING_BYTES: usize = 100_000;
+pub const STAGING_BYTES: usize = 8_000;
 
 /// A migrated database with one client, the Drive simulator, the intake on a free port and the
 /// state the jobs run with.

@@ -11,7 +11,9 @@
 //! Figures: `bytes`; `mib_per_s` end to end (POST sent to document `UPLOADED`); `intake_mib_per_s`
 //! and `upload_mib_per_s` for the two halves; `peak_rss_delta_mib` (VmHWM at the end minus VmRSS
 //! once idle); `resent_fraction` (bytes the simulator received for the session beyond the file's
-//! size, over the size). Knobs: `BENCH_DRIVE_MIB` (default 1024).
+//! size, over the size); `cleanup_s` (from `UPLOADED` until the job has deleted the staged rows,
+//! which it does after recording the upload; not part of `mib_per_s`). Knobs: `BENCH_DRIVE_MIB`
+//! (default 1024).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -138,9 +140,34 @@ pub async fn run() -> anyhow::Result<()> {
         files[0].sha256 == sha,
         "Drive's SHA-256 differs from the intake's"
     );
+    // The job deletes the staged rows after recording UPLOADED: how long that takes.
+    let job_id = answer["job_id"].as_i64().context("job_id")?;
+    loop {
+        let state: String = sqlx::query_scalar("select state from jobs where id = $1")
+            .bind(job_id)
+            .fetch_one(&pool)
+            .await?;
+        match state.as_str() {
+            "completed" => break,
+            "running" | "available" | "retryable" | "scheduled" => {}
+            other => anyhow::bail!("the upload job ended {other}"),
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(1800),
+            "the upload job is still running after 30 min"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cleanup_s = t0.elapsed().as_secs_f64() - seconds;
+    let left: i64 =
+        sqlx::query_scalar("select count(*) from document_chunks where document_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await?;
+    anyhow::ensure!(left == 0, "{left} staged chunks left after the job");
     let resent = sessions[0].received.saturating_sub(total);
     println!(
-        "upload: {mib} MiB to Drive in {upload_s:.2} s ({:.0} MiB/s); {} cut(s), {resent} bytes re-sent",
+        "upload: {mib} MiB to Drive in {upload_s:.2} s ({:.0} MiB/s); {} cut(s), {resent} bytes re-sent; staged rows deleted {cleanup_s:.2} s after UPLOADED",
         mib as f64 / upload_s,
         proxy.cuts()
     );
@@ -156,6 +183,7 @@ pub async fn run() -> anyhow::Result<()> {
             "intake_mib_per_s": round1(mib as f64 / intake_s),
             "upload_mib_per_s": round1(mib as f64 / upload_s),
             "seconds": round1(seconds),
+            "cleanup_s": round1(cleanup_s),
             "cuts": proxy.cuts(),
             "peak_rss_delta_mib": round1(peak_rss.saturating_sub(idle_rss) as f64 / 1024.0),
             "resent_fraction": (resent as f64 / total as f64 * 10_000.0).round() / 10_000.0,

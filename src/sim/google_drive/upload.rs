@@ -451,13 +451,30 @@ pub(super) async fn upload_chunk(
         },
         Some(Err(_)) => return bad_request("Failed to parse Content-Range header.", None),
     };
-    // Read the body as it comes, keeping what arrived if the connection breaks off.
-    let mut received = Vec::new();
+    // Where the session stood when this request began: the bytes before `persisted` that the
+    // request repeats are skipped, the rest are hashed as they arrive (whole 256 KiB blocks; the
+    // last, partial block at the end), so answering does not wait for a pass over the request.
+    let (start, hasher, keep_content) = {
+        let s = lock(&state);
+        match s.sessions.get(&upload_id) {
+            Some(session) => (
+                session.info.persisted,
+                session.hasher.clone(),
+                s.config.keep_content,
+            ),
+            None => return file_not_found(&upload_id),
+        }
+    };
+    let first = match range {
+        Some(ContentRange::Chunk { first, .. }) => first,
+        _ => 0,
+    };
+    let mut fresh = FreshBytes::new(start, start.saturating_sub(first), hasher, keep_content);
     let mut broken = false;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         match chunk {
-            Ok(bytes) => received.extend_from_slice(&bytes),
+            Ok(bytes) => fresh.push(&bytes),
             Err(_) => {
                 broken = true;
                 break;
@@ -466,7 +483,6 @@ pub(super) async fn upload_chunk(
     }
     let mut s = lock(&state);
     let granularity = s.config.enforce_chunk_granularity;
-    let keep_content = s.config.keep_content;
     let Some(session) = s.sessions.get_mut(&upload_id) else {
         return file_not_found(&upload_id);
     };
@@ -478,7 +494,7 @@ pub(super) async fn upload_chunk(
             None => file_not_found(&file_id),
         };
     }
-    session.info.received += received.len() as u64;
+    session.info.received += fresh.received;
     let persisted = session.info.persisted;
     let (first, total) = match range {
         Some(ContentRange::Query(total)) => {
@@ -487,9 +503,9 @@ pub(super) async fn upload_chunk(
             }
             return resume_incomplete(persisted);
         }
-        None => (0, Some(received.len() as u64)),
+        None => (0, Some(fresh.received)),
         Some(ContentRange::Chunk { first, last, total }) => {
-            if !broken && last - first + 1 != received.len() as u64 {
+            if !broken && last - first + 1 != fresh.received {
                 return bad_request(
                     "The Content-Range header does not match the length of the body.",
                     None,
@@ -506,26 +522,33 @@ pub(super) async fn upload_chunk(
             None,
         );
     }
+    if persisted != start {
+        // Another request on this session moved it while this one streamed in.
+        return drive_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "global",
+            "backendError",
+            "Concurrent requests on one upload session. Query its status and resume.",
+            None,
+        );
+    }
     if total.is_some() {
         session.info.total = total;
     }
-    // Skip bytes already persisted (a resend that overlaps).
-    let overlap = (persisted - first) as usize;
-    let fresh = received.get(overlap..).unwrap_or_default();
-    let end = persisted + fresh.len() as u64;
+    let end = persisted + fresh.len;
     let complete = !broken && session.info.total == Some(end);
     let keep = if complete || !granularity {
-        fresh.len() as u64
+        fresh.len
     } else {
         // Non-final or broken chunk: whole 256 KiB blocks only.
         (end / CHUNK_GRANULARITY * CHUNK_GRANULARITY).saturating_sub(persisted)
     };
-    let kept = &fresh[..keep.min(fresh.len() as u64) as usize];
-    session.hasher.0.update(kept);
+    let (hasher, kept) = fresh.take(keep);
+    session.hasher = hasher;
     if keep_content {
-        session.bytes.extend_from_slice(kept);
+        session.bytes.extend_from_slice(&kept);
     }
-    session.info.persisted += kept.len() as u64;
+    session.info.persisted += keep;
     if broken {
         return bad_request("The upload was interrupted.", None);
     }
@@ -556,6 +579,83 @@ pub(super) async fn upload_chunk(
             file_response(&file, fields.as_deref(), StatusCode::OK)
         }
         Err(refusal) => *refusal,
+    }
+}
+
+/// The bytes of one chunk request beyond what the session had persisted when it began, hashed
+/// as they arrive: `hasher` has taken every whole 256 KiB block (counted from the file's start)
+/// so far; the bytes after the last block boundary wait in `tail` until the request's end says
+/// whether they are kept.
+struct FreshBytes {
+    /// The file offset of the first fresh byte.
+    start: u64,
+    /// Bytes the request repeats (already persisted) still to skip.
+    skip: u64,
+    /// Body bytes received, repeats included.
+    received: u64,
+    /// Fresh bytes received.
+    len: u64,
+    hasher: Hasher,
+    /// Fresh bytes hashed (a prefix of them, ending on a block boundary).
+    hashed: u64,
+    tail: Vec<u8>,
+    /// Every fresh byte, when the simulator keeps content.
+    all: Option<Vec<u8>>,
+}
+
+impl FreshBytes {
+    fn new(start: u64, skip: u64, hasher: Hasher, keep_content: bool) -> Self {
+        FreshBytes {
+            start,
+            skip,
+            received: 0,
+            len: 0,
+            hasher,
+            hashed: 0,
+            tail: Vec::new(),
+            all: keep_content.then(Vec::new),
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        let skip = self.skip.min(bytes.len() as u64);
+        self.skip -= skip;
+        bytes = &bytes[skip as usize..];
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len() as u64;
+        if let Some(all) = &mut self.all {
+            all.extend_from_slice(bytes);
+        }
+        // Hash up to the last block boundary, keeping the rest in `tail`.
+        let boundary = (self.start + self.len) / CHUNK_GRANULARITY * CHUNK_GRANULARITY;
+        let hashable = boundary.saturating_sub(self.start + self.hashed) as usize;
+        if hashable == 0 {
+            self.tail.extend_from_slice(bytes);
+            return;
+        }
+        let from_tail = hashable.min(self.tail.len());
+        self.hasher.0.update(&self.tail[..from_tail]);
+        self.tail.drain(..from_tail);
+        let from_bytes = hashable - from_tail;
+        self.hasher.0.update(&bytes[..from_bytes]);
+        self.tail.extend_from_slice(&bytes[from_bytes..]);
+        self.hashed += hashable as u64;
+    }
+
+    /// The session's hasher once the first `keep` fresh bytes are persisted (never fewer than
+    /// were hashed: `keep` is the whole request, or its whole blocks), and those bytes when
+    /// content is kept.
+    fn take(mut self, keep: u64) -> (Hasher, Vec<u8>) {
+        let extra = keep.saturating_sub(self.hashed) as usize;
+        self.hasher
+            .0
+            .update(&self.tail[..extra.min(self.tail.len())]);
+        let mut all = self.all.unwrap_or_default();
+        all.truncate(keep as usize);
+        (self.hasher, all)
     }
 }
 
