@@ -155,6 +155,16 @@ const DOCUMENT_FAILED: &str = "update documents set status = 'FAILED', failure_r
 
 const CHUNKS_DELETE: &str = "delete from document_chunks where document_id = $1";
 
+/// Staged chunks of up to `$1` uploaded documents: left when the job that recorded the upload
+/// never got to delete them (it died, then ran out of attempts). FAILED documents keep theirs, so
+/// an operator's retry can still upload.
+const UPLOADED_CHUNKS_PRUNE: &str = "
+delete from document_chunks where document_id in (
+    select d.id from documents d
+    where d.status = 'UPLOADED'
+      and exists (select 1 from document_chunks c where c.document_id = d.id)
+    limit $1)";
+
 /// The staging `COPY` (binary: rows of document id, seq, data; see [`Staging`]).
 const CHUNKS_COPY: &str =
     "copy document_chunks (document_id, seq, data) from stdin with (format binary)";
@@ -808,4 +818,20 @@ async fn finalize(
         .execute(&state.pool)
         .await?;
     Ok(file)
+}
+
+/// Deletes the staged bytes of documents already in Drive (see [`UPLOADED_CHUNKS_PRUNE`]), a few
+/// documents per statement; returns the rows deleted. Run by the `prune` job.
+pub async fn prune_uploaded_chunks(pool: &PgPool) -> sqlx::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(UPLOADED_CHUNKS_PRUNE)
+            .bind(10_i64)
+            .execute(pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(deleted);
+        }
+        deleted += done.rows_affected();
+    }
 }

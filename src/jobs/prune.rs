@@ -2,7 +2,8 @@
 //! batches, and records how many in its result. Scheduled hourly by `[schedules.prune]`, so an
 //! operator sees each run (and its count) in `schedules list` and the jobs table; the leader's
 //! maintenance pruner does the same work continuously. It also deletes `email_log` rows older than
-//! `email.log_retention` (recipients are personal data).
+//! `email.log_retention` (recipients are personal data) and staged bytes an upload left behind
+//! (`drive_upload::prune_uploaded_chunks`).
 
 use std::time::Duration;
 
@@ -52,10 +53,12 @@ impl Job<AppState> for Prune {
             settings.prune_batch as i64,
         )
         .await?;
+        let chunks_pruned = super::drive_upload::prune_uploaded_chunks(&ctx.pool).await?;
         Ok(Some(serde_json::json!({
             "pruned": pruned,
             "before": before,
             "email_log_pruned": emails_pruned,
+            "uploaded_chunks_pruned": chunks_pruned,
         })))
     }
 }

@@ -104,3 +104,47 @@ async fn staged_chunks_are_inline_rows_and_go_with_their_document() {
         .unwrap();
     assert_eq!(env.count("select count(*) from document_chunks").await, 0);
 }
+
+/// Bytes left staged by an upload that recorded UPLOADED but never deleted them (its run died,
+/// then it ran out of attempts) go with the next `prune` run; a document still pending keeps its
+/// bytes.
+#[tokio::test]
+async fn the_prune_job_deletes_bytes_left_staged_for_uploaded_documents() {
+    use baseaim_worker::jobs::{self, Prune};
+    let env = setup().await;
+    let left_behind = env.upload_pdf(&random_bytes(50_000, 31)).await;
+    let pending = env.upload_pdf(&random_bytes(50_000, 32)).await;
+    sqlx::query("update documents set status = 'UPLOADED', drive_file_id = 'f1' where id = $1")
+        .bind(left_behind)
+        .execute(&env.db.pool)
+        .await
+        .unwrap();
+    let job = queue::enqueue(&env.db.pool, NewJob::of(&Prune::default()).unwrap())
+        .await
+        .unwrap();
+    let report = queue::testing::drain(
+        &env.db.pool,
+        &jobs::registry(),
+        env.state.clone(),
+        "default",
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.completed, 1, "{report:?}");
+    let staged: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "select document_id, sum(octet_length(data))::int8 from document_chunks group by 1",
+    )
+    .fetch_all(&env.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(staged, vec![(pending, 50_000)]);
+    let result: serde_json::Value = sqlx::query_scalar("select result from jobs where id = $1")
+        .bind(job.id)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        result["uploaded_chunks_pruned"].as_u64().unwrap() > 0,
+        "{result}"
+    );
+}
