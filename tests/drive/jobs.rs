@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use baseaim_worker::jobs::{DriveDelete, drive_import};
-use baseaim_worker::queue::{NewJob, enqueue};
 use baseaim_worker::sim::FaultKind;
 
 use crate::{CLIENT, random_bytes, setup, sha256_hex};
@@ -123,31 +122,21 @@ async fn drive_delete_removes_the_file_and_a_404_counts_as_done() {
     assert_eq!(env.drain().await.completed, 1);
     let file_id = env.document(id).await.drive_file_id.unwrap();
 
-    enqueue(
-        &env.db.pool,
-        NewJob::of(&DriveDelete {
-            document_id: Some(id),
-            drive_file_id: None,
-        })
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    env.enqueue_delete(DriveDelete {
+        document_id: Some(id),
+        drive_file_id: None,
+    })
+    .await;
     assert_eq!(env.drain().await.completed, 1);
     assert!(env.sim.file(&file_id).is_none());
     assert_eq!(env.count("select count(*) from documents").await, 0);
 
     // Deleting it again: Drive answers 404, which is done.
-    enqueue(
-        &env.db.pool,
-        NewJob::of(&DriveDelete {
-            document_id: None,
-            drive_file_id: Some(file_id),
-        })
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    env.enqueue_delete(DriveDelete {
+        document_id: None,
+        drive_file_id: Some(file_id),
+    })
+    .await;
     let report = env.drain().await;
     assert_eq!(report.completed, 1, "{report:?}");
 }
@@ -285,42 +274,19 @@ async fn a_document_deleted_while_its_upload_runs_leaves_no_file_in_drive() {
     })
     .await;
     let bytes = random_bytes(4 * crate::REQUEST_BYTES - 1000, 23);
-    let id = env.upload_pdf(&bytes).await;
-    // Initiation and three chunks go through; the last is stored, its answer held 2 s.
-    env.sim
-        .faults()
-        .script([None, None, None, None, Some(FaultKind::Hang)]);
-    let pool = env.db.pool.clone();
-    let state = env.state.clone();
-    let upload = tokio::spawn(async move {
-        baseaim_worker::queue::testing::drain(
-            &pool,
-            &baseaim_worker::jobs::registry(),
-            state,
-            "drive",
-        )
-        .await
-    });
-    crate::support::eventually(10, "Drive has the file", || async {
-        env.sim.files().len() == 1
+    // The last request's answer is held 2 s.
+    let (id, upload) = env.upload_until_the_last_answer_hangs(&bytes).await;
+    // The document is deleted now: no file id recorded, none listed, so only the row goes.
+    env.enqueue_delete(DriveDelete {
+        document_id: Some(id),
+        drive_file_id: None,
     })
     .await;
-    // The document is deleted now: no file id recorded, none listed, so only the row goes.
-    enqueue(
-        &env.db.pool,
-        NewJob::of(&DriveDelete {
-            document_id: Some(id),
-            drive_file_id: None,
-        })
-        .unwrap(),
-    )
-    .await
-    .unwrap();
     let report = env.drain().await;
     assert_eq!(report.completed, 1, "{report:?}");
     assert_eq!(env.count("select count(*) from documents").await, 0);
 
-    let report = upload.await.unwrap().unwrap();
+    let report = upload.await.unwrap();
     assert_eq!(report.completed, 0, "{report:?}");
     assert!(
         env.sim.files().is_empty(),

@@ -17,7 +17,8 @@ use std::time::Duration;
 use baseaim_worker::config::{Config, RateLimitConfig, SecretString, Secrets};
 use baseaim_worker::db::DbHealth;
 use baseaim_worker::http::{self, HttpState};
-use baseaim_worker::jobs::AppState;
+use baseaim_worker::jobs::{AppState, DriveDelete};
+use baseaim_worker::queue::NewJob;
 use baseaim_worker::queue::rate_limit;
 use baseaim_worker::queue::testing::{DrainReport, drain};
 use baseaim_worker::sim::google_drive::{GoogleDriveConfig, GoogleDriveSim};
@@ -236,6 +237,40 @@ impl Env {
     }
 
     /// Runs the drive queue until nothing is runnable now.
+    /// Uploads `bytes` and runs the upload job in the background until Drive has the file, with
+    /// the last upload request's answer held by the simulator (its `Hang` fault: set `hang_for`
+    /// and `path_prefix: "/upload/"`); `bytes` must take four requests. Returns the document and
+    /// the running drain.
+    pub async fn upload_until_the_last_answer_hangs(
+        &self,
+        bytes: &[u8],
+    ) -> (Uuid, tokio::task::JoinHandle<DrainReport>) {
+        use baseaim_worker::sim::FaultKind;
+        let id = self.upload_pdf(bytes).await;
+        // Initiation and three chunks go through; the last is stored, its answer held.
+        self.sim
+            .faults()
+            .script([None, None, None, None, Some(FaultKind::Hang)]);
+        let (pool, state) = (self.db.pool.clone(), self.state.clone());
+        let run = tokio::spawn(async move {
+            drain(&pool, &baseaim_worker::jobs::registry(), state, "drive")
+                .await
+                .expect("drain")
+        });
+        crate::support::eventually(10, "Drive has the file", || async {
+            self.sim.files().len() == 1
+        })
+        .await;
+        (id, run)
+    }
+
+    /// Enqueues a `drive_delete` job.
+    pub async fn enqueue_delete(&self, job: DriveDelete) {
+        baseaim_worker::queue::enqueue(&self.db.pool, NewJob::of(&job).unwrap())
+            .await
+            .unwrap();
+    }
+
     pub async fn drain(&self) -> DrainReport {
         drain(
             &self.db.pool,

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use baseaim_worker::sim::FaultKind;
 use baseaim_worker::sim::fault::FaultConfig;
 use baseaim_worker::sim::google_drive::GoogleDriveConfig;
 
@@ -112,26 +111,8 @@ async fn kill_after_drive_created_the_file(expire_sessions: bool) {
     })
     .await;
     let bytes = random_bytes(4 * REQUEST_BYTES - 1000, 8);
-    let id = env.upload_pdf(&bytes).await;
-    // Initiation and three chunks go through; the last is stored, but its answer never comes.
-    env.sim
-        .faults()
-        .script([None, None, None, None, Some(FaultKind::Hang)]);
-    let pool = env.db.pool.clone();
-    let state = env.state.clone();
-    let run = tokio::spawn(async move {
-        baseaim_worker::queue::testing::drain(
-            &pool,
-            &baseaim_worker::jobs::registry(),
-            state,
-            "drive",
-        )
-        .await
-    });
-    crate::support::eventually(10, "Drive has the file", || async {
-        env.sim.files().len() == 1
-    })
-    .await;
+    // The last request's answer never comes.
+    let (id, run) = env.upload_until_the_last_answer_hangs(&bytes).await;
     run.abort(); // the node dies here
     let _ = run.await;
     assert_eq!(env.document(id).await.status, "PENDING");
