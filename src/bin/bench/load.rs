@@ -29,16 +29,7 @@ const SECRET: &str = "whsec_bench_load";
 const SENDERS: usize = 64;
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kib| (kib / 1024.0 * 10.0).round() / 10.0)
-        .unwrap_or(0.0)
+    (super::status_kib("VmRSS:") as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
 pub async fn run() -> anyhow::Result<()> {

@@ -146,6 +146,19 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`), 0 if unreadable.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// User + system CPU seconds of process `pid` (`self` for this one) from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -742,15 +755,7 @@ async fn facebook() -> anyhow::Result<()> {
     )
     .fetch_one(&pool)
     .await?;
-    let peak_rss_mib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| (kb / 1024.0).round());
+    let peak_rss_mib = (status_kib("VmHWM:") as f64 / 1024.0).round();
     pool.close().await;
     db.drop_db().await?;
     println!(
