@@ -4,6 +4,7 @@
 //! Migrations are plain numbered SQL files in `migrations/`, compiled into the binary; an applied
 //! migration is never edited (sqlx checks its checksum and refuses to start otherwise).
 
+pub mod copy;
 mod health;
 
 use std::time::Duration;

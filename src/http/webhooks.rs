@@ -13,13 +13,22 @@
 //! **Group commit.** A commit costs a WAL flush, so one transaction per delivery caps the intake
 //! at the database's single-row commit rate. Verified deliveries are therefore handed to a few
 //! committer tasks over a channel: each takes whatever is waiting (up to [`MAX_BATCH`]), stores
-//! the events and enqueues their jobs with one autocommitted statement (one round trip), and
-//! answers every delivery of the batch. A lone delivery is committed at once (no timer); under load the batches
-//! grow by themselves while the previous commit is in flight. A batch either commits whole or
-//! fails whole (all its deliveries get 503), so the guarantee per delivery is unchanged.
+//! the events and enqueues their jobs in one transaction, and answers every delivery of the
+//! batch. A lone delivery is committed at once (no timer); under load the batches grow by
+//! themselves while the previous commit is in flight. A batch either commits whole or fails whole
+//! (all its deliveries get 503), so the guarantee per delivery is unchanged.
+//!
+//! **Two ways to store a batch.** Normally none of a batch's events is stored yet, and two binary
+//! `COPY`s (events, then jobs) store it at about half PostgreSQL's CPU per event of an `INSERT`
+//! (see `db::copy`). A `COPY` cannot skip a row that exists, so a redelivered event fails it with
+//! a unique violation; nothing of it is kept, and the batch goes again through
+//! [`STRIPE_EVENT_COMMIT`], one statement that skips stored events. After such a conflict the
+//! committer uses that statement alone for [`CONFLICT_COOLDOWN`] (Stripe resends in bursts after
+//! an outage), then tries `COPY` again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -27,11 +36,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::HttpState;
 use super::error::ApiError;
+use crate::db::copy::CopyRows;
 use crate::integrations::stripe::Verifier;
 use crate::integrations::stripe::types::EventEnvelope;
 use crate::jobs::stripe_event::{APPLIED_TYPES, StripeEvent};
@@ -46,6 +56,9 @@ pub const MAX_BATCH: usize = 128;
 /// PostgreSQL about 20% less CPU per event, and one commit in flight already hides the other's
 /// wait.
 const COMMITTERS: usize = 2;
+/// How long a committer stores with [`STRIPE_EVENT_COMMIT`] alone after a batch's `COPY` met an
+/// event already stored.
+const CONFLICT_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// What the Stripe endpoint needs beyond the pool.
 #[derive(Clone, Debug)]
@@ -99,12 +112,26 @@ struct Pending {
     done: oneshot::Sender<Result<bool, Failed>>,
 }
 
+impl Pending {
+    /// The status the event is stored with: `ignored` for a type we do not apply.
+    fn status(&self) -> &'static str {
+        if self.applied { "received" } else { "ignored" }
+    }
+}
+
 /// Why a batch did not commit (the same for each of its deliveries).
 #[derive(Debug, Clone, Copy)]
 enum Failed {
     Unavailable,
     Internal,
 }
+
+/// The `COPY` path's transaction: the jobs trigger's NOTIFY is off in it, as in `quiet` below.
+const QUIET_BEGIN: &str = "begin; set local baw.notify = 'off'";
+const EVENTS_COPY: &str = "copy stripe_events (id, type, created, livemode, api_version, payload, \
+     status, processed_at) from stdin with (format binary)";
+const JOBS_COPY: &str = "copy jobs (kind, queue, priority, max_attempts, args, unique_key) \
+     from stdin with (format binary)";
 
 /// One batch in one autocommitted statement (one round trip): inserts the delivered events
 /// unless their id is already stored, enqueues a `stripe_event` job for each newly inserted event
@@ -225,6 +252,7 @@ async fn stripe_delivery(
 
 /// Takes whatever deliveries are waiting, commits them together, answers each.
 async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>, waker: Waker) {
+    let mut last_conflict: Option<Instant> = None;
     loop {
         let mut batch = Vec::new();
         {
@@ -241,7 +269,7 @@ async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>, wak
             }
         }
         let started = std::time::Instant::now();
-        let result = commit(&pool, &batch, &waker).await;
+        let result = commit(&pool, &batch, &waker, &mut last_conflict).await;
         tracing::debug!(
             events = batch.len(),
             ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -263,11 +291,13 @@ async fn committer(pool: PgPool, inbox: Arc<Mutex<mpsc::Receiver<Pending>>>, wak
     }
 }
 
-/// Stores a batch with [`STRIPE_EVENT_COMMIT`]; returns the ids newly inserted.
+/// Stores a batch, with `COPY` unless a `COPY` met a stored event less than
+/// [`CONFLICT_COOLDOWN`] ago; returns the ids newly inserted.
 async fn commit(
     pool: &PgPool,
     batch: &[Pending],
     waker: &Waker,
+    last_conflict: &mut Option<Instant>,
 ) -> Result<HashSet<String>, Failed> {
     // A repeated id within the batch is stored once; every copy gets the same answer.
     let mut seen = HashSet::new();
@@ -279,9 +309,90 @@ async fn commit(
         tracing::error!(%error, "building stripe_event jobs");
         Failed::Internal
     })?;
+    let copied = if last_conflict.is_some_and(|at| at.elapsed() < CONFLICT_COOLDOWN) {
+        false
+    } else {
+        match copy_new(pool, &events, &jobs).await {
+            Ok(()) => true,
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                tracing::debug!(constraint = ?db.constraint(), "a batch holds a stored event");
+                *last_conflict = Some(Instant::now());
+                false
+            }
+            Err(error) => return Err(failed(error)),
+        }
+    };
+    let inserted: HashSet<String> = if copied {
+        events.iter().map(|p| p.envelope.id.clone()).collect()
+    } else {
+        insert_new(pool, &events, &jobs)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .collect()
+    };
+    if let Some(job) = &jobs.template
+        && events
+            .iter()
+            .any(|p| p.applied && inserted.contains(&p.envelope.id))
+    {
+        waker.poke(pool, &job.queue);
+    }
+    Ok(inserted)
+}
+
+/// The batch's events, then their jobs, each with one binary `COPY`, in one transaction. Fails
+/// whole with a unique violation if an event is stored already (or, in theory, an unfinished job
+/// holds a new event's unique key).
+async fn copy_new(pool: &PgPool, events: &[&Pending], jobs: &JobColumns) -> sqlx::Result<()> {
+    let mut tx = pool.begin_with(QUIET_BEGIN).await?;
+    // An ignored event is processed as it is stored: by this node, now.
+    let ignored_at = chrono::Utc::now();
+    let mut rows = CopyRows::with_capacity(events.iter().map(|p| p.payload.len() + 160).sum());
+    for p in events {
+        rows.row(8);
+        rows.text(Some(&p.envelope.id));
+        rows.text(Some(&p.envelope.event_type));
+        rows.int8(p.envelope.created);
+        rows.bool(p.envelope.livemode);
+        rows.text(p.envelope.api_version.as_deref());
+        rows.text(Some(&p.payload));
+        rows.text(Some(p.status()));
+        rows.timestamptz((!p.applied).then_some(ignored_at));
+    }
+    copy_in(&mut tx, EVENTS_COPY, rows).await?;
+    if let Some(job) = &jobs.template {
+        let mut rows = CopyRows::with_capacity(events.len() * 128);
+        for (args, key) in jobs.args.iter().zip(&jobs.keys) {
+            let Some(args) = args else { continue };
+            rows.row(6);
+            rows.text(Some(&job.kind));
+            rows.text(Some(&job.queue));
+            rows.int2(job.priority);
+            rows.int4(job.max_attempts);
+            rows.jsonb(Some(args));
+            rows.text(key.as_deref());
+        }
+        copy_in(&mut tx, JOBS_COPY, rows).await?;
+    }
+    tx.commit().await
+}
+
+async fn copy_in(conn: &mut PgConnection, statement: &str, rows: CopyRows) -> sqlx::Result<u64> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(rows.finish()).await?;
+    copy.finish().await
+}
+
+/// The batch with [`STRIPE_EVENT_COMMIT`], skipping stored events; returns the ids inserted.
+async fn insert_new(
+    pool: &PgPool,
+    events: &[&Pending],
+    jobs: &JobColumns,
+) -> sqlx::Result<Vec<String>> {
     let template = jobs.template.as_ref();
     let column = |f: fn(&Pending) -> String| events.iter().map(|p| f(p)).collect::<Vec<_>>();
-    let inserted: Vec<String> = sqlx::query_scalar(STRIPE_EVENT_COMMIT)
+    sqlx::query_scalar(STRIPE_EVENT_COMMIT)
         .bind(column(|p| p.envelope.id.clone()))
         .bind(column(|p| p.envelope.event_type.clone()))
         .bind(
@@ -308,12 +419,7 @@ async fn commit(
                 .map(|p| p.payload.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            events
-                .iter()
-                .map(|p| if p.applied { "received" } else { "ignored" })
-                .collect::<Vec<_>>(),
-        )
+        .bind(events.iter().map(|p| p.status()).collect::<Vec<_>>())
         .bind(template.map(|j| j.kind.as_str()))
         .bind(template.map(|j| j.queue.as_str()))
         .bind(template.map(|j| j.priority))
@@ -322,16 +428,6 @@ async fn commit(
         .bind(&jobs.keys)
         .fetch_all(pool)
         .await
-        .map_err(failed)?;
-    let inserted: HashSet<String> = inserted.into_iter().collect();
-    if let Some(job) = template
-        && events
-            .iter()
-            .any(|p| p.applied && inserted.contains(&p.envelope.id))
-    {
-        waker.poke(pool, &job.queue);
-    }
-    Ok(inserted)
 }
 
 /// The `stripe_event` job every applied event gets (its policy, from the first event's job) and
