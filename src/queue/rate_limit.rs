@@ -40,13 +40,8 @@ pub enum RateLimitError {
 /// Takes one token from `bucket`. `Ok(None)`: taken, go. `Ok(Some(wait))`: none left; the next is
 /// due in about `wait` (spread a little so waiting jobs do not all come back at once).
 pub async fn take(pool: &PgPool, bucket: &str) -> Result<Option<Duration>, RateLimitError> {
-    let row: Option<(f64, f64, bool)> = sqlx::query_as(sql::RATE_LIMIT_TAKE)
-        .bind(bucket)
-        .fetch_optional(pool)
-        .await?;
-    let Some((available, rate_per_s, taken)) = row else {
-        return Err(RateLimitError::Unknown(bucket.into()));
-    };
+    // A token due within no wait at all is one that is there now: no debt.
+    let (available, rate_per_s, taken) = reserve_row(pool, bucket, Duration::ZERO).await?;
     if taken {
         return Ok(None);
     }
@@ -54,6 +49,21 @@ pub async fn take(pool: &PgPool, bucket: &str) -> Result<Option<Duration>, RateL
     // Up to one more token interval of spread.
     let spread = rand::random_range(0.0..=1.0 / rate_per_s);
     Ok(Some(Duration::from_secs_f64(due + spread)))
+}
+
+/// [`sql::RATE_LIMIT_RESERVE`]: the bucket's tokens (after refill, before taking), its rate, and
+/// whether a token due within `max_wait` was taken.
+async fn reserve_row(
+    pool: &PgPool,
+    bucket: &str,
+    max_wait: Duration,
+) -> Result<(f64, f64, bool), RateLimitError> {
+    sqlx::query_as(sql::RATE_LIMIT_RESERVE)
+        .bind(bucket)
+        .bind(max_wait.as_secs_f64())
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| RateLimitError::Unknown(bucket.into()))
 }
 
 /// What [`reserve`] got.
@@ -75,14 +85,7 @@ pub async fn reserve(
     bucket: &str,
     max_wait: Duration,
 ) -> Result<Reservation, RateLimitError> {
-    let row: Option<(f64, f64, bool)> = sqlx::query_as(sql::RATE_LIMIT_RESERVE)
-        .bind(bucket)
-        .bind(max_wait.as_secs_f64())
-        .fetch_optional(pool)
-        .await?;
-    let Some((available, rate_per_s, taken)) = row else {
-        return Err(RateLimitError::Unknown(bucket.into()));
-    };
+    let (available, rate_per_s, taken) = reserve_row(pool, bucket, max_wait).await?;
     let due = Duration::from_secs_f64((1.0 - available).max(0.0) / rate_per_s);
     if taken {
         return Ok(Reservation::Reserved(due));

@@ -229,29 +229,10 @@ set rate_per_s = excluded.rate_per_s, burst = excluded.burst,
     tokens = least(rate_limits.tokens, excluded.burst)
 "#;
 
-/// Takes one token from bucket $1 if one is there. Returns the tokens there were (after refill)
-/// and the rate, so a caller who found none knows how long until the next.
-pub const RATE_LIMIT_TAKE: &str = r#"
-with bucket as (
-    select name, rate_per_s,
-           least(burst, tokens + extract(epoch from (now() - updated_at)) * rate_per_s) as available
-    from rate_limits
-    where name = $1
-    for update
-),
-taken as (
-    update rate_limits r
-    set tokens = bucket.available - 1, updated_at = now()
-    from bucket
-    where r.name = bucket.name and bucket.available >= 1
-    returning r.name
-)
-select bucket.available, bucket.rate_per_s, exists (select 1 from taken) as taken
-from bucket
-"#;
-
-/// Takes the next token if it is due within $2 seconds, letting the bucket go into debt: the
-/// taker waits for its token instead of retrying (see `rate_limit::reserve`).
+/// Takes the next token of bucket $1 if it is due within $2 seconds, letting the bucket go into
+/// debt: the taker waits for its token instead of retrying (see `rate_limit::reserve`). With $2 = 0
+/// it takes a token only if one is there (`rate_limit::take`). Returns the tokens there were
+/// (after refill) and the rate, so a caller who got none knows how long until the next.
 pub const RATE_LIMIT_RESERVE: &str = r#"
 with bucket as (
     select name, rate_per_s,

@@ -296,3 +296,33 @@ async fn a_rate_limit_token_due_soon_is_waited_for_without_a_snooze() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn take_hands_out_a_token_only_when_one_is_there_and_never_goes_into_debt() {
+    use baseaim_worker::queue::rate_limit::{RateLimitError, take};
+    let db = TestDb::new().await;
+    // `tight`: 10 per second, burst 1 (see engine_config).
+    baseaim_worker::queue::rate_limit::declare(&db.pool, &engine_config(1).rate_limits)
+        .await
+        .unwrap();
+    assert_eq!(take(&db.pool, "tight").await.unwrap(), None, "the burst");
+    let wait = take(&db.pool, "tight")
+        .await
+        .unwrap()
+        .expect("no token left");
+    // The next token is due within 0.1 s, plus up to one interval of spread.
+    assert!(wait <= std::time::Duration::from_millis(200), "{wait:?}");
+    // Asking again took nothing: still no token, and the bucket is not in debt.
+    assert!(take(&db.pool, "tight").await.unwrap().is_some());
+    let tokens: f64 = sqlx::query_scalar("select tokens from rate_limits where name = 'tight'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(tokens >= 0.0, "{tokens}");
+    tokio::time::sleep(std::time::Duration::from_millis(110)).await;
+    assert_eq!(take(&db.pool, "tight").await.unwrap(), None, "refilled");
+    assert!(matches!(
+        take(&db.pool, "nope").await,
+        Err(RateLimitError::Unknown(name)) if name == "nope"
+    ));
+}
