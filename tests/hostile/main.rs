@@ -12,16 +12,19 @@ mod api;
 mod uploads;
 mod webhooks;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderValue, Method, Request, StatusCode};
 use baseaim_worker::config::{Config, SecretString, Secrets};
 use baseaim_worker::db::DbHealth;
 use baseaim_worker::http::{self, HttpState};
 use baseaim_worker::jobs::AppState;
+use proptest::strategy::Strategy;
+use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -132,4 +135,86 @@ pub fn assert_refused(status: StatusCode, body: &str, what: &str) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// One generated hostile request of a surface.
+pub trait Case: std::fmt::Debug {
+    /// The kind of hostility, for the tally printed per run.
+    fn what(&self) -> &'static str;
+    fn request(&self) -> Request<Body>;
+    /// More of the case to show when it was not refused (its `Debug` form is shown anyway).
+    fn shown(&self) -> String {
+        String::new()
+    }
+}
+
+/// A request with `headers` (name, raw value bytes; a value HTTP cannot carry is left out, as no
+/// client could send it) and `body`.
+pub fn request<'a>(
+    method: Method,
+    path: &str,
+    headers: impl IntoIterator<Item = (&'static str, &'a [u8])>,
+    body: &[u8],
+) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            builder = builder.header(name, value);
+        }
+    }
+    builder.body(Body::from(body.to_vec())).expect("request")
+}
+
+/// Sends `cases` cases of `strategy` through `app`'s router: each must be refused
+/// ([`assert_refused`]). Prints the cases per kind; panics with the first case that was not
+/// refused (shrunk), if fewer cases ran, or if memory grew by 128 MiB or more over the run.
+pub fn refuse_all<S>(
+    rt: &tokio::runtime::Runtime,
+    app: &App,
+    surface: &str,
+    strategy: S,
+    cases: u32,
+) where
+    S: Strategy,
+    S::Value: Case,
+{
+    let rss_start = rss_kib();
+    let seen: std::cell::RefCell<BTreeMap<&'static str, u32>> = Default::default();
+    let started = Instant::now();
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 200,
+        ..RunnerConfig::default()
+    });
+    let result = runner.run(&strategy, |case| {
+        *seen.borrow_mut().entry(case.what()).or_default() += 1;
+        let (status, body) = rt.block_on(app.send(case.request()));
+        assert_refused(status, &body, case.what())
+            .map_err(|e| TestCaseError::fail(format!("{e}{}", case.shown())))
+    });
+    let rss_end = rss_kib();
+    let seen = seen.into_inner();
+    println!(
+        "{surface} hostile cases: {} in {:.1} s, RSS {rss_start} -> {rss_end} KiB; by kind: {seen:?}",
+        seen.values().sum::<u32>(),
+        started.elapsed().as_secs_f64(),
+    );
+    if let Err(error) = result {
+        panic!("{surface}: {error}");
+    }
+    assert!(
+        rss_end < rss_start + 128 * 1024,
+        "{surface}: memory grew from {rss_start} to {rss_end} KiB over the run"
+    );
+    assert!(seen.values().sum::<u32>() >= cases);
+}
+
+/// A runtime like a node's, for the hostile runs (proptest drives the cases synchronously).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }

@@ -4,15 +4,12 @@
 //! truncated forms, forms missing a field or carrying a bad one, files too big, empty or of a
 //! refused type, wrong content types, bad tokens.
 
-use std::time::Instant;
-
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, Request};
+use axum::http::{Method, Request};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
-use crate::{App, BODY_LIMIT, assert_refused, cases, rss_kib};
+use crate::{App, BODY_LIMIT, Case, cases, refuse_all, request, runtime};
 
 const CLIENT: &str = "hostile-client";
 const BOUNDARY: &str = "----hostileboundary7MA4YWxkTrZu0gW";
@@ -25,22 +22,25 @@ struct Hostile {
     body: Vec<u8>,
 }
 
-impl Hostile {
+impl Case for Hostile {
+    fn what(&self) -> &'static str {
+        self.what
+    }
+
     fn request(&self) -> Request<Body> {
-        let mut builder = Request::builder().method(Method::POST).uri("/v1/uploads");
-        if let Some(ct) = &self.content_type
-            && let Ok(value) = HeaderValue::from_bytes(ct)
-        {
-            builder = builder.header("content-type", value);
-        }
-        if let Some(auth) = &self.authorization
-            && let Ok(value) = HeaderValue::from_bytes(auth)
-        {
-            builder = builder.header("authorization", value);
-        }
-        builder
-            .body(Body::from(self.body.clone()))
-            .expect("request")
+        let content_type = self.content_type.iter().map(|ct| ("content-type", &ct[..]));
+        let authorization = self.authorization.iter().map(|a| ("authorization", &a[..]));
+        request(
+            Method::POST,
+            "/v1/uploads",
+            content_type.chain(authorization),
+            &self.body,
+        )
+    }
+
+    fn shown(&self) -> String {
+        let shown = &self.body[..self.body.len().min(400)];
+        format!("; form: {:?}", String::from_utf8_lossy(shown))
     }
 }
 
@@ -205,11 +205,7 @@ fn hostile(upload_token: String, other_token: String) -> impl Strategy<Value = H
 
 #[test]
 fn the_upload_endpoint_refuses_hostile_input_and_stores_nothing() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let app = rt.block_on(App::start());
     let (upload_token, other_token) = rt.block_on(async {
         sqlx::query(
@@ -257,38 +253,14 @@ fn the_upload_endpoint_refuses_hostile_input_and_stores_nothing() {
             .await
             .unwrap();
     });
-    let n = cases(1500);
-    let rss_start = rss_kib();
-    let seen: std::cell::RefCell<std::collections::BTreeMap<&'static str, u32>> =
-        Default::default();
-    let started = Instant::now();
-    let mut runner = TestRunner::new(RunnerConfig {
-        cases: n,
-        failure_persistence: None,
-        max_shrink_iters: 200,
-        ..RunnerConfig::default()
-    });
-    let result = runner.run(&hostile(upload_token, other_token), |case| {
-        *seen.borrow_mut().entry(case.what).or_default() += 1;
-        let (status, body) = rt.block_on(app.send(case.request()));
-        assert_refused(status, &body, case.what).map_err(|e| {
-            let shown = &case.body[..case.body.len().min(400)];
-            TestCaseError::fail(format!("{e}; form: {:?}", String::from_utf8_lossy(shown)))
-        })
-    });
-    let rss_end = rss_kib();
-    let seen = seen.into_inner();
-    println!(
-        "/v1/uploads hostile cases: {} in {:.1} s, RSS {rss_start} -> {rss_end} KiB; by kind: {seen:?}",
-        seen.values().sum::<u32>(),
-        started.elapsed().as_secs_f64(),
+    refuse_all(
+        &rt,
+        &app,
+        "/v1/uploads",
+        hostile(upload_token, other_token),
+        cases(1500),
     );
-    if let Err(error) = result {
-        panic!("/v1/uploads: {error}");
-    }
     assert_eq!(rt.block_on(stored(&app)), 0, "hostile uploads stored rows");
-    assert!(rss_end < rss_start + 128 * 1024, "memory grew");
-    assert!(seen.values().sum::<u32>() >= n);
 }
 
 /// A NUL byte in `client_id` (or `title`) must be refused like any other bad value, not reach

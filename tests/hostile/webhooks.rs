@@ -6,16 +6,15 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use baseaim_worker::integrations::stripe::Verifier;
 use baseaim_worker::integrations::stripe::types::EventEnvelope;
 use baseaim_worker::sim::stripe::WebhookSender;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use secrecy::SecretString;
 
-use crate::{App, BODY_LIMIT, WEBHOOK_SECRET, assert_refused, cases, rss_kib};
+use crate::{App, BODY_LIMIT, Case, WEBHOOK_SECRET, cases, refuse_all, request, runtime};
 
 /// One hostile request.
 #[derive(Debug, Clone)]
@@ -29,24 +28,20 @@ struct Hostile {
     body: Vec<u8>,
 }
 
-impl Hostile {
+impl Case for Hostile {
+    fn what(&self) -> &'static str {
+        self.what
+    }
+
     fn request(&self) -> Request<Body> {
-        let mut builder = Request::builder()
-            .method(self.method.clone())
-            .uri(&self.path);
-        if let Some(ct) = &self.content_type
-            && let Ok(value) = HeaderValue::from_bytes(ct)
-        {
-            builder = builder.header("content-type", value);
-        }
-        for sig in &self.signatures {
-            if let Ok(value) = HeaderValue::from_bytes(sig) {
-                builder = builder.header("stripe-signature", value);
-            }
-        }
-        builder
-            .body(Body::from(self.body.clone()))
-            .expect("request")
+        let content_type = self.content_type.iter().map(|ct| ("content-type", &ct[..]));
+        let signatures = self.signatures.iter().map(|s| ("stripe-signature", &s[..]));
+        request(
+            self.method.clone(),
+            &self.path,
+            content_type.chain(signatures),
+            &self.body,
+        )
     }
 }
 
@@ -333,47 +328,11 @@ fn hostile() -> impl Strategy<Value = Hostile> {
 
 #[test]
 fn the_webhook_endpoint_refuses_hostile_input_and_stores_nothing() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let app = rt.block_on(App::start());
-    let rss_start = rss_kib();
-    let config = RunnerConfig {
-        cases: cases(9000),
-        failure_persistence: None,
-        max_shrink_iters: 200,
-        ..RunnerConfig::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let seen: std::cell::RefCell<std::collections::BTreeMap<&'static str, u32>> =
-        Default::default();
-    let started = Instant::now();
-    let result = runner.run(&hostile(), |case| {
-        *seen.borrow_mut().entry(case.what).or_default() += 1;
-        let (status, body) = rt.block_on(app.send(case.request()));
-        assert_refused(status, &body, case.what).map_err(TestCaseError::fail)
-    });
-    let rss_end = rss_kib();
-    let seen = seen.into_inner();
-    println!(
-        "webhook hostile cases: {} in {:.1} s, RSS {} -> {} KiB; by kind: {seen:?}",
-        seen.values().sum::<u32>(),
-        started.elapsed().as_secs_f64(),
-        rss_start,
-        rss_end
-    );
-    if let Err(error) = result {
-        panic!("{error}");
-    }
+    refuse_all(&rt, &app, "webhook", hostile(), cases(9000));
     let stored = rt.block_on(app.stored());
     assert_eq!(stored, 0, "hostile deliveries stored rows");
-    assert!(
-        rss_end < rss_start + 128 * 1024,
-        "memory grew from {rss_start} to {rss_end} KiB over the run"
-    );
-    assert!(seen.values().sum::<u32>() >= cases(9000));
 }
 
 /// The control: the same router, database and count accept and store a genuine delivery, so
