@@ -60,22 +60,8 @@ async fn an_email_that_would_not_render_or_reach_anyone_is_refused_naming_why() 
             "unknown field `cc`",
         ),
     ];
-    for (body, needle) in cases {
-        let answer = api
-            .call(Method::POST, "/v1/emails", Some(&token), Some(body.clone()))
-            .await;
-        assert_eq!(
-            answer.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{body}: {}",
-            answer.text
-        );
-        let error = answer.body["error"].as_str().unwrap_or_default();
-        assert!(
-            error.contains(needle),
-            "{body}: `{error}` should name `{needle}`"
-        );
-    }
+    api.assert_each_unprocessable("/v1/emails", &token, &cases)
+        .await;
     let bad_key = api
         .call_with(
             Method::POST,

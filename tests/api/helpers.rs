@@ -147,6 +147,32 @@ impl Api {
         }
     }
 
+    /// POSTs each body to `path` under `token`: each must get a 422 whose `error` names what was
+    /// wrong (contains its needle).
+    pub async fn assert_each_unprocessable(
+        &self,
+        path: &str,
+        token: &str,
+        cases: &[(Value, &str)],
+    ) {
+        for (body, needle) in cases {
+            let answer = self
+                .call(Method::POST, path, Some(token), Some(body.clone()))
+                .await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{body}: {}",
+                answer.text
+            );
+            let error = answer.body["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains(needle),
+                "{body}: `{error}` should name `{needle}`"
+            );
+        }
+    }
+
     /// Runs `queue` until nothing is runnable now.
     pub async fn drain(&self, queue: &str) -> DrainReport {
         drain(&self.db.pool, &self.registry, self.state.clone(), queue)

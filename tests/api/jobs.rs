@@ -58,22 +58,8 @@ async fn bad_requests_are_refused_naming_what_was_wrong_and_store_nothing() {
         (json!({"kind": "noop", "tags": ["ok", ""]}), "tags"),
         (json!({"args": {}}), "missing field `kind`"),
     ];
-    for (body, needle) in cases {
-        let answer = api
-            .call(Method::POST, "/v1/jobs", Some(&token), Some(body.clone()))
-            .await;
-        assert_eq!(
-            answer.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{body}: {}",
-            answer.text
-        );
-        let error = answer.body["error"].as_str().unwrap_or_default();
-        assert!(
-            error.contains(needle),
-            "{body}: `{error}` should name `{needle}`"
-        );
-    }
+    api.assert_each_unprocessable("/v1/jobs", &token, &cases)
+        .await;
     // Not JSON at all, and JSON without its content type.
     for (content_type, body) in [
         ("application/json", "{not json"),
