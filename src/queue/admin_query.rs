@@ -304,12 +304,29 @@ impl BulkAction {
 /// in batches of 1,000 ids, so no statement holds many locks. A job that changes state between
 /// being found and being acted on is handled by the action's own state check. Returns how many
 /// jobs the action changed.
+///
+/// The batches run on a task of their own: the caller (an HTTP request) may go away before the
+/// last one, and the action still covers every matching job instead of stopping part-way.
 pub async fn apply_matching(
     pool: &PgPool,
     query: &JobQuery,
     action: BulkAction,
 ) -> Result<u64, AdminError> {
     query.validate()?;
+    let (pool, query) = (pool.clone(), query.clone());
+    match tokio::spawn(async move { apply_in_batches(&pool, &query, action).await }).await {
+        Ok(changed) => changed,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // Cancelled: only when the runtime shuts down, which closes the pool too.
+        Err(_) => Err(AdminError::Database(sqlx::Error::PoolClosed)),
+    }
+}
+
+async fn apply_in_batches(
+    pool: &PgPool,
+    query: &JobQuery,
+    action: BulkAction,
+) -> Result<u64, AdminError> {
     let mut before: Option<i64> = None;
     let mut changed = 0;
     loop {

@@ -381,3 +381,40 @@ async fn retrying_a_job_whose_unique_key_is_taken_again_is_a_409_saying_so() {
     assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.text);
     assert!(answer.text.contains("unique key"), "{}", answer.text);
 }
+
+/// An action by filter covers every matching job even when the request that started it goes away
+/// part-way (a client that timed out, a closed browser tab): it does not stop after the batches
+/// done so far.
+#[tokio::test]
+async fn a_bulk_action_by_filter_finishes_after_its_request_goes_away() {
+    let api = Api::new().await;
+    let admin = api.token(&["admin:write"]).await;
+    sqlx::query(
+        "insert into jobs (kind, tags) select 'noop', '{abandoned}' from generate_series(1, 50000)",
+    )
+    .execute(&api.db.pool)
+    .await
+    .unwrap();
+    let request = api.call(
+        Method::POST,
+        "/v1/admin/jobs/bulk",
+        Some(&admin),
+        Some(json!({"action": "cancel", "filter": {"tag": "abandoned"}})),
+    );
+    // Fifty batches of 1,000 take far longer than the client waits.
+    let answered = tokio::time::timeout(std::time::Duration::from_millis(30), request).await;
+    assert!(answered.is_err(), "the action finished within 30 ms");
+    let pool = api.db.pool.clone();
+    crate::support::eventually(120, "every matching job cancelled", || {
+        let pool = pool.clone();
+        async move {
+            let cancelled: i64 =
+                sqlx::query_scalar("select count(*) from jobs where state = 'cancelled'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            cancelled == 50_000
+        }
+    })
+    .await;
+}
