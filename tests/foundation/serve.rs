@@ -128,8 +128,15 @@ async fn readyz_follows_the_database_through_an_outage() {
         .unwrap();
 }
 
-/// Starts `serve` as a real process with the given extra env; returns the child and its port.
-async fn spawn_serve(db: &TestDb, extra: &[(&str, &str)]) -> (tokio::process::Child, u16) {
+/// A `serve` process, its output read as it is written (a debug-level run writes more than a
+/// pipe holds: unread, the daemon would block on its next log line and never exit).
+struct Serve {
+    child: tokio::process::Child,
+    output: tokio::task::JoinHandle<String>,
+}
+
+/// Starts `serve` as a real process with the given extra env; returns it and its port.
+async fn spawn_serve(db: &TestDb, extra: &[(&str, &str)]) -> (Serve, u16) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -145,18 +152,27 @@ async fn spawn_serve(db: &TestDb, extra: &[(&str, &str)]) -> (tokio::process::Ch
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let output = tokio::spawn(async move {
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = tokio::join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        );
+        out + &err
+    });
+    let serve = Serve { child, output };
     let base = format!("http://127.0.0.1:{port}");
     eventually(20, "serve answers readyz", || async {
         status(&format!("{base}/readyz")).await == Some(200)
     })
     .await;
-    (child, port)
+    (serve, port)
 }
 
-async fn sigterm_and_collect(
-    mut child: tokio::process::Child,
-) -> (std::process::ExitStatus, String) {
+async fn sigterm_and_collect(serve: Serve) -> (std::process::ExitStatus, String) {
+    let Serve { mut child, output } = serve;
     let pid = child.id().unwrap();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -167,28 +183,13 @@ async fn sigterm_and_collect(
         .await
         .expect("exits after SIGTERM")
         .unwrap();
-    let mut output = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut output)
-        .await
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut output)
-        .await
-        .unwrap();
-    (status, output)
+    (status, output.await.unwrap())
 }
 
 #[tokio::test]
 async fn sigterm_stops_serve_cleanly_with_exit_code_zero() {
     let db = TestDb::new().await;
-    let (child, _) = spawn_serve(&db, &[]).await;
+    let (serve, _) = spawn_serve(&db, &[]).await;
     // readyz only says the database is ready; wait until the engine has registered its node too.
     eventually(20, "the engine registered its node", || async {
         sqlx::query_scalar::<_, i64>("select count(*) from nodes")
@@ -198,7 +199,7 @@ async fn sigterm_stops_serve_cleanly_with_exit_code_zero() {
             == 1
     })
     .await;
-    let (status, output) = sigterm_and_collect(child).await;
+    let (status, output) = sigterm_and_collect(serve).await;
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(output.contains("engine stopped"), "{output}");
     let nodes: i64 = sqlx::query_scalar("select count(*) from nodes")
@@ -260,8 +261,8 @@ async fn no_secret_appears_in_config_check_or_logs() {
     let mut extra: Vec<(&str, &str)> = SECRETS.to_vec();
     extra.push(("RUST_LOG", "debug"));
     extra.push(("BAW__LOG__FORMAT", "json"));
-    let (child, _) = spawn_serve(&db, &extra).await;
-    let (status, output) = sigterm_and_collect(child).await;
+    let (serve, _) = spawn_serve(&db, &extra).await;
+    let (status, output) = sigterm_and_collect(serve).await;
     assert_eq!(status.code(), Some(0));
     assert!(
         output.contains("\"level\""),
