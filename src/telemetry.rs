@@ -120,6 +120,14 @@ fn describe() {
         "baw_webhooks_total",
         "Webhook deliveries received, by provider and result"
     );
+    describe_counter!(
+        "baw_stripe_commits_total",
+        "Stripe intake batches committed, by path: copy, or statement after a batch met a stored event"
+    );
+    describe_counter!(
+        "baw_stripe_committed_events_total",
+        "Distinct Stripe events in the committed batches (stored or found stored), by path"
+    );
 }
 
 /// Counts one request to `provider`: `Ok` or the error's class (as the integration's `error.rs`

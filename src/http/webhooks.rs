@@ -333,6 +333,10 @@ async fn commit(
             .into_iter()
             .collect()
     };
+    let path = if copied { "copy" } else { "statement" };
+    metrics::counter!("baw_stripe_commits_total", "path" => path).increment(1);
+    metrics::counter!("baw_stripe_committed_events_total", "path" => path)
+        .increment(events.len() as u64);
     if let Some(job) = &jobs.template
         && events
             .iter()

@@ -120,6 +120,31 @@ async fn a_batch_mixing_a_stored_event_with_new_ones_stores_the_new_ones_once() 
     assert_eq!(sender.send(&intake.url, &later).await, Some(200));
     assert_eq!(sender.send(&intake.url, &stored_first).await, Some(200));
     assert_eq!(stored(&db.pool).await, (22, 22));
+    // Operators see both paths in /metrics (process-wide counters: other tests add to them).
+    let token = baseaim_worker::auth::tokens::create(&db.pool, "metrics", &["admin:read"])
+        .await
+        .unwrap();
+    let metrics = reqwest::Client::new()
+        .get(intake.url.replace("/webhooks/stripe", "/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for path in ["copy", "statement"] {
+        for name in [
+            "baw_stripe_commits_total",
+            "baw_stripe_committed_events_total",
+        ] {
+            let needle = format!("{name}{{path=\"{path}\"}} ");
+            assert!(
+                metrics.contains(&needle),
+                "missing `{needle}` in:\n{metrics}"
+            );
+        }
+    }
 }
 
 /// An unfinished job already holds a new event's unique key (a replay enqueued by hand for an
