@@ -12,6 +12,18 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// Writes the binary `COPY` header: signature, flags, header extension length.
+pub fn put_header(buf: &mut BytesMut) {
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0);
+    buf.put_i32(0);
+}
+
+/// Writes the binary `COPY` trailer (after the last row).
+pub fn put_trailer(buf: &mut BytesMut) {
+    buf.put_i16(-1);
+}
+
 /// A binary `COPY`'s data. Call [`CopyRows::row`] with the field count, then one field method per
 /// column in the statement's column order.
 #[derive(Debug)]
@@ -23,10 +35,7 @@ impl CopyRows {
     /// Empty data (the header only), with room for about `capacity` bytes of rows.
     pub fn with_capacity(capacity: usize) -> Self {
         let mut buf = BytesMut::with_capacity(capacity + 32);
-        // Signature, flags, header extension length.
-        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.put_i32(0);
-        buf.put_i32(0);
+        put_header(&mut buf);
         CopyRows { buf }
     }
 
@@ -96,7 +105,7 @@ impl CopyRows {
 
     /// The data with its trailer, ready to send.
     pub fn finish(mut self) -> Bytes {
-        self.buf.put_i16(-1);
+        put_trailer(&mut self.buf);
         self.buf.freeze()
     }
 }

@@ -260,10 +260,7 @@ impl<'c> Staging<'c> {
         watch.0.store(true, Ordering::Release);
         let copy = conn.copy_in_raw(CHUNKS_COPY).await?;
         let mut batch = BytesMut::with_capacity(COPY_BATCH_BYTES + chunk_bytes + 64);
-        // The binary COPY header: signature, flags, header extension length.
-        batch.put_slice(b"PGCOPY\n\xff\r\n\0");
-        batch.put_i32(0);
-        batch.put_i32(0);
+        crate::db::copy::put_header(&mut batch);
         Ok(Staging {
             copy,
             watch,
@@ -324,8 +321,7 @@ impl<'c> Staging<'c> {
             let length = (self.row_fill as i32).to_be_bytes();
             self.batch[self.row_length_at..self.row_length_at + 4].copy_from_slice(&length);
         }
-        // The binary COPY trailer.
-        self.batch.put_i16(-1);
+        crate::db::copy::put_trailer(&mut self.batch);
         self.copy.send(&self.batch[..]).await?;
         let ended = self.copy.finish().await;
         // Ended either way (an error answer included): the connection's state is known again.
