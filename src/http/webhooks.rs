@@ -92,6 +92,30 @@ impl WebhookSettings {
         WebhookSettings::new(verifier, config.stripe.webhook_body_limit)
     }
 
+    /// Stores a verified event (`payload` is its exact body) and enqueues its job, in a shared
+    /// commit with the deliveries waiting alongside it; returns whether it was new (false: the id
+    /// was stored already). What the endpoint does after verifying; public so the intake
+    /// benchmark can measure the store without HTTP.
+    pub async fn store(
+        &self,
+        pool: &PgPool,
+        envelope: EventEnvelope,
+        payload: String,
+    ) -> Result<bool, StoreError> {
+        let applied = APPLIED_TYPES.contains(&envelope.event_type.as_str());
+        let (done, outcome) = oneshot::channel();
+        let pending = Pending {
+            envelope,
+            payload,
+            applied,
+            done,
+        };
+        if self.inbox(pool).send(pending).await.is_err() {
+            return Err(StoreError::Unavailable);
+        }
+        outcome.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
     fn inbox(&self, pool: &PgPool) -> &mpsc::Sender<Pending> {
         self.committers.get_or_init(|| {
             let (tx, rx) = mpsc::channel(MAX_BATCH * COMMITTERS * 2);
@@ -111,7 +135,7 @@ struct Pending {
     envelope: EventEnvelope,
     payload: String,
     applied: bool,
-    done: oneshot::Sender<Result<bool, Failed>>,
+    done: oneshot::Sender<Result<bool, StoreError>>,
 }
 
 impl Pending {
@@ -122,9 +146,11 @@ impl Pending {
 }
 
 /// Why a batch did not commit (the same for each of its deliveries).
-#[derive(Debug, Clone, Copy)]
-enum Failed {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The database could not be reached: Stripe should resend (503).
     Unavailable,
+    /// The database refused the batch (logged by the committer).
     Internal,
 }
 
@@ -225,28 +251,15 @@ async fn stripe_delivery(
     // Stored as text: Stripe sends UTF-8 JSON, and serde_json has just checked it is.
     let payload = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
-    let applied = APPLIED_TYPES.contains(&envelope.event_type.as_str());
-    let (done, outcome) = oneshot::channel();
-    let pending = Pending {
-        envelope,
-        payload: payload.to_owned(),
-        applied,
-        done,
-    };
-    if state
+    match state
         .webhooks
-        .inbox(&state.pool)
-        .send(pending)
+        .store(&state.pool, envelope, payload.to_owned())
         .await
-        .is_err()
     {
-        return Err(ApiError::Unavailable);
-    }
-    match outcome.await {
-        Ok(Ok(true)) => Ok((StatusCode::OK, "ok\n")),
-        Ok(Ok(false)) => Ok((StatusCode::OK, "duplicate\n")),
-        Ok(Err(Failed::Unavailable)) | Err(_) => Err(ApiError::Unavailable),
-        Ok(Err(Failed::Internal)) => Err(ApiError::Internal(anyhow::anyhow!(
+        Ok(true) => Ok((StatusCode::OK, "ok\n")),
+        Ok(false) => Ok((StatusCode::OK, "duplicate\n")),
+        Err(StoreError::Unavailable) => Err(ApiError::Unavailable),
+        Err(StoreError::Internal) => Err(ApiError::Internal(anyhow::anyhow!(
             "storing a Stripe event failed (logged by the committer)"
         ))),
     }
@@ -300,7 +313,7 @@ async fn commit(
     batch: &[Pending],
     waker: &Waker,
     last_conflict: &mut Option<Instant>,
-) -> Result<HashSet<String>, Failed> {
+) -> Result<HashSet<String>, StoreError> {
     // A repeated id within the batch is stored once; every copy gets the same answer.
     let mut seen = HashSet::new();
     let events: Vec<&Pending> = batch
@@ -309,7 +322,7 @@ async fn commit(
         .collect();
     let jobs = job_columns(&events).map_err(|error| {
         tracing::error!(%error, "building stripe_event jobs");
-        Failed::Internal
+        StoreError::Internal
     })?;
     let copied = if last_conflict.is_some_and(|at| at.elapsed() < CONFLICT_COOLDOWN) {
         false
@@ -476,15 +489,15 @@ struct JobColumns {
 /// A database error at the intake: anything but a statement the server refused means we could
 /// not reach it (pool timeout, cut connection), and so does a server shutting down or starting up
 /// ([`super::error::database_unavailable`]): 503, so Stripe resends.
-fn failed(error: sqlx::Error) -> Failed {
+fn failed(error: sqlx::Error) -> StoreError {
     match error {
         sqlx::Error::Database(ref db) if !super::error::database_unavailable(&error) => {
             tracing::error!(error = %db, "storing Stripe events failed");
-            Failed::Internal
+            StoreError::Internal
         }
         other => {
             tracing::warn!(error = %other, "database unavailable for Stripe webhooks");
-            Failed::Unavailable
+            StoreError::Unavailable
         }
     }
 }

@@ -4,10 +4,12 @@
 //! `pgbench -N`-style); the acknowledged events/s with 64 and with 256 concurrent senders
 //! (`BENCH_INTAKE_SENDERS`, comma-separated, to choose), each with the events per commit and the
 //! CPU microseconds per event of this process and of PostgreSQL; the latency at half the best of
-//! those rates (open loop, paced); and the same requests against the HTTP path alone (verify,
-//! parse, 200; no database; the best over the same sender counts) as a ceiling. Last line:
-//! `acked_per_s` (the best), `senders`, `p50_ms`/`p99_ms` (at half load), `commit_rate_per_s`,
-//! `http_without_database_per_s`.
+//! those rates (open loop, paced); and the intake's two parts alone, with their CPU per event:
+//! the store (the same committers fed in-process, no HTTP) and the HTTP path (verify, parse,
+//! 200; no database). Their CPU bounds the intake on this machine: `parts_bound_per_s` is the
+//! machine's cores over the two parts' CPU per event. Last line: `acked_per_s` (the best),
+//! `senders`, `p50_ms`/`p99_ms` (at half load), `commit_rate_per_s`, `acked_to_commit_rate`,
+//! `store_without_http_per_s`, `http_without_database_per_s`, `parts_bound_per_s`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,7 +87,9 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let state =
         baseaim_worker::jobs::AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets))?;
-    let app = http::router(HttpState::new(state, health));
+    let http_state = HttpState::new(state, health);
+    let webhooks = http_state.webhooks.clone();
+    let app = http::router(http_state);
     let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
 
     // Distinct events (one sample, new ids), each signed now: a real payload and HMAC per request.
@@ -113,7 +117,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     // Saturation: for each sender count, that many closed-loop senders, each on its own
     // keep-alive connection, over fresh tables.
-    let mut best = (0.0_f64, 0_usize);
+    let mut best = (0.0_f64, 0_usize, CpuPerEvent::default());
     for (round, &senders) in sweep.iter().enumerate() {
         sqlx::query("truncate stripe_events, jobs")
             .execute(&pool)
@@ -122,33 +126,70 @@ pub async fn run() -> anyhow::Result<()> {
         let events: Vec<_> = (first..first + EVENTS)
             .map(|i| request(make(i), addr))
             .collect();
-        let cpu0 = (cpu_seconds("self"), postgres_cpu_seconds());
+        let cpu = Cpu::start();
         let (acked_per_s, saturated) = saturate(addr, events, senders).await?;
-        // CPU per event, which the machine's other load does not change (unlike events/s): this
-        // process (the intake and the load generator) and every PostgreSQL process.
-        let per_event = |t0: f64, t1: f64| ((t1 - t0) / EVENTS as f64 * 1e7).round() / 10.0;
-        let cpu_us = json!({
-            "bench": per_event(cpu0.0, cpu_seconds("self")),
-            "postgres": per_event(cpu0.1, postgres_cpu_seconds()),
-        });
-        // A batch is one transaction, and its rows share the transaction's `now()`.
-        let (stored, commits): (i64, i64) =
-            sqlx::query_as("select count(*), count(distinct received_at) from stripe_events")
-                .fetch_one(&pool)
-                .await?;
-        anyhow::ensure!(stored as usize == EVENTS, "{stored} events stored");
+        let cpu = cpu.per_event(EVENTS);
         println!(
             "{}",
             json!({"phase": "saturation", "senders": senders, "acked_per_s": acked_per_s.round(),
                    "p50_ms": percentile(&saturated, 0.5), "p99_ms": percentile(&saturated, 0.99),
-                   "events_per_commit": (stored as f64 / commits as f64 * 10.0).round() / 10.0,
-                   "cpu_us_per_event": cpu_us})
+                   "events_per_commit": events_per_commit(&pool, EVENTS).await?,
+                   "cpu_us_per_event": cpu})
         );
         if acked_per_s > best.0 {
-            best = (acked_per_s, senders);
+            best = (acked_per_s, senders, cpu);
         }
     }
-    let (acked_per_s, senders) = best;
+    let (acked_per_s, senders, intake_cpu) = best;
+
+    // The store without HTTP: the same committers fed in this process, by as many closed-loop
+    // callers as the best round had senders, with events parsed beforehand (no HTTP, no
+    // signature, no parse). With the HTTP path alone (below), what the intake is made of.
+    let store = {
+        sqlx::query("truncate stripe_events, jobs")
+            .execute(&pool)
+            .await?;
+        let first = (sweep.len() + 1) * EVENTS;
+        let events = (first..first + EVENTS)
+            .map(|i| {
+                let (payload, _) = make(i);
+                let envelope = serde_json::from_str(&payload)?;
+                Ok((envelope, payload))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let queue = Arc::new(std::sync::Mutex::new(events));
+        let cpu = Cpu::start();
+        let t0 = Instant::now();
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..senders {
+            let (queue, webhooks, pool) = (queue.clone(), webhooks.clone(), pool.clone());
+            callers.spawn(async move {
+                loop {
+                    let next = queue.lock().unwrap().pop();
+                    let Some((envelope, payload)) = next else {
+                        return anyhow::Ok(());
+                    };
+                    let new = webhooks
+                        .store(&pool, envelope, payload)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("store: {e:?}"))?;
+                    anyhow::ensure!(new, "an event was stored twice");
+                }
+            });
+        }
+        while let Some(caller) = callers.join_next().await {
+            caller??;
+        }
+        let per_s = EVENTS as f64 / t0.elapsed().as_secs_f64();
+        let cpu = cpu.per_event(EVENTS);
+        println!(
+            "{}",
+            json!({"phase": "store_without_http", "callers": senders, "per_s": per_s.round(),
+                   "events_per_commit": events_per_commit(&pool, EVENTS).await?,
+                   "cpu_us_per_event": cpu})
+        );
+        (per_s, cpu)
+    };
 
     // Half load, open loop: requests start on a fixed schedule whatever the answers do.
     let rate = acked_per_s / 2.0;
@@ -226,18 +267,35 @@ pub async fn run() -> anyhow::Result<()> {
             )
             .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()));
         let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
-        let mut best = 0.0_f64;
+        let mut best = (0.0_f64, CpuPerEvent::default());
         for &senders in &sweep {
             let events: Vec<_> = (0..EVENTS).map(|i| request(make(i), addr)).collect();
+            let cpu = Cpu::start();
             let per_s = saturate(addr, events, senders).await?.0;
+            let cpu = cpu.per_event(EVENTS);
             println!(
                 "{}",
-                json!({"phase": "http_without_database", "senders": senders, "per_s": per_s.round()})
+                json!({"phase": "http_without_database", "senders": senders, "per_s": per_s.round(),
+                       "cpu_us_per_event": cpu})
             );
-            best = best.max(per_s);
+            if per_s > best.0 {
+                best = (per_s, cpu);
+            }
         }
         best
     };
+    // The machine's CPU, spent on the two parts, bounds the intake whatever its design: at most
+    // `cores / (CPU per event over HTTP alone + over the store alone)`. Twice the commit rate
+    // needs the whole intake (load generator included) under `cores / (2 * commit rate)`.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let parts_us = ceiling.1.total() + store.1.total();
+    println!(
+        "{}",
+        json!({"phase": "cpu", "cores": cores, "intake_us_per_event": intake_cpu.total(),
+               "parts_us_per_event": parts_us,
+               "budget_us_per_event_at_2x_commit_rate": (cores * 1e6 / (2.0 * commit_rate)).round(),
+               "parts_bound_per_s": (cores * 1e6 / parts_us).round()})
+    );
     stop.cancel();
     pool.close().await;
     db.drop_db().await?;
@@ -251,7 +309,9 @@ pub async fn run() -> anyhow::Result<()> {
             "commit_rate_per_s": commit_rate.round(),
             "acked_to_commit_rate": (acked_per_s / commit_rate * 100.0).round() / 100.0,
             "half_load_per_s": rate.round(),
-            "http_without_database_per_s": ceiling.round(),
+            "http_without_database_per_s": ceiling.0.round(),
+            "store_without_http_per_s": store.0.round(),
+            "parts_bound_per_s": (cores * 1e6 / parts_us).round(),
         })
     );
     Ok(())
@@ -347,5 +407,54 @@ impl KeepAlive {
             String::from_utf8_lossy(&body)
         );
         Ok(t.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
+/// The events stored per commit, after checking that all `events` were stored: a batch is one
+/// transaction, and its rows share the transaction's `now()`.
+async fn events_per_commit(pool: &sqlx::PgPool, events: usize) -> anyhow::Result<f64> {
+    let (stored, commits): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct received_at) from stripe_events")
+            .fetch_one(pool)
+            .await?;
+    anyhow::ensure!(stored as usize == events, "{stored} events stored");
+    Ok((stored as f64 / commits as f64 * 10.0).round() / 10.0)
+}
+
+/// CPU seconds so far of this process (the intake and the load generator) and of every
+/// PostgreSQL process: per event, a cost the machine's other load changes much less than it
+/// changes events/s.
+struct Cpu {
+    bench: f64,
+    postgres: f64,
+}
+
+impl Cpu {
+    fn start() -> Self {
+        Cpu {
+            bench: cpu_seconds("self"),
+            postgres: postgres_cpu_seconds(),
+        }
+    }
+
+    fn per_event(self, events: usize) -> CpuPerEvent {
+        let us = |t0: f64, t1: f64| ((t1 - t0) / events as f64 * 1e7).round() / 10.0;
+        CpuPerEvent {
+            bench: us(self.bench, cpu_seconds("self")),
+            postgres: us(self.postgres, postgres_cpu_seconds()),
+        }
+    }
+}
+
+/// Microseconds of CPU per event.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct CpuPerEvent {
+    bench: f64,
+    postgres: f64,
+}
+
+impl CpuPerEvent {
+    fn total(&self) -> f64 {
+        ((self.bench + self.postgres) * 10.0).round() / 10.0
     }
 }
