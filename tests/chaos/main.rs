@@ -192,6 +192,40 @@ fn api_email_recipient(n: usize) -> String {
     format!("chaos-api-{n}@example.com")
 }
 
+/// What a client that must get a request through does: sends it to a random node and, after any
+/// answer but `accepted` (or none), again 300 ms later (likely elsewhere), until it is accepted or
+/// `deadline` passes. Every answer is tallied by status ("error" for none) in the map `tally`
+/// picks from the log. Returns what `send` made of the accepted answer; None at the deadline.
+async fn until_accepted<T, Fut>(
+    ports: &[u16],
+    accepted: u16,
+    deadline: Instant,
+    log: &Mutex<Deliveries>,
+    tally: fn(&mut Deliveries) -> &mut BTreeMap<String, u64>,
+    mut send: impl FnMut(u16) -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = (Option<u16>, T)>,
+{
+    loop {
+        let (status, answer) = send(random_node(ports)).await;
+        *tally(&mut log.lock().unwrap())
+            .entry(status.map_or("error".into(), |s| s.to_string()))
+            .or_default() += 1;
+        if status == Some(accepted) {
+            return Some(answer);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn random_node(ports: &[u16]) -> u16 {
+    ports[rand::rng().random_range(0..ports.len())]
+}
+
 /// Asks a random node for email `n` through the API until it answers 202, with the same
 /// Idempotency-Key every time; an accepted request is sometimes sent again.
 async fn request_email(
@@ -208,38 +242,23 @@ async fn request_email(
     let body = json!({"template": "welcome", "to": api_email_recipient(n),
                       "data": {"client_name": format!("Api {n}"), "dashboard_url": "https://app.example/"}});
     let send = |port: u16| {
-        client
+        let request = client
             .post(format!("http://127.0.0.1:{port}/v1/emails"))
             .bearer_auth(&token)
             .header("idempotency-key", format!("chaos-api-{n}"))
             .json(&body)
-            .send()
+            .send();
+        async { (request.await.ok().map(|r| r.status().as_u16()), ()) }
     };
-    loop {
-        let port = ports[rand::rng().random_range(0..ports.len())];
-        let status = send(port).await.ok().map(|r| r.status().as_u16());
-        let accepted = status == Some(202);
-        {
-            let mut entry = log.lock().unwrap();
-            *entry
-                .api_statuses
-                .entry(status.map_or("error".into(), |s| s.to_string()))
-                .or_default() += 1;
-            if accepted {
-                entry.api_accepted.insert(n);
-            }
-        }
-        if accepted {
-            break;
-        }
-        if Instant::now() > deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    if until_accepted(&ports, 202, deadline, &log, |l| &mut l.api_statuses, send)
+        .await
+        .is_none()
+    {
+        return;
     }
+    log.lock().unwrap().api_accepted.insert(n);
     if rand::rng().random_bool(0.2) {
-        let port = ports[rand::rng().random_range(0..ports.len())];
-        let _ = send(port).await;
+        let _ = send(random_node(&ports)).await;
     }
 }
 
@@ -273,9 +292,8 @@ async fn upload(
     .into_bytes();
     body.extend_from_slice(&document(n));
     body.extend_from_slice(format!("\r\n--{UPLOAD_BOUNDARY}--\r\n").as_bytes());
-    loop {
-        let port = ports[rand::rng().random_range(0..ports.len())];
-        let response = client
+    let send = |port: u16| {
+        let request = client
             .post(format!("http://127.0.0.1:{port}/v1/uploads"))
             .bearer_auth(&token)
             .header(
@@ -283,36 +301,31 @@ async fn upload(
                 format!("multipart/form-data; boundary={UPLOAD_BOUNDARY}"),
             )
             .body(body.clone())
-            .send()
-            .await;
-        let (status, document_id) = match response {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let id = r.json::<Value>().await.ok().and_then(|v| {
-                    v.get("document_id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                });
-                (Some(status), id)
-            }
-            Err(_) => (None, None),
-        };
-        {
-            let mut entry = log.lock().unwrap();
-            *entry
-                .upload_statuses
-                .entry(status.map_or("error".into(), |s| s.to_string()))
-                .or_default() += 1;
-            if status == Some(202)
-                && let Some(id) = &document_id
-            {
-                entry.uploads_accepted.insert(n, id.clone());
-            }
+            .send();
+        async {
+            let Ok(response) = request.await else {
+                return (None, None);
+            };
+            let status = response.status().as_u16();
+            let id = response.json::<Value>().await.ok().and_then(|v| {
+                v.get("document_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+            (Some(status), id)
         }
-        if status == Some(202) || Instant::now() > deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    if let Some(Some(id)) = until_accepted(
+        &ports,
+        202,
+        deadline,
+        &log,
+        |l| &mut l.upload_statuses,
+        send,
+    )
+    .await
+    {
+        log.lock().unwrap().uploads_accepted.insert(n, id);
     }
 }
 
@@ -330,31 +343,20 @@ async fn deliver(
     log: Arc<Mutex<Deliveries>>,
 ) {
     let url = |port: u16| format!("http://127.0.0.1:{port}/webhooks/stripe");
-    loop {
-        let port = ports[rand::rng().random_range(0..ports.len())];
-        let status = sender.send(&url(port), &event).await;
-        let ok = status == Some(200);
-        {
-            let mut log = log.lock().unwrap();
-            *log.statuses
-                .entry(status.map_or("error".into(), |s| s.to_string()))
-                .or_default() += 1;
-            if ok {
-                log.accepted.insert(event.id.clone());
-            }
-        }
-        if ok {
-            break;
-        }
-        if Instant::now() > deadline {
-            log.lock().unwrap().given_up.push(event.id.clone());
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let send = |port: u16| {
+        let (sender, event, url) = (&sender, &event, url(port));
+        async move { (sender.send(&url, event).await, ()) }
+    };
+    if until_accepted(&ports, 200, deadline, &log, |l| &mut l.statuses, send)
+        .await
+        .is_none()
+    {
+        log.lock().unwrap().given_up.push(event.id.clone());
+        return;
     }
+    log.lock().unwrap().accepted.insert(event.id.clone());
     if rand::rng().random_bool(0.2) {
-        let port = ports[rand::rng().random_range(0..ports.len())];
-        let status = sender.send(&url(port), &event).await;
+        let status = sender.send(&url(random_node(&ports)), &event).await;
         let mut log = log.lock().unwrap();
         log.resent += 1;
         if status != Some(200) {
