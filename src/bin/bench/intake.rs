@@ -43,7 +43,9 @@ pub async fn run() -> anyhow::Result<()> {
         .execute(&pool)
         .await?;
     let mut rates = Vec::new();
+    let mut cpu_per_commit = Vec::new();
     for _ in 0..ROUNDS {
+        let cpu = Cpu::start();
         let t0 = Instant::now();
         let mut conns = tokio::task::JoinSet::new();
         for c in 0..10_i32 {
@@ -66,11 +68,13 @@ pub async fn run() -> anyhow::Result<()> {
             total += n??;
         }
         rates.push(total as f64 / t0.elapsed().as_secs_f64());
+        cpu_per_commit.push(cpu.per_event(total).total());
     }
     let commit_rate = median(rates);
     println!(
         "{}",
-        json!({"phase": "commit_rate", "connections": 10, "per_s": commit_rate.round()})
+        json!({"phase": "commit_rate", "connections": 10, "per_s": commit_rate.round(),
+               "cpu_us_per_commit": median(cpu_per_commit)})
     );
 
     // The intake, as a node serves it.
