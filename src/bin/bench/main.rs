@@ -13,10 +13,6 @@
 //!
 //! A benchmark that needs more than a screen lives in a module of its own beside this file.
 
-// The daemon's allocator (see src/main.rs), so the benchmarks measure what it runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod dashboard;
 mod drive;
 mod intake;
