@@ -3,7 +3,8 @@
 //! server at `BENCH_DATABASE_URL` (default postgres://root@127.0.0.1:5432), dropped at the end.
 //!
 //! - `intake`: signed Stripe webhooks against the real intake: acknowledged events/s, latency
-//!   at half that rate, and the database's single-row commit rate in the same run.
+//!   at half that rate, and the database's single-row commit rate in the same run; the store
+//!   and the HTTP path alone, each with its CPU per event, and the bound they set together.
 //! - `queue`: bulk enqueue, processing throughput, idle latency, and the SQL ceiling measured in
 //!   the same run on the same database.
 //! - `facebook`: the Facebook insights sync of 1,000 ad accounts x 20 campaigns x 7 days against
