@@ -24,6 +24,7 @@ use crate::config::LogFormat;
 /// call it freely).
 pub fn init(format: LogFormat, level: &str) {
     metrics_handle();
+    log_panics();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = match format {
@@ -38,6 +39,41 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init()
             .map_err(|e| e.to_string()),
     };
+}
+
+/// Replaces the default panic hook (plain text on stderr) with one `error` line through the log,
+/// in its format, and `baw_panics_total`. A panic does not stop a node: a job's is caught by the
+/// engine (a failed attempt, its message on the job), a request handler's ends that request. So
+/// the log is where an operator learns of it, and a JSON log must carry it as JSON, with the
+/// span it happened in (inside a job: the job's id, kind and attempt). The backtrace is added
+/// when `RUST_BACKTRACE` asks for one, as the default hook does.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = panic_message(info.payload());
+        let location = info.location().map(ToString::to_string);
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| backtrace.to_string());
+        tracing::error!(
+            panic = %message,
+            location = location.as_deref(),
+            thread = std::thread::current().name(),
+            backtrace = backtrace.as_deref(),
+            "panicked"
+        );
+        metrics::counter!("baw_panics_total").increment(1);
+    }));
+}
+
+/// A panic's message: its payload when that is a string (what `panic!` and `expect` make).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".into()
+    }
 }
 
 fn default_filter(level: &str) -> EnvFilter {
@@ -115,6 +151,10 @@ fn describe() {
     describe_counter!(
         "baw_provider_errors_total",
         "Failed requests to a provider's API, by provider and error class"
+    );
+    describe_counter!(
+        "baw_panics_total",
+        "Panics in this process (each also logged): in a job (a failed attempt), a request, a task"
     );
     describe_counter!(
         "baw_webhooks_total",

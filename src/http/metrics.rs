@@ -11,7 +11,10 @@
 //!   each request of the Resend, Stripe, Facebook and Google Drive clients, by the class their
 //!   `error.rs` gives (Drive's token endpoint is counted with the API call it serves);
 //! - `baw_webhooks_total{provider,result}`: Stripe deliveries (accepted, duplicate, rejected,
-//!   too_large, unavailable, error).
+//!   too_large, unavailable, error);
+//! - `baw_stripe_commits_total{path}` and `baw_stripe_committed_events_total{path}`: the Stripe
+//!   intake's shared commits and the events in them, by path (`copy`, or `statement`);
+//! - `baw_panics_total`: panics in this process, each also logged (`telemetry::log_panics`).
 //!
 //! These are per process, so scrape every node. A `--role worker` node has no HTTP listener, so
 //! its job and provider counters are not exported (run workers as `--role all`, or add a listener).

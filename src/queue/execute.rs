@@ -202,7 +202,10 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
     let error = match result {
         Ok(Ok(Ok(value))) => return Outcome::Completed(value),
         Ok(Ok(Err(error))) => error,
-        Ok(Err(panic)) => JobError::retry(format!("panicked: {}", panic_message(&panic))),
+        Ok(Err(panic)) => JobError::retry(format!(
+            "panicked: {}",
+            crate::telemetry::panic_message(&*panic)
+        )),
         Err(_) => JobError::retry(format!("timed out after {timeout:?}")),
     };
     match error {
@@ -225,16 +228,6 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
         },
         JobError::Discard(reason) => Outcome::Discarded(reason),
         JobError::Cancel(reason) => Outcome::Cancelled(reason),
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".into()
     }
 }
 

@@ -1,8 +1,5 @@
 //! `/metrics` after jobs ran, and job fields on every JSON log line inside a job.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -10,6 +7,7 @@ use baseaim_worker::queue::{Engine, EngineConfig};
 use baseaim_worker::sim::fault::FaultKind;
 
 use crate::helpers::{Api, email_data};
+use crate::support::CapturedLog;
 
 #[tokio::test]
 async fn metrics_show_job_outcomes_durations_queue_depth_and_provider_calls() {
@@ -100,25 +98,11 @@ async fn metrics_show_job_outcomes_durations_queue_depth_and_provider_calls() {
     }
 }
 
-/// A writer the test can read back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn every_json_log_line_inside_a_job_carries_its_id_kind_and_attempt() {
     let api = Api::new().await;
     let writer = api.token(&["emails:send"]).await;
-    let captured = Captured::default();
+    let captured = CapturedLog::default();
     let sink = captured.clone();
     let subscriber = baseaim_worker::telemetry::json_subscriber(
         tracing_subscriber::EnvFilter::new("info"),
@@ -173,7 +157,7 @@ async fn every_json_log_line_inside_a_job_carries_its_id_kind_and_attempt() {
         .await;
         engine.shutdown().await;
     }
-    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let output = captured.text();
     let lines: Vec<Value> = output
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -6,7 +6,7 @@ use baseaim_worker::queue::{NewJob, enqueue};
 use chrono::Utc;
 
 use crate::common::*;
-use crate::support::TestDb;
+use crate::support::{CapturedLog, TestDb};
 
 #[tokio::test]
 async fn a_job_completes_with_its_result() {
@@ -157,6 +157,60 @@ async fn a_panic_is_an_error_of_that_attempt() {
     let job = admin::get(&db.pool, id).await.unwrap().unwrap();
     assert_eq!(job.state, "retryable");
     assert_eq!(job.errors.unwrap()[0]["error"], "panicked: the job blew up");
+}
+
+#[tokio::test]
+async fn a_panic_is_logged_as_one_json_error_line_in_the_jobs_span_and_counted() {
+    let db = TestDb::new().await;
+    let id = enqueue(&db.pool, NewJob::of(&Panic {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let captured = CapturedLog::default();
+    let sink = captured.clone();
+    let subscriber = baseaim_worker::telemetry::json_subscriber(
+        tracing_subscriber::EnvFilter::new("info"),
+        move || sink.clone(),
+    );
+    let metrics = baseaim_worker::telemetry::metrics_handle();
+    {
+        // This test's runtime is single-threaded: the job runs on this thread, under this
+        // subscriber. The hook is the daemon's (`telemetry::init` installs it); the default one
+        // is back before anything else is asserted.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        baseaim_worker::telemetry::log_panics();
+        let report = drain(&db.pool, &registry(), Effects::default(), "default").await;
+        let _ = std::panic::take_hook();
+        assert_eq!(report.unwrap().retried, 1);
+    }
+    let output = captured.text();
+    let panics: Vec<serde_json::Value> = output
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l: &serde_json::Value| l["fields"]["message"] == "panicked")
+        .collect();
+    assert_eq!(panics.len(), 1, "{output}");
+    let line = &panics[0];
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["fields"]["panic"], "the job blew up", "{line}");
+    assert!(
+        line["fields"]["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("tests/queue/common.rs:")),
+        "{line}"
+    );
+    assert_eq!(line["span"]["name"], "job", "{line}");
+    assert_eq!(line["span"]["id"], id, "{line}");
+    assert_eq!(line["span"]["kind"], "test_panic", "{line}");
+    // The job keeps the message too, as without the hook.
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.errors.unwrap()[0]["error"], "panicked: the job blew up");
+    // Other tests of this binary may panic while the hook is set: at least this one is counted.
+    let counted = metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("baw_panics_total ")?.parse::<f64>().ok());
+    assert!(counted.is_some_and(|n| n >= 1.0), "{}", metrics.render());
 }
 
 #[tokio::test]
