@@ -22,6 +22,10 @@
 //!   daemon against the simulators, for newcomers.
 //! - [`tls`] and [`telemetry`]: process-wide set-up (one rustls crypto provider; tracing).
 
+// An application, not a library: its docs are read with `--document-private-items`, where the
+// module overviews' links to private items resolve.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -1,5 +1,5 @@
 //! The operators' read side over a big `jobs` table, and actions on everything a filter matches:
-//! what the dashboard, the admin API and the CLI list and count. [`admin`](super::admin) holds the
+//! what the dashboard, the admin API and the CLI list and count. [`admin`] holds the
 //! actions on given ids; this module finds the ids.
 //!
 //! # Staying fast with millions of finished rows

@@ -11,9 +11,9 @@
 //! - Response: rows with every metric as a string, `date_start`/`date_stop`, and
 //!   `paging.cursors.{before,after}` plus `paging.next` (a full URL carrying every parameter,
 //!   including the token, as Graph's do) while more rows remain. Days without delivery are
-//!   omitted ([I], [`FacebookDataSpec::omit_empty_days`]).
+//!   omitted (\[I\], [`FacebookDataSpec::omit_empty_days`]).
 //! - Errors: Graph's body `{"error":{"message","type","code","error_subcode","fbtrace_id",...}}`
-//!   on HTTP 400 (as the contract advises for a fake, [I]). Token errors: 104 (missing), 190
+//!   on HTTP 400 (as the contract advises for a fake, \[I\]). Token errors: 104 (missing), 190
 //!   (unparseable), 190/463 (configured expired tokens). Unknown account: 100/33. Too much data:
 //!   100/1487534 when the range exceeds [`FacebookConfig::max_days_per_request`]. Tests can
 //!   queue any Graph error with [`FacebookSim::push_error`] (e.g. the sync timeout 100/1504018).
@@ -55,7 +55,7 @@ pub struct FacebookDataSpec {
     /// The first day any campaign delivers; campaigns start on staggered days after it.
     pub first_day: NaiveDate,
     pub currency: String,
-    /// Leave out campaign-days without delivery, as Graph usually does ([I]); when false they
+    /// Leave out campaign-days without delivery, as Graph usually does (\[I\]); when false they
     /// come back as rows of zeros.
     pub omit_empty_days: bool,
 }
@@ -492,7 +492,7 @@ pub struct FacebookConfig {
     pub expired_tokens: Vec<String>,
     /// "Today" for `date_preset`; `None`: the real UTC date.
     pub today: Option<NaiveDate>,
-    /// Rows per page without `limit` (25, [I]).
+    /// Rows per page without `limit` (25, \[I\]).
     pub default_limit: usize,
     pub max_limit: usize,
     /// A range longer than this many days answers 100 / 1487534 (too much data).
@@ -970,7 +970,7 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
         .ok()
 }
 
-/// `date_preset` ranges; the `last_Nd` presets end yesterday ([I]).
+/// `date_preset` ranges; the `last_Nd` presets end yesterday (\[I\]).
 fn preset_range(preset: &str, today: NaiveDate) -> Option<(NaiveDate, NaiveDate)> {
     let yesterday = today.pred_opt()?;
     let first_of_month = today.with_day(1)?;

@@ -14,7 +14,7 @@
 //!   [`RateLimitScope`]), default 2 req/s. Every authenticated response carries `ratelimit-limit`,
 //!   `ratelimit-remaining` and `ratelimit-reset`; a 429 `rate_limit_exceeded` adds `retry-after`.
 //!
-//! Inferred behaviour (tagged [I] in the contract) is configurable: batch refusing
+//! Inferred behaviour (tagged \[I\] in the contract) is configurable: batch refusing
 //! `attachments`/`scheduled_at`, the error names for malformed bodies, the scope of the limit.
 
 use std::collections::HashMap;
@@ -37,7 +37,7 @@ use super::{CallLog, SimServer, lock, uuid_like};
 /// Whose requests share one rate-limit window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateLimitScope {
-    /// All keys of the team share the limit (what Resend documents, [V]). The simulator has one
+    /// All keys of the team share the limit (what Resend documents, \[V\]). The simulator has one
     /// team, so every configured key shares one window.
     Team,
     /// Each API key has its own window.
@@ -53,13 +53,13 @@ pub struct ResendConfig {
     /// Requests per second per scope (Resend's documented default is 2).
     pub rate_limit_per_second: u32,
     pub rate_limit_scope: RateLimitScope,
-    /// Refuse requests without `User-Agent` (Resend's edge does, [V]).
+    /// Refuse requests without `User-Agent` (Resend's edge does, \[V\]).
     pub require_user_agent: bool,
-    /// How long an idempotency key is remembered (24 h, [V]).
+    /// How long an idempotency key is remembered (24 h, \[V\]).
     pub idempotency_ttl: Duration,
-    /// Emails per batch request (100, [V]).
+    /// Emails per batch request (100, \[V\]).
     pub max_batch: usize,
-    /// Batch emails may not carry `attachments` or `scheduled_at` ([I]).
+    /// Batch emails may not carry `attachments` or `scheduled_at` (\[I\]).
     pub batch_forbids_attachments: bool,
     /// Time spent "sending" each request, so a test can race two requests with the same key.
     pub processing_delay: Duration,

@@ -18,7 +18,7 @@
 //!   with `Content-Range: bytes a-b/total` (or `/*`); intermediate answers are
 //!   `308 Resume Incomplete` with `Range: bytes=0-N` (none when nothing is persisted); the last
 //!   chunk answers 200 with the `File`. Chunk `PUT`s need no `Authorization` (the session URI
-//!   is the credential, [I]), but a token that is sent must be valid. A non-final chunk that is not a multiple of 256 KiB is
+//!   is the credential, \[I\]), but a token that is sent must be valid. A non-final chunk that is not a multiple of 256 KiB is
 //!   persisted only up to the last multiple (so `Range` can be less than was sent, as the
 //!   contract warns). A chunk whose body breaks off keeps the whole 256 KiB blocks received.
 //!   `Content-Range: bytes */total` queries the status. Expired sessions answer 404.
@@ -30,7 +30,7 @@
 //! ([`UploadSession::received`], so a client's re-sent bytes can be counted), and
 //! [`GoogleDriveConfig::keep_content`] off keeps only each file's size and SHA-256.
 //!
-//! Inferred behaviour ([I]) is configurable: search visibility delay (eventual consistency),
+//! Inferred behaviour (\[I\]) is configurable: search visibility delay (eventual consistency),
 //! uploads without a parent failing `storageQuotaExceeded`, `anyone` permissions forbidden by
 //! domain policy. Not simulated: `md5Checksum` (ring has no MD5; `sha256Checksum` is given),
 //! shared drives as such, `files.update`, revisions.
@@ -131,16 +131,16 @@ pub struct GoogleDriveConfig {
     /// Quota units per minute per user (325,000 in the contract's current quotas).
     pub quota_units_per_minute: u64,
     pub rate_limit: DriveRateLimit,
-    /// A file becomes visible to `files.list` this long after creation ([I] eventual
+    /// A file becomes visible to `files.list` this long after creation (\[I\] eventual
     /// consistency). `files.get` sees it at once.
     pub list_visibility_delay: Duration,
     /// Uploads without `parents` fail 403 `storageQuotaExceeded`, as for a service account's
-    /// own My Drive ([I]).
+    /// own My Drive (\[I\]).
     pub require_parent: bool,
     /// The folders that exist. `Some`: a file whose `parents` name another folder is refused
     /// 404 `notFound` (at the resumable initiation already). `None`: any parent is accepted.
     pub folders: Option<Vec<String>>,
-    /// `anyone` permissions fail 403 `publishOutNotPermitted` (a domain policy, [I]).
+    /// `anyone` permissions fail 403 `publishOutNotPermitted` (a domain policy, \[I\]).
     pub forbid_anyone_permissions: bool,
     /// Persist non-final resumable chunks only up to the last 256 KiB multiple.
     pub enforce_chunk_granularity: bool,
