@@ -6,15 +6,13 @@
 //!
 //! Last line: `{"jobs_in_table", "slowest_page", "slowest_page_ms", ...}`.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use baseaim_worker::auth::{Role, operators};
-use baseaim_worker::http::{self, HttpState};
 use serde_json::json;
 
-use super::{BenchDb, median};
+use super::{BenchDb, HttpNode, median};
 
 const FINISHED: i64 = 1_000_000;
 const BATCH: i64 = 100_000;
@@ -137,42 +135,34 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     // A node's HTTP surface, as `serve` builds it.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let health = baseaim_worker::db::DbHealth::spawn(
-        pool.clone(),
-        Duration::from_secs(1),
-        stop.child_token(),
-    );
-    let config = baseaim_worker::config::Config::load_from(None, vec![])?;
-    let state = baseaim_worker::jobs::AppState::new(
-        pool.clone(),
-        Arc::new(config),
-        Arc::new(Default::default()),
-    )?;
-    let app = http::router(HttpState::new(state, health));
-    let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
+    let node = HttpNode::start(&pool, Default::default()).await?;
+    let (addr, stop) = (node.addr, node.stop);
     let base = format!("http://{addr}");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
 
     operators::add(&pool, "bench", PASSWORD, Role::Admin).await?;
+    // Through the login form, as a browser: its CSRF cookie and the same token in the post.
+    let form = client.get(format!("{base}/dashboard/login")).send().await?;
+    let form_cookie = session_cookie(&form).context("the login form set no CSRF cookie")?;
+    let form_csrf = csrf_in(&form.text().await?).context("no CSRF token on the login form")?;
     let login = client
         .post(format!("{base}/dashboard/login"))
+        .header("cookie", &form_cookie)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "username=bench&password={}",
-            url::form_urlencoded::byte_serialize(PASSWORD.as_bytes()).collect::<String>()
-        ))
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([
+                    ("csrf", form_csrf.as_str()),
+                    ("username", "bench"),
+                    ("password", PASSWORD),
+                ])
+                .finish(),
+        )
         .send()
         .await?;
-    let cookie = login
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .context("login gave no session cookie")?
-        .to_owned();
+    let cookie = session_cookie(&login).context("login gave no session cookie")?;
     let overview = client
         .get(format!("{base}/dashboard"))
         .header("cookie", &cookie)
@@ -180,12 +170,7 @@ pub async fn run() -> anyhow::Result<()> {
         .await?
         .text()
         .await?;
-    let csrf = overview
-        .split(r#"name="csrf" value=""#)
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .context("no CSRF token on the overview")?
-        .to_owned();
+    let csrf = csrf_in(&overview).context("no CSRF token on the overview")?;
 
     let discarded: i64 = sqlx::query_scalar(
         "select id from jobs where state = 'discarded' order by id desc limit 1 offset 500",
@@ -313,4 +298,18 @@ pub async fn run() -> anyhow::Result<()> {
 
 fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
+}
+
+/// The `name=value` of the cookie `response` sets.
+fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    let header = response.headers().get("set-cookie")?.to_str().ok()?;
+    Some(header.split(';').next()?.to_owned())
+}
+
+/// The CSRF token of the first form in `html`.
+fn csrf_in(html: &str) -> Option<String> {
+    let field = r#"name="csrf" value=""#;
+    let start = html.find(field)? + field.len();
+    let end = html[start..].find('"')?;
+    Some(html[start..start + end].to_owned())
 }

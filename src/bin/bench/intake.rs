@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
-use crate::{BenchDb, ROUNDS, cpu_seconds, median, percentile, postgres_cpu_seconds};
+use crate::{BenchDb, HttpNode, ROUNDS, cpu_seconds, median, percentile, postgres_cpu_seconds};
 
 pub async fn run() -> anyhow::Result<()> {
-    use baseaim_worker::http::{self, HttpState};
+    use baseaim_worker::http;
     use baseaim_worker::sim::stripe::{WebhookSender, signature};
 
     const SECRET: &str = "whsec_bench_intake";
@@ -78,23 +78,12 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     // The intake, as a node serves it.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let health = baseaim_worker::db::DbHealth::spawn(
-        pool.clone(),
-        Duration::from_secs(1),
-        stop.child_token(),
-    );
-    let config = baseaim_worker::config::Config::load_from(None, vec![])?;
     let secrets = baseaim_worker::config::Secrets {
         stripe_webhook_secret: Some(SECRET.to_owned().into()),
         ..Default::default()
     };
-    let state =
-        baseaim_worker::jobs::AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets))?;
-    let http_state = HttpState::new(state, health);
-    let webhooks = http_state.webhooks.clone();
-    let app = http::router(http_state);
-    let (addr, _server) = http::serve("127.0.0.1:0".parse()?, app, stop.clone()).await?;
+    let node = HttpNode::start(&pool, secrets).await?;
+    let (addr, stop, webhooks) = (node.addr, node.stop, node.state.webhooks);
 
     // Distinct events (one sample, new ids), each signed now: a real payload and HMAC per request.
     let template = WebhookSender::new(SECRET)

@@ -61,6 +61,37 @@ fn server_url() -> String {
     std::env::var("BENCH_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".into())
 }
 
+/// A node's HTTP surface, as `serve` builds it, on a free loopback port.
+struct HttpNode {
+    addr: std::net::SocketAddr,
+    /// The state the router serves with (its copies share the webhook committers).
+    state: baseaim_worker::http::HttpState,
+    /// Stops the server and the database health check.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl HttpNode {
+    async fn start(
+        pool: &PgPool,
+        secrets: baseaim_worker::config::Secrets,
+    ) -> anyhow::Result<Self> {
+        use baseaim_worker::http::{self, HttpState};
+        let stop = tokio_util::sync::CancellationToken::new();
+        let health = baseaim_worker::db::DbHealth::spawn(
+            pool.clone(),
+            Duration::from_secs(1),
+            stop.child_token(),
+        );
+        let config = baseaim_worker::config::Config::load_from(None, vec![])?;
+        let app =
+            baseaim_worker::jobs::AppState::new(pool.clone(), Arc::new(config), Arc::new(secrets))?;
+        let state = HttpState::new(app, health);
+        let router = http::router(state.clone());
+        let (addr, _server) = http::serve("127.0.0.1:0".parse()?, router, stop.clone()).await?;
+        Ok(HttpNode { addr, state, stop })
+    }
+}
+
 /// A fresh migrated database, dropped when done.
 struct BenchDb {
     name: String,
