@@ -76,6 +76,10 @@ pub struct HttpConfig {
     /// TLS (the node itself speaks plain HTTP, so a TLS proxy in front is the usual case).
     #[serde(default)]
     pub secure_cookies: bool,
+    /// How long a bulk action by filter (dashboard or admin API) holds its request before it
+    /// answers with what changed so far and goes on in the background.
+    #[serde(with = "humantime_serde")]
+    pub bulk_answer_within: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,9 +21,14 @@
 //! parameter values, so `($1 is null or state = $1)` folds to `state = 'discarded'` and the
 //! partial index whose predicate that implies is usable. A cached generic plan could not.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use super::admin::{self, AdminError, JobRow, STATES};
 
@@ -302,30 +307,90 @@ impl BulkAction {
 
 /// Applies `action` to every job matching `query` (the whole table, not one page), newest first
 /// in batches of 1,000 ids, so no statement holds many locks. A job that changes state between
-/// being found and being acted on is handled by the action's own state check. Returns how many
-/// jobs the action changed.
+/// being found and being acted on is handled by the action's own state check.
 ///
-/// The batches run on a task of their own: the caller (an HTTP request) may go away before the
-/// last one, and the action still covers every matching job instead of stopping part-way.
+/// The batches run on a task of their own, and the caller waits for them at most
+/// `answer_within`: over millions of jobs an action takes minutes, and a browser, an API client
+/// or a proxy in front would give up without learning what happened. Past that, the answer is
+/// how many jobs changed so far ([`BulkOutcome::Continuing`]); the action goes on to the last
+/// matching job (also when the caller goes away) and logs how it ended.
 pub async fn apply_matching(
     pool: &PgPool,
     query: &JobQuery,
     action: BulkAction,
-) -> Result<u64, AdminError> {
-    query.validate()?;
-    let (pool, query) = (pool.clone(), query.clone());
-    match tokio::spawn(async move { apply_in_batches(&pool, &query, action).await }).await {
-        Ok(changed) => changed,
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        // Cancelled: only when the runtime shuts down, which closes the pool too.
-        Err(_) => Err(AdminError::Database(sqlx::Error::PoolClosed)),
+    answer_within: Duration,
+) -> Result<BulkOutcome, AdminError> {
+    let BulkRun { mut task, changed } = start_matching(pool, query, action)?;
+    match tokio::time::timeout(answer_within, &mut task).await {
+        Ok(Ok(finished)) => finished.map(BulkOutcome::Finished),
+        Ok(Err(error)) => Err(joined_error(error)),
+        Err(_) => {
+            let so_far = changed.load(Ordering::Relaxed);
+            let ending = async move {
+                match task
+                    .await
+                    .map_err(joined_error)
+                    .and_then(|finished| finished)
+                {
+                    Ok(changed) => tracing::info!(
+                        action = action.as_str(),
+                        changed,
+                        "bulk job action finished in the background"
+                    ),
+                    Err(error) => tracing::error!(
+                        action = action.as_str(),
+                        changed = changed.load(Ordering::Relaxed),
+                        %error,
+                        "bulk job action stopped in the background"
+                    ),
+                }
+            };
+            tokio::spawn(ending.instrument(tracing::Span::current()));
+            Ok(BulkOutcome::Continuing { changed: so_far })
+        }
     }
+}
+
+/// What an action by filter had done when its caller answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkOutcome {
+    /// Every matching job was handled; this many changed.
+    Finished(u64),
+    /// Still going on its own task; this many changed so far.
+    Continuing { changed: u64 },
+}
+
+/// An action by filter under way: its task, and how many jobs it changed so far.
+struct BulkRun {
+    task: tokio::task::JoinHandle<Result<u64, AdminError>>,
+    changed: Arc<AtomicU64>,
+}
+
+fn start_matching(
+    pool: &PgPool,
+    query: &JobQuery,
+    action: BulkAction,
+) -> Result<BulkRun, AdminError> {
+    query.validate()?;
+    let changed = Arc::new(AtomicU64::new(0));
+    let (pool, query, counter) = (pool.clone(), query.clone(), changed.clone());
+    let task = tokio::spawn(async move { apply_in_batches(&pool, &query, action, &counter).await });
+    Ok(BulkRun { task, changed })
+}
+
+fn joined_error(error: tokio::task::JoinError) -> AdminError {
+    if error.is_panic() {
+        std::panic::resume_unwind(error.into_panic());
+    }
+    // Cancelled: only when the runtime shuts down, which closes the pool too.
+    AdminError::Database(sqlx::Error::PoolClosed)
 }
 
 async fn apply_in_batches(
     pool: &PgPool,
     query: &JobQuery,
     action: BulkAction,
+    progress: &AtomicU64,
 ) -> Result<u64, AdminError> {
     let mut before: Option<i64> = None;
     let mut changed = 0;
@@ -343,6 +408,7 @@ async fn apply_in_batches(
             break;
         };
         changed += action.apply(pool, &ids).await?;
+        progress.store(changed, Ordering::Relaxed);
         if (ids.len() as i64) < ACTION_BATCH {
             break;
         }

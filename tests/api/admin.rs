@@ -1,6 +1,8 @@
 //! `/v1/admin/*` end to end: list with filters and keyset pages, one job, actions on one and in
 //! bulk, counts, queues, schedules, Stripe replay.
 
+use std::time::Duration;
+
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -188,11 +190,23 @@ async fn operators_find_fix_and_clean_up_jobs_through_the_admin_api() {
         "refused bulk actions changed nothing"
     );
     let retried = bulk(json!({"action": "retry", "ids": [ok1, ok2, 999999]})).await;
-    assert_eq!(retried.body, json!({"changed": 2}), "{}", retried.text);
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
+    assert_eq!(
+        retried.body,
+        json!({"changed": 2, "finished": true}),
+        "{}",
+        retried.text
+    );
     assert_eq!(api.drain("default").await.completed, 2);
     let deleted =
         bulk(json!({"action": "delete", "filter": {"kind": "noop", "state": "completed"}})).await;
-    assert_eq!(deleted.body, json!({"changed": 2}), "{}", deleted.text);
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    assert_eq!(
+        deleted.body,
+        json!({"changed": 2, "finished": true}),
+        "{}",
+        deleted.text
+    );
     assert_eq!(api.job_count().await, 0);
 }
 
@@ -382,6 +396,62 @@ async fn retrying_a_job_whose_unique_key_is_taken_again_is_a_409_saying_so() {
     assert!(answer.text.contains("unique key"), "{}", answer.text);
 }
 
+/// An action by filter that outlasts `http.bulk_answer_within` answers 202 with what it changed
+/// so far, and goes on to the last matching job after the answer.
+#[tokio::test]
+async fn a_long_bulk_action_by_filter_answers_in_time_and_finishes_in_the_background() {
+    let api = Api::with(|config| config.http.bulk_answer_within = Duration::from_millis(20)).await;
+    let admin = api.token(&["admin:write"]).await;
+    sqlx::query(
+        "insert into jobs (kind, tags) select 'noop', '{long}' from generate_series(1, 50000)",
+    )
+    .execute(&api.db.pool)
+    .await
+    .unwrap();
+    let bystander: i64 = sqlx::query_scalar("insert into jobs (kind) values ('noop') returning id")
+        .fetch_one(&api.db.pool)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = api
+        .call(
+            Method::POST,
+            "/v1/admin/jobs/bulk",
+            Some(&admin),
+            Some(json!({"action": "cancel", "filter": {"tag": "long"}})),
+        )
+        .await;
+    let waited = started.elapsed();
+    let cancelled_then = cancelled_jobs(&api).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
+    assert_eq!(answer.body["finished"], false, "{}", answer.text);
+    let so_far = answer.body["changed"].as_i64().expect("changed");
+    assert!(
+        so_far <= cancelled_then && cancelled_then < 50_000,
+        "answered {so_far} changed so far; {cancelled_then} cancelled right after"
+    );
+    // Fifty batches of 1,000 take seconds; the answer came after the first few at most.
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+
+    crate::support::eventually(120, "every matching job cancelled", || async {
+        cancelled_jobs(&api).await == 50_000
+    })
+    .await;
+    let state: String = sqlx::query_scalar("select state from jobs where id = $1")
+        .bind(bystander)
+        .fetch_one(&api.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "available", "a job the filter does not match");
+}
+
+async fn cancelled_jobs(api: &Api) -> i64 {
+    sqlx::query_scalar("select count(*) from jobs where state = 'cancelled'")
+        .fetch_one(&api.db.pool)
+        .await
+        .unwrap()
+}
+
 /// An action by filter covers every matching job even when the request that started it goes away
 /// part-way (a client that timed out, a closed browser tab): it does not stop after the batches
 /// done so far.
@@ -404,17 +474,8 @@ async fn a_bulk_action_by_filter_finishes_after_its_request_goes_away() {
     // Fifty batches of 1,000 take far longer than the client waits.
     let answered = tokio::time::timeout(std::time::Duration::from_millis(30), request).await;
     assert!(answered.is_err(), "the action finished within 30 ms");
-    let pool = api.db.pool.clone();
-    crate::support::eventually(120, "every matching job cancelled", || {
-        let pool = pool.clone();
-        async move {
-            let cancelled: i64 =
-                sqlx::query_scalar("select count(*) from jobs where state = 'cancelled'")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            cancelled == 50_000
-        }
+    crate::support::eventually(120, "every matching job cancelled", || async {
+        cancelled_jobs(&api).await == 50_000
     })
     .await;
 }

@@ -39,6 +39,11 @@ pub struct Answer {
 
 impl Api {
     pub async fn new() -> Api {
+        Api::with(|_| {}).await
+    }
+
+    /// With `adjust` applied to the config the tests run with.
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> Api {
         let sim = ResendSim::start(ResendConfig {
             rate_limit_per_second: 1000,
             ..ResendConfig::default()
@@ -62,6 +67,7 @@ impl Api {
                 .queues
                 .insert(queue.into(), QueueConfig { concurrency: 2 });
         }
+        adjust(&mut config);
         let db = TestDb::new().await;
         rate_limit::declare(&db.pool, &config.rate_limits)
             .await

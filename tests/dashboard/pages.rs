@@ -215,6 +215,57 @@ async fn bulk_retry_of_everything_matching_asks_first_then_acts() {
     assert_eq!(app.job_state(failed[2]).await, "available");
 }
 
+/// A retry of more matching jobs than `http.bulk_answer_within` allows: the operator is told how
+/// many so far and that it goes on, and it does.
+#[tokio::test]
+async fn a_long_bulk_retry_answers_with_its_progress_and_goes_on() {
+    let app = App::start_with(vec![(
+        "BAW__HTTP__BULK_ANSWER_WITHIN".into(),
+        "20ms".into(),
+    )])
+    .await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    sqlx::query(
+        "insert into jobs (kind, state, attempt, max_attempts, tags, finished_at) \
+         select 'noop', 'discarded', 3, 3, '{incident}', now() from generate_series(1, 30000)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let done = app
+        .post_form(
+            "/dashboard/jobs/bulk",
+            Some(&admin.cookie),
+            &[
+                ("csrf", admin.csrf.as_str()),
+                ("action", "retry"),
+                ("scope", "filter"),
+                ("tag", "incident"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let html = unescape(&page(&app, &admin, &location(&done)).await);
+    assert!(
+        html.contains("set to run again so far; the action goes on in the background"),
+        "{html}"
+    );
+    let pool = app.db.pool.clone();
+    crate::support::eventually(120, "every matching job set to run again", || {
+        let pool = pool.clone();
+        async move {
+            let available: i64 =
+                sqlx::query_scalar("select count(*) from jobs where state = 'available'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            available == 30_000
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_job_page_shows_args_attempts_node_and_escapes_everything() {
     let app = App::start().await;

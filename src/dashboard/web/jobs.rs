@@ -14,7 +14,7 @@ use crate::auth::Operator;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::queue::admin::{JobRow, STATES};
-use crate::queue::admin_query::{self, BulkAction, JobQuery};
+use crate::queue::admin_query::{self, BulkAction, BulkOutcome, JobQuery};
 
 /// Rows per page.
 const PAGE_SIZE: i64 = 50;
@@ -334,18 +334,24 @@ pub async fn bulk(
         });
     }
 
-    let changed = if everything {
-        admin_query::apply_matching(&state.pool, &query, action)
+    let outcome = if everything {
+        let within = state.app.config.http.bulk_answer_within;
+        admin_query::apply_matching(&state.pool, &query, action, within)
             .await
             .map_err(super::admin_error)?
     } else {
-        action.apply(&state.pool, &ids).await?
+        BulkOutcome::Finished(action.apply(&state.pool, &ids).await?)
+    };
+    let (changed, finished) = match outcome {
+        BulkOutcome::Finished(changed) => (changed, true),
+        BulkOutcome::Continuing { changed } => (changed, false),
     };
     tracing::info!(
         operator = %operator.username,
         action = action.as_str(),
         scope = if everything { "filter" } else { "selected" },
         changed,
+        finished,
         "bulk job action"
     );
     let verb = match action {
@@ -353,13 +359,19 @@ pub async fn bulk(
         BulkAction::Cancel => "cancelled",
         BulkAction::Delete => "deleted",
     };
-    Ok(super::redirect_with_notice(
-        &back,
-        &format!(
+    let notice = if finished {
+        format!(
             "{} {verb} (jobs in a state the action does not apply to were left alone).",
             plural(changed)
-        ),
-    ))
+        )
+    } else {
+        format!(
+            "{} {verb} so far; the action goes on in the background through every matching job \
+             (reload to follow it; the log records when it ends).",
+            plural(changed)
+        )
+    };
+    Ok(super::redirect_with_notice(&back, &notice))
 }
 
 fn plural(n: u64) -> String {

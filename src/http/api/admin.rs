@@ -15,7 +15,7 @@ use crate::auth::ApiCaller;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::queue::admin::{self, AdminError, JobRow};
-use crate::queue::admin_query::{self, BulkAction, JobQuery};
+use crate::queue::admin_query::{self, BulkAction, BulkOutcome, JobQuery};
 use crate::schedule::{self, Schedule, ScheduleError};
 
 /// Most ids one bulk action by ids takes.
@@ -348,15 +348,21 @@ pub struct BulkRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BulkResult {
-    /// How many jobs the action changed (others were in a state it does not apply to).
+    /// How many jobs the action changed (others were in a state it does not apply to); so far,
+    /// when it is not `finished`.
     pub changed: u64,
+    /// False when an action by filter was still going when the request had waited
+    /// `http.bulk_answer_within` (answered 202): it goes on to the last matching job in the
+    /// background.
+    pub finished: bool,
 }
 
 /// Retry, cancel or delete many jobs: by ids or by filter.
 #[utoipa::path(post, path = "/v1/admin/jobs/bulk", tag = "admin", request_body = BulkRequest,
     security(("bearer" = ["admin:write"])),
     responses(
-        (status = 200, body = BulkResult),
+        (status = 200, description = "Done: every given or matching job handled", body = BulkResult),
+        (status = 202, description = "An action by filter still going after `http.bulk_answer_within`: the jobs changed so far; it continues in the background", body = BulkResult),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, description = "Neither or both of ids and filter, an empty filter, too many ids", body = ErrorBody),
@@ -365,17 +371,17 @@ pub async fn bulk(
     State(state): State<HttpState>,
     caller: ApiCaller,
     body: Result<Json<BulkRequest>, JsonRejection>,
-) -> Result<Json<BulkResult>, ApiError> {
+) -> Result<(StatusCode, Json<BulkResult>), ApiError> {
     caller.require("admin:write")?;
     let Json(request) = body.map_err(json_error)?;
-    let changed = match (request.ids, request.filter) {
+    let outcome = match (request.ids, request.filter) {
         (Some(ids), None) => {
             if ids.len() > MAX_BULK_IDS {
                 return Err(ApiError::Unprocessable(format!(
                     "at most {MAX_BULK_IDS} `ids`; use a `filter` for more"
                 )));
             }
-            request.action.apply(&state.pool, &ids).await?
+            BulkOutcome::Finished(request.action.apply(&state.pool, &ids).await?)
         }
         (None, Some(filter)) => {
             let query = filter.into_query()?;
@@ -384,7 +390,8 @@ pub async fn bulk(
                     "`filter` needs at least one condition".into(),
                 ));
             }
-            admin_query::apply_matching(&state.pool, &query, request.action).await?
+            let within = state.app.config.http.bulk_answer_within;
+            admin_query::apply_matching(&state.pool, &query, request.action, within).await?
         }
         _ => {
             return Err(ApiError::Unprocessable(
@@ -392,8 +399,12 @@ pub async fn bulk(
             ));
         }
     };
-    tracing::info!(action = request.action.as_str(), changed, caller = %caller.name, "admin API bulk action");
-    Ok(Json(BulkResult { changed }))
+    let (status, changed, finished) = match outcome {
+        BulkOutcome::Finished(changed) => (StatusCode::OK, changed, true),
+        BulkOutcome::Continuing { changed } => (StatusCode::ACCEPTED, changed, false),
+    };
+    tracing::info!(action = request.action.as_str(), changed, finished, caller = %caller.name, "admin API bulk action");
+    Ok((status, Json(BulkResult { changed, finished })))
 }
 
 /// Jobs of one queue in one state.
