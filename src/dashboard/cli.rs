@@ -1,6 +1,8 @@
-//! The operators' command line over the database: `jobs list|show|retry|cancel|enqueue` and
+//! The operators' command line over the database: `jobs list|show|retry|cancel|delete|enqueue` and
 //! `queues list|pause|resume`. Tables for people, `--json` for scripts. The same operations as
 //! the dashboard, from `queue::admin`.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -9,6 +11,7 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::queue::admin::{self, JobFilter, JobRow};
+use crate::queue::admin_query::{self, BulkAction, BulkRun, JobQuery};
 use crate::queue::{NewJob, enqueue};
 
 #[derive(Debug, Subcommand)]
@@ -40,16 +43,15 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run jobs again now (any state but running).
-    Retry {
-        #[arg(required = true)]
-        ids: Vec<i64>,
-    },
-    /// Cancel unfinished jobs (a running one is stopped at its next await point).
-    Cancel {
-        #[arg(required = true)]
-        ids: Vec<i64>,
-    },
+    /// Run jobs again now (any state but running): the given ids, or every job matching the
+    /// filter options.
+    Retry(Targets),
+    /// Cancel unfinished jobs (a running one is stopped at its next await point): the given ids,
+    /// or every job matching the filter options.
+    Cancel(Targets),
+    /// Delete finished jobs (completed, discarded, cancelled): the given ids, or every job
+    /// matching the filter options.
+    Delete(Targets),
     /// Enqueue a job of any registered kind, e.g. `jobs enqueue noop`. The args are checked
     /// against the kind; its policy (queue, priority, attempts, unique key) applies.
     Enqueue {
@@ -66,6 +68,105 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The jobs an action applies to: ids, or every job matching a filter (at least one condition).
+/// A filter only counts its jobs unless `--yes` is given.
+#[derive(Debug, clap::Args)]
+pub struct Targets {
+    /// Job ids.
+    ids: Vec<i64>,
+    /// Instead of ids, every job in this state ...
+    #[arg(long)]
+    state: Option<String>,
+    /// ... of this kind ...
+    #[arg(long)]
+    kind: Option<String>,
+    /// ... in this queue ...
+    #[arg(long)]
+    queue: Option<String>,
+    /// ... with this tag ...
+    #[arg(long)]
+    tag: Option<String>,
+    /// ... whose args contain this JSON object, e.g. '{"client_id": "42"}' ...
+    #[arg(long)]
+    args: Option<String>,
+    /// ... with an attempt's error containing this text (case-insensitive).
+    #[arg(long)]
+    error: Option<String>,
+    /// Act on every job the filter matches (without it, only say how many match).
+    #[arg(long)]
+    yes: bool,
+}
+
+impl Targets {
+    fn query(&self) -> anyhow::Result<JobQuery> {
+        let args = match &self.args {
+            None => None,
+            Some(text) => {
+                let json = parse_json("--args", text)?;
+                anyhow::ensure!(json.is_object(), "--args must be a JSON object: {text}");
+                Some(json.to_string())
+            }
+        };
+        Ok(JobQuery {
+            state: self.state.clone(),
+            kind: self.kind.clone(),
+            queue: self.queue.clone(),
+            tag: self.tag.clone(),
+            args,
+            error: self.error.clone(),
+            ..JobQuery::default()
+        })
+    }
+}
+
+/// How often a long action by filter reports its progress (on standard error).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Result<()> {
+    let (verb, applies_to) = match action {
+        BulkAction::Retry => ("set to run now", "the ones in any state but running"),
+        BulkAction::Cancel => ("cancelled", "the unfinished ones"),
+        BulkAction::Delete => ("deleted", "the finished ones"),
+    };
+    let query = targets.query()?;
+    let filtered = query != JobQuery::default();
+    if !targets.ids.is_empty() {
+        anyhow::ensure!(
+            !filtered,
+            "give job ids or filter options (--state, --kind, ...), not both"
+        );
+        let n = action.apply(pool, &targets.ids).await?;
+        println!("{n} of {} jobs {verb}", targets.ids.len());
+        return Ok(());
+    }
+    anyhow::ensure!(
+        filtered,
+        "give job ids, or filter options for every matching job: \
+         --state, --kind, --queue, --tag, --args, --error"
+    );
+    if !targets.yes {
+        let counted =
+            admin_query::count_matching(pool, &query, i64::MAX, Duration::from_secs(30)).await?;
+        let matching = match counted {
+            Some(n) => format!("{n} jobs match"),
+            None => "more jobs match than can be counted in 30 s".to_string(),
+        };
+        println!(
+            "{matching}; {} changes {applies_to}. Add --yes to go ahead.",
+            action.as_str()
+        );
+        return Ok(());
+    }
+    let mut run = BulkRun::start(pool, &query, action)?;
+    loop {
+        if let Some(finished) = run.finished_within(PROGRESS_EVERY).await {
+            println!("{} jobs {verb}", finished?);
+            return Ok(());
+        }
+        eprintln!("{} jobs {verb} so far ...", run.changed_so_far());
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,14 +240,9 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
                 print!("{}", job_details(&job));
             }
         }
-        JobsCommand::Retry { ids } => {
-            let n = admin::retry(&pool, &ids).await?;
-            println!("{n} of {} jobs set to run now", ids.len());
-        }
-        JobsCommand::Cancel { ids } => {
-            let n = admin::cancel(&pool, &ids).await?;
-            println!("{n} of {} jobs cancelled", ids.len());
-        }
+        JobsCommand::Retry(targets) => act(&pool, BulkAction::Retry, targets).await?,
+        JobsCommand::Cancel(targets) => act(&pool, BulkAction::Cancel, targets).await?,
+        JobsCommand::Delete(targets) => act(&pool, BulkAction::Delete, targets).await?,
         JobsCommand::Enqueue {
             kind,
             args,

@@ -320,35 +320,29 @@ pub async fn apply_matching(
     action: BulkAction,
     answer_within: Duration,
 ) -> Result<BulkOutcome, AdminError> {
-    let BulkRun { mut task, changed } = start_matching(pool, query, action)?;
-    match tokio::time::timeout(answer_within, &mut task).await {
-        Ok(Ok(finished)) => finished.map(BulkOutcome::Finished),
-        Ok(Err(error)) => Err(joined_error(error)),
-        Err(_) => {
-            let so_far = changed.load(Ordering::Relaxed);
-            let ending = async move {
-                match task
-                    .await
-                    .map_err(joined_error)
-                    .and_then(|finished| finished)
-                {
-                    Ok(changed) => tracing::info!(
-                        action = action.as_str(),
-                        changed,
-                        "bulk job action finished in the background"
-                    ),
-                    Err(error) => tracing::error!(
-                        action = action.as_str(),
-                        changed = changed.load(Ordering::Relaxed),
-                        %error,
-                        "bulk job action stopped in the background"
-                    ),
-                }
-            };
-            tokio::spawn(ending.instrument(tracing::Span::current()));
-            Ok(BulkOutcome::Continuing { changed: so_far })
-        }
+    let mut run = BulkRun::start(pool, query, action)?;
+    if let Some(finished) = run.finished_within(answer_within).await {
+        return finished.map(BulkOutcome::Finished);
     }
+    let so_far = run.changed_so_far();
+    let ending = async move {
+        let changed = run.changed.clone();
+        match run.finish().await {
+            Ok(changed) => tracing::info!(
+                action = action.as_str(),
+                changed,
+                "bulk job action finished in the background"
+            ),
+            Err(error) => tracing::error!(
+                action = action.as_str(),
+                changed = changed.load(Ordering::Relaxed),
+                %error,
+                "bulk job action stopped in the background"
+            ),
+        }
+    };
+    tokio::spawn(ending.instrument(tracing::Span::current()));
+    Ok(BulkOutcome::Continuing { changed: so_far })
 }
 
 /// What an action by filter had done when its caller answered.
@@ -360,22 +354,42 @@ pub enum BulkOutcome {
     Continuing { changed: u64 },
 }
 
-/// An action by filter under way: its task, and how many jobs it changed so far.
-struct BulkRun {
+/// An action on every job matching a filter, under way on a task of its own (batches of 1,000,
+/// newest first; see [`apply_matching`]). Dropping it does not stop it.
+pub struct BulkRun {
     task: tokio::task::JoinHandle<Result<u64, AdminError>>,
     changed: Arc<AtomicU64>,
 }
 
-fn start_matching(
-    pool: &PgPool,
-    query: &JobQuery,
-    action: BulkAction,
-) -> Result<BulkRun, AdminError> {
-    query.validate()?;
-    let changed = Arc::new(AtomicU64::new(0));
-    let (pool, query, counter) = (pool.clone(), query.clone(), changed.clone());
-    let task = tokio::spawn(async move { apply_in_batches(&pool, &query, action, &counter).await });
-    Ok(BulkRun { task, changed })
+impl BulkRun {
+    pub fn start(pool: &PgPool, query: &JobQuery, action: BulkAction) -> Result<Self, AdminError> {
+        query.validate()?;
+        let changed = Arc::new(AtomicU64::new(0));
+        let (pool, query, counter) = (pool.clone(), query.clone(), changed.clone());
+        let task =
+            tokio::spawn(async move { apply_in_batches(&pool, &query, action, &counter).await });
+        Ok(BulkRun { task, changed })
+    }
+
+    /// Jobs changed by the batches done so far.
+    pub fn changed_so_far(&self) -> u64 {
+        self.changed.load(Ordering::Relaxed)
+    }
+
+    /// How many jobs it changed, once done; None when it is still going after `within`. Once it
+    /// answered Some, the run is spent: ask it nothing more.
+    pub async fn finished_within(&mut self, within: Duration) -> Option<Result<u64, AdminError>> {
+        let joined = tokio::time::timeout(within, &mut self.task).await.ok()?;
+        Some(joined.map_err(joined_error).and_then(|changed| changed))
+    }
+
+    /// Waits for the end: how many jobs it changed.
+    pub async fn finish(self) -> Result<u64, AdminError> {
+        self.task
+            .await
+            .map_err(joined_error)
+            .and_then(|changed| changed)
+    }
 }
 
 fn joined_error(error: tokio::task::JoinError) -> AdminError {

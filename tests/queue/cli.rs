@@ -81,3 +81,92 @@ async fn jobs_and_queues_commands_inspect_and_repair() {
     let (ok, err) = run(&db, &["jobs", "show", "999999"]).await;
     assert!(!ok && err.contains("no job 999999"), "{err}");
 }
+
+/// Retry, cancel and delete by filter: without `--yes` they only count; with it they act on every
+/// matching job, and nothing else.
+#[tokio::test]
+async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
+    let db = TestDb::new().await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into jobs (kind, state, attempt, max_attempts, args, errors, finished_at) \
+         select 'send_email', 'discarded', 3, 3, jsonb_build_object('to', 'c' || n), \
+                jsonb_build_array(jsonb_build_object('attempt', 3, 'error', 'Resend answered 500')), \
+                now() \
+         from generate_series(1, 2500) as n returning id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let other_error: i64 = sqlx::query_scalar(
+        "insert into jobs (kind, state, attempt, max_attempts, errors, finished_at) \
+         values ('send_email', 'discarded', 3, 3, \
+                 '[{\"attempt\": 3, \"error\": \"bad address\"}]', now()) returning id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let filter = ["--kind", "send_email", "--error", "answered 500"];
+
+    let counted = run(&db, &[&["jobs", "retry"][..], &filter].concat()).await;
+    assert!(counted.0, "{}", counted.1);
+    assert!(counted.1.contains("2500 jobs match"), "{}", counted.1);
+    assert!(
+        counted
+            .1
+            .contains("retry changes the ones in any state but running. Add --yes"),
+        "{}",
+        counted.1
+    );
+    assert_eq!(
+        state_of(&db.pool, ids[0]).await,
+        "discarded",
+        "only counted"
+    );
+
+    let retried = run(&db, &[&["jobs", "retry", "--yes"][..], &filter].concat()).await;
+    assert!(retried.0, "{}", retried.1);
+    assert!(
+        retried.1.contains("2500 jobs set to run now"),
+        "{}",
+        retried.1
+    );
+    let available: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(available, 2500);
+    assert_eq!(state_of(&db.pool, other_error).await, "discarded");
+
+    let one = [r#"{"to": "c7"}"#];
+    let cancelled = run(
+        &db,
+        &[&["jobs", "cancel", "--yes", "--args"][..], &one].concat(),
+    )
+    .await;
+    assert!(cancelled.1.contains("1 jobs cancelled"), "{}", cancelled.1);
+    let deleted = run(&db, &["jobs", "delete", "--state", "cancelled", "--yes"]).await;
+    assert!(deleted.1.contains("1 jobs deleted"), "{}", deleted.1);
+    let left: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 2500, "one of 2,501 deleted");
+
+    for (args, error) in [
+        (&["jobs", "retry"][..], "give job ids, or filter options"),
+        (&["jobs", "delete", "5", "--state", "completed"], "not both"),
+        (
+            &["jobs", "cancel", "--args", "[1]", "--yes"],
+            "--args must be a JSON object",
+        ),
+        (&["jobs", "retry", "--state", "gone", "--yes"], "gone"),
+    ] {
+        let (ok, out) = run(&db, args).await;
+        assert!(!ok && out.contains(error), "{args:?}: {out}");
+    }
+    let unchanged: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, 2499, "refused commands change nothing");
+}
