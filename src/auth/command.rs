@@ -23,8 +23,9 @@ pub enum OperatorsCommand {
     },
     /// Disable an account and end its sessions.
     Disable { username: String },
-    /// Lift a lock-out after repeated failed logins (and forget the failures).
-    Unlock { username: String },
+    /// Lift a lock-out after repeated failed logins (and forget the failures): of a user name, or
+    /// of a client address (as the lock-out's log line names it).
+    Unlock { name_or_address: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,11 +91,11 @@ pub async fn operators(config: &Config, command: OperatorsCommand) -> anyhow::Re
             }
             println!("operator {username} disabled");
         }
-        OperatorsCommand::Unlock { username } => {
-            if session::unlock(&pool, &username).await? {
-                println!("{username}: failed logins forgotten, lock-out lifted");
+        OperatorsCommand::Unlock { name_or_address } => {
+            if session::unlock(&pool, &name_or_address).await? {
+                println!("{name_or_address}: failed logins forgotten, lock-out lifted");
             } else {
-                println!("{username}: no failed logins recorded");
+                println!("{name_or_address}: no failed logins recorded");
             }
         }
     }

@@ -2,13 +2,14 @@
 //! over TLS), its SHA-256 in `operator_sessions` with the operator and a CSRF token. Every form
 //! carries the CSRF token and every action checks it ([`Operator::authorize_action`]).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use subtle::ConstantTimeEq;
 
 use super::{Role, operators, random_token, token_hash};
@@ -140,73 +141,170 @@ pub struct NewSession {
 
 /// Failed logins of one user name within [`FAILURE_WINDOW`] that lock it for [`LOCKOUT`].
 pub const MAX_FAILURES: i32 = 5;
+/// Failed logins from one client address within [`FAILURE_WINDOW`], whatever the user names,
+/// that lock the address for [`LOCKOUT`]: one password tried against many names (spraying)
+/// never locks a name. High enough for a few people behind one NAT mistyping.
+pub const MAX_ADDRESS_FAILURES: i32 = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Why [`login`] opened no session, beyond wrong credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
-    /// Too many failed logins for this user name lately; try again after the duration. The
-    /// password was not checked.
-    #[error("too many failed logins for this user name; try again in {} s", .0.as_secs())]
-    Locked(Duration),
+    /// Too many failed logins for this user name, or from this address, lately; try again after
+    /// `wait`. The password was not checked.
+    #[error("too many failed logins {}; try again in {} s", .by.describe(), .wait.as_secs())]
+    Locked { by: LockedBy, wait: Duration },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// The seconds left on `$1`'s lock-out, if it is locked.
-const LOGIN_LOCKED: &str = "
-select ceil(extract(epoch from locked_until - now()))::int8 from login_failures
-where username = $1 and locked_until > now()";
+/// What a lock-out is counted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedBy {
+    UserName,
+    Address,
+}
 
-/// Counts a failure of `$1` (a new window once the last one is `$2` seconds old) and locks the
-/// name for `$4` seconds at the `$3`th failure of a window.
-const LOGIN_FAILED: &str = "
-insert into login_failures as f (username, failures, first_failed_at)
-values ($1, 1, now())
-on conflict (username) do update set
-    failures = case when f.first_failed_at > now() - make_interval(secs => $2)
-                    then f.failures + 1 else 1 end,
-    first_failed_at = case when f.first_failed_at > now() - make_interval(secs => $2)
-                           then f.first_failed_at else now() end
-returning failures";
+impl LockedBy {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LockedBy::UserName => "for this user name",
+            LockedBy::Address => "from this address",
+        }
+    }
 
-const LOGIN_LOCK: &str = "
-update login_failures set locked_until = now() + make_interval(secs => $2), failures = 0,
-                          first_failed_at = now()
-where username = $1";
+    fn table(self) -> &'static str {
+        match self {
+            LockedBy::UserName => "login_failures",
+            LockedBy::Address => "login_failures_by_address",
+        }
+    }
 
-const LOGIN_FAILURES_SWEEP: &str = "
-delete from login_failures
-where first_failed_at < now() - make_interval(secs => $1)
-  and (locked_until is null or locked_until < now())";
+    fn key(self) -> &'static str {
+        match self {
+            LockedBy::UserName => "username",
+            LockedBy::Address => "address",
+        }
+    }
+
+    fn max_failures(self) -> i32 {
+        match self {
+            LockedBy::UserName => MAX_FAILURES,
+            LockedBy::Address => MAX_ADDRESS_FAILURES,
+        }
+    }
+
+    // The statements below are formatted with this enum's own table and column names, never with
+    // input (`AssertSqlSafe`): the key is always bound.
+
+    /// The time left on `key`'s lock-out, if it is locked.
+    async fn locked(self, pool: &PgPool, key: &str) -> Result<Option<Duration>, sqlx::Error> {
+        let (table, column) = (self.table(), self.key());
+        let seconds: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "select ceil(extract(epoch from locked_until - now()))::int8 from {table}
+             where {column} = $1 and locked_until > now()"
+        )))
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+        Ok(seconds.map(|s| Duration::from_secs(s.max(1) as u64)))
+    }
+
+    /// Counts a failure of `key` (a new window once the last one is [`FAILURE_WINDOW`] old),
+    /// locks it for [`LOCKOUT`] at the window's limit, and sweeps stale rows.
+    async fn record_failure(self, pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
+        let (table, column) = (self.table(), self.key());
+        let window = FAILURE_WINDOW.as_secs_f64();
+        let failures: i32 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "insert into {table} as f ({column}, failures, first_failed_at)
+             values ($1, 1, now())
+             on conflict ({column}) do update set
+                 failures = case when f.first_failed_at > now() - make_interval(secs => $2)
+                                 then f.failures + 1 else 1 end,
+                 first_failed_at = case when f.first_failed_at > now() - make_interval(secs => $2)
+                                        then f.first_failed_at else now() end
+             returning failures"
+        )))
+        .bind(key)
+        .bind(window)
+        .fetch_one(pool)
+        .await?;
+        if failures >= self.max_failures() {
+            sqlx::query(AssertSqlSafe(format!(
+                "update {table} set locked_until = now() + make_interval(secs => $2),
+                                    failures = 0, first_failed_at = now()
+                 where {column} = $1"
+            )))
+            .bind(key)
+            .bind(LOCKOUT.as_secs_f64())
+            .execute(pool)
+            .await?;
+            tracing::warn!(
+                locked = key,
+                by = column,
+                failures,
+                minutes = LOCKOUT.as_secs() / 60,
+                "dashboard login locked after repeated failures"
+            );
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "delete from {table}
+             where first_failed_at < now() - make_interval(secs => $1)
+               and (locked_until is null or locked_until < now())"
+        )))
+        .bind(window)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets `key`'s failed logins, lifting a lock-out; false when there were none.
+    async fn forget(self, pool: &PgPool, key: &str) -> Result<bool, sqlx::Error> {
+        let (table, column) = (self.table(), self.key());
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "delete from {table} where {column} = $1"
+        )))
+        .bind(key)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
 
 /// Checks the credentials and opens a session; None when they are wrong (which part is not
-/// said). A user name with [`MAX_FAILURES`] failed logins within [`FAILURE_WINDOW`] is locked
-/// for [`LOCKOUT`] ([`LoginError::Locked`]; the right password does not help meanwhile).
-/// Expired sessions are swept here.
+/// said). `from` is the client's address, when known. A user name with [`MAX_FAILURES`] failed
+/// logins within [`FAILURE_WINDOW`], or an address with [`MAX_ADDRESS_FAILURES`], is locked for
+/// [`LOCKOUT`] ([`LoginError::Locked`]; the right password does not help meanwhile). A
+/// successful login clears its name's failures, not its address's (a guesser with one account
+/// of its own could otherwise reset its count). Expired sessions are swept here.
 pub async fn login(
     pool: &PgPool,
     username: &str,
     password: &str,
+    from: Option<IpAddr>,
 ) -> Result<Option<NewSession>, LoginError> {
-    let locked: Option<i64> = sqlx::query_scalar(LOGIN_LOCKED)
-        .bind(username)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(seconds) = locked {
-        return Err(LoginError::Locked(Duration::from_secs(
-            seconds.max(1) as u64
-        )));
+    let address = from.map(|ip| ip.to_string());
+    let keys = [
+        (LockedBy::Address, address.as_deref()),
+        (LockedBy::UserName, Some(username)),
+    ];
+    for (by, key) in keys {
+        if let Some(key) = key
+            && let Some(wait) = by.locked(pool, key).await?
+        {
+            return Err(LoginError::Locked { by, wait });
+        }
     }
     let Some((id, role)) = operators::verify(pool, username, password).await? else {
-        record_failure(pool, username).await?;
+        for (by, key) in keys {
+            if let Some(key) = key {
+                by.record_failure(pool, key).await?;
+            }
+        }
         return Ok(None);
     };
-    sqlx::query("delete from login_failures where username = $1")
-        .bind(username)
-        .execute(pool)
-        .await?;
+    LockedBy::UserName.forget(pool, username).await?;
     sqlx::query("delete from operator_sessions where expires_at < now()")
         .execute(pool)
         .await?;
@@ -233,39 +331,15 @@ pub async fn login(
     }))
 }
 
-/// Forgets `username`'s failed logins, lifting a lock-out; false when there were none.
-pub async fn unlock(pool: &PgPool, username: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("delete from login_failures where username = $1")
-        .bind(username)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() > 0)
-}
-
-async fn record_failure(pool: &PgPool, username: &str) -> Result<(), sqlx::Error> {
-    let failures: i32 = sqlx::query_scalar(LOGIN_FAILED)
-        .bind(username)
-        .bind(FAILURE_WINDOW.as_secs_f64())
-        .fetch_one(pool)
-        .await?;
-    if failures >= MAX_FAILURES {
-        sqlx::query(LOGIN_LOCK)
-            .bind(username)
-            .bind(LOCKOUT.as_secs_f64())
-            .execute(pool)
-            .await?;
-        tracing::warn!(
-            username,
-            failures,
-            minutes = LOCKOUT.as_secs() / 60,
-            "dashboard login locked after repeated failures"
-        );
-    }
-    sqlx::query(LOGIN_FAILURES_SWEEP)
-        .bind(FAILURE_WINDOW.as_secs_f64())
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Forgets the failed logins of `name_or_address` (a user name, or a client address as the
+/// lock-out's log line gave it), lifting a lock-out; false when there were none.
+pub async fn unlock(pool: &PgPool, name_or_address: &str) -> Result<bool, sqlx::Error> {
+    let name = LockedBy::UserName.forget(pool, name_or_address).await?;
+    let address = match name_or_address.parse::<IpAddr>() {
+        Ok(ip) => LockedBy::Address.forget(pool, &ip.to_string()).await?,
+        Err(_) => false,
+    };
+    Ok(name || address)
 }
 
 /// Ends the session `token` belongs to.

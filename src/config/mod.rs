@@ -80,6 +80,10 @@ pub struct HttpConfig {
     /// answers with what changed so far and goes on in the background.
     #[serde(with = "humantime_serde")]
     pub bulk_answer_within: Duration,
+    /// Behind a proxy: the header in which it passes the client's address (its last entry is
+    /// taken), for the login lock-out per address. Empty: the TCP peer's address.
+    #[serde(default)]
+    pub client_address_header: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +389,13 @@ impl Config {
         }
         if self.worker.heartbeat >= self.worker.lease {
             return invalid("worker.heartbeat", "a duration shorter than worker.lease");
+        }
+        let header = &self.http.client_address_header;
+        if !header.is_empty() && axum::http::HeaderName::try_from(header.as_str()).is_err() {
+            return invalid(
+                "http.client_address_header",
+                "empty, or an HTTP header name such as x-forwarded-for",
+            );
         }
         if self.worker.claim_batch == 0 {
             return invalid("worker.claim_batch", "at least 1");

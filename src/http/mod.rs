@@ -74,6 +74,8 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let task = tokio::spawn(async move {
+        // With each connection's peer address (`ConnectInfo`): the login's lock-out per address.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await

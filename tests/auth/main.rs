@@ -166,13 +166,13 @@ async fn sessions_need_the_password_and_actions_need_csrf_and_the_admin_role() {
         .unwrap();
 
     for (user, password) in [("ada", "wrong password!!"), ("nobody", PASSWORD)] {
-        let session = auth::session::login(&db.pool, user, password)
+        let session = auth::session::login(&db.pool, user, password, None)
             .await
             .unwrap();
         assert!(session.is_none(), "{user} logged in with a wrong password");
     }
 
-    let admin = auth::session::login(&db.pool, "ada", PASSWORD)
+    let admin = auth::session::login(&db.pool, "ada", PASSWORD, None)
         .await
         .unwrap()
         .expect("ada logs in");
@@ -187,7 +187,7 @@ async fn sessions_need_the_password_and_actions_need_csrf_and_the_admin_role() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "done by ada"));
 
     // No CSRF token, a wrong one, another session's: refused.
-    let other = auth::session::login(&db.pool, "ada", PASSWORD)
+    let other = auth::session::login(&db.pool, "ada", PASSWORD, None)
         .await
         .unwrap()
         .unwrap();
@@ -201,7 +201,7 @@ async fn sessions_need_the_password_and_actions_need_csrf_and_the_admin_role() {
     }
 
     // A read-only operator with a valid CSRF token still cannot act.
-    let viewer = auth::session::login(&db.pool, "rory", PASSWORD)
+    let viewer = auth::session::login(&db.pool, "rory", PASSWORD, None)
         .await
         .unwrap()
         .unwrap();
@@ -227,7 +227,7 @@ async fn sessions_need_the_password_and_actions_need_csrf_and_the_admin_role() {
     let (status, _, _) = call(&app, act(Some(&other.token), &csrf)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
-        auth::session::login(&db.pool, "ada", PASSWORD)
+        auth::session::login(&db.pool, "ada", PASSWORD, None)
             .await
             .unwrap()
             .is_none()
@@ -267,7 +267,7 @@ async fn the_command_line_creates_operators_and_tokens() {
     assert!(ok, "{out}{err}");
     assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
     assert!(
-        auth::session::login(&db.pool, "grace", PASSWORD)
+        auth::session::login(&db.pool, "grace", PASSWORD, None)
             .await
             .unwrap()
             .is_some()
@@ -337,20 +337,76 @@ async fn operators_unlock_lifts_a_login_lock_out() {
         .await
         .unwrap();
     for _ in 0..MAX_FAILURES {
-        let session = auth::session::login(&db.pool, "ada", "wrong password!!")
+        let session = auth::session::login(&db.pool, "ada", "wrong password!!", None)
             .await
             .unwrap();
         assert!(session.is_none());
     }
-    let locked = auth::session::login(&db.pool, "ada", PASSWORD).await;
-    assert!(matches!(locked, Err(LoginError::Locked(_))), "not locked");
+    let locked = auth::session::login(&db.pool, "ada", PASSWORD, None).await;
+    assert!(
+        matches!(locked, Err(LoginError::Locked { .. })),
+        "not locked"
+    );
     let (ok, out, err) = cli(&db, &["operators", "unlock", "ada"], "").await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("lock-out lifted"), "{out}");
-    let session = auth::session::login(&db.pool, "ada", PASSWORD)
+    let session = auth::session::login(&db.pool, "ada", PASSWORD, None)
         .await
         .unwrap();
     assert!(session.is_some(), "unlocked, the right password works");
     let (ok, out, _) = cli(&db, &["operators", "unlock", "ada"], "").await;
     assert!(ok && out.contains("no failed logins"), "{out}");
+}
+
+/// One password tried against many user names from one address locks the address (not the
+/// names, which each saw one failure): every login from it is refused, the right password too,
+/// while other addresses log in; `operators unlock <address>` lifts it, and a successful login
+/// does not clear an address's count.
+#[tokio::test]
+async fn many_names_guessed_from_one_address_lock_the_address() {
+    use auth::session::{LockedBy, LoginError, MAX_ADDRESS_FAILURES};
+    let db = TestDb::new().await;
+    auth::operators::add(&db.pool, "ada", PASSWORD, Role::Admin)
+        .await
+        .unwrap();
+    let sprayer: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    let elsewhere: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+    let login = |name: String, password: &'static str, from| {
+        let pool = db.pool.clone();
+        async move { auth::session::login(&pool, &name, password, Some(from)).await }
+    };
+    // A successful login midway does not reset the address's count.
+    for n in 0..MAX_ADDRESS_FAILURES {
+        if n == MAX_ADDRESS_FAILURES / 2 {
+            let ok = login("ada".into(), PASSWORD, sprayer).await.unwrap();
+            assert!(ok.is_some(), "not locked yet");
+        }
+        let guess = login(format!("user{n}"), "Summer2026!", sprayer)
+            .await
+            .unwrap();
+        assert!(guess.is_none());
+    }
+    let locked = login("ada".into(), PASSWORD, sprayer).await;
+    assert!(
+        matches!(
+            locked,
+            Err(LoginError::Locked {
+                by: LockedBy::Address,
+                ..
+            })
+        ),
+        "{:?}",
+        locked.as_ref().err()
+    );
+    let other = login("ada".into(), PASSWORD, elsewhere).await.unwrap();
+    assert!(other.is_some(), "another address is not locked");
+    let name_locked = login("user0".into(), "Summer2026!", elsewhere)
+        .await
+        .unwrap();
+    assert!(name_locked.is_none(), "the names themselves are not locked");
+
+    let (ok, out, err) = cli(&db, &["operators", "unlock", "203.0.113.9"], "").await;
+    assert!(ok && out.contains("lock-out lifted"), "{out}{err}");
+    let unlocked = login("ada".into(), PASSWORD, sprayer).await.unwrap();
+    assert!(unlocked.is_some(), "unlocked, the address logs in again");
 }

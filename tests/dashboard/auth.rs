@@ -204,6 +204,71 @@ async fn repeated_wrong_passwords_lock_the_user_name_for_a_while() {
     );
 }
 
+/// One password tried against many user names locks the client's address. Served directly,
+/// the address is the TCP peer's; behind a proxy that passes it in `http.client_address_header`,
+/// it is the header's last entry (the proxy's), so a client varying the entries before it does
+/// not escape, and other clients of the same proxy still log in.
+#[tokio::test]
+async fn many_names_guessed_from_one_address_lock_that_address() {
+    use baseaim_worker::auth::session::MAX_ADDRESS_FAILURES;
+    let direct = App::start().await;
+    baseaim_worker::auth::operators::add(&direct.db.pool, "alice", crate::PASSWORD, Role::Admin)
+        .await
+        .unwrap();
+    for n in 0..MAX_ADDRESS_FAILURES {
+        let guess = direct.post_login(&format!("user{n}"), "Summer2026!").await;
+        assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = direct.post_login("alice", crate::PASSWORD).await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(locked.headers().contains_key("retry-after"));
+    let page = locked.text().await.unwrap();
+    assert!(
+        page.contains("Too many failed logins from this address: try again in 15 minutes."),
+        "{page}"
+    );
+
+    let proxied = App::start_with(vec![(
+        "BAW__HTTP__CLIENT_ADDRESS_HEADER".into(),
+        "x-forwarded-for".into(),
+    )])
+    .await;
+    baseaim_worker::auth::operators::add(&proxied.db.pool, "alice", crate::PASSWORD, Role::Admin)
+        .await
+        .unwrap();
+    for n in 0..MAX_ADDRESS_FAILURES {
+        let spoofed = format!("10.0.0.{n}, 203.0.113.5");
+        let guess = proxied
+            .post_login_with(
+                &format!("user{n}"),
+                "Summer2026!",
+                &[("x-forwarded-for", &spoofed)],
+            )
+            .await;
+        assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = proxied
+        .post_login_with(
+            "alice",
+            crate::PASSWORD,
+            &[("x-forwarded-for", "203.0.113.5")],
+        )
+        .await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    let neighbour = proxied
+        .post_login_with(
+            "alice",
+            crate::PASSWORD,
+            &[("x-forwarded-for", "203.0.113.6")],
+        )
+        .await;
+    assert_eq!(
+        neighbour.status(),
+        StatusCode::SEE_OTHER,
+        "another client behind the same proxy logs in"
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_password_gets_no_session() {
     let app = App::start().await;

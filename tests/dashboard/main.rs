@@ -82,6 +82,16 @@ impl App {
     /// Posts the login form as a browser does: first the form (its CSRF token and cookie), then
     /// the credentials with them.
     pub async fn post_login(&self, name: &str, password: &str) -> reqwest::Response {
+        self.post_login_with(name, password, &[]).await
+    }
+
+    /// [`App::post_login`] with extra request headers on the post.
+    pub async fn post_login_with(
+        &self,
+        name: &str,
+        password: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let form = self.get("/dashboard/login", None).await;
         let cookie = form
             .headers()
@@ -92,10 +102,11 @@ impl App {
             .to_owned();
         let html = form.text().await.unwrap();
         let csrf = csrf_in(&html).expect("the login form carries its CSRF token");
-        self.post_form(
+        self.post_form_with(
             "/dashboard/login",
             Some(&cookie),
             &[("csrf", &csrf), ("username", name), ("password", password)],
+            headers,
         )
         .await
     }
@@ -139,6 +150,16 @@ impl App {
         cookie: Option<&str>,
         fields: &[(&str, &str)],
     ) -> reqwest::Response {
+        self.post_form_with(path, cookie, fields, &[]).await
+    }
+
+    pub async fn post_form_with(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
             .finish();
@@ -149,6 +170,9 @@ impl App {
             .body(body);
         if let Some(cookie) = cookie {
             request = request.header(COOKIE, cookie);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         request.send().await.expect("POST")
     }

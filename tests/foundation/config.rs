@@ -65,6 +65,16 @@ fn a_bad_value_names_the_key_and_what_was_expected() {
         "{err}"
     );
 
+    let err = Config::load_from(
+        None,
+        env(&[("BAW__HTTP__CLIENT_ADDRESS_HEADER", "x forwarded for")]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Invalid { ref key, .. } if key == "http.client_address_header"),
+        "{err}"
+    );
+
     let err = Config::load_from(None, env(&[("DATABASE_URL", "mysql://x/y")])).unwrap_err();
     assert!(err.to_string().contains("database.url"), "{err}");
 }

@@ -6,8 +6,11 @@
 //! an operator into an account of its choosing): before any session exists, the form carries a
 //! random token that must match a SameSite=Strict cookie set with it (double submit).
 
+use std::net::{IpAddr, SocketAddr};
+
 use askama::Template;
-use axum::extract::State;
+use axum::Extension;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
@@ -59,8 +62,32 @@ pub async fn form(State(state): State<HttpState>) -> Result<Response, WebError> 
     login_page(&state, StatusCode::OK, String::new(), None)
 }
 
+/// The client's address: the TCP peer's or, with `http.client_address_header` set (a proxy in
+/// front), the last address in that header (the one the proxy added; the ones before it are
+/// whatever the client sent). None when neither is known.
+fn client_address(
+    state: &HttpState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<IpAddr> {
+    let header = state.app.config.http.client_address_header.as_str();
+    let forwarded = (!header.is_empty())
+        .then(|| headers.get_all(header).iter().next_back())
+        .flatten()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|list| list.rsplit(',').next())
+        .map(str::trim)
+        .and_then(|last| {
+            last.parse::<IpAddr>()
+                .ok()
+                .or_else(|| last.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        });
+    forwarded.or(peer.map(|p| p.ip()))
+}
+
 pub async fn submit(
     State(state): State<HttpState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     form: FormData,
 ) -> Result<Response, WebError> {
@@ -80,16 +107,18 @@ pub async fn submit(
     let session = if username.is_empty() || password.is_empty() {
         None
     } else {
-        match session::login(&state.pool, &username, password).await {
+        let from = client_address(&state, &headers, peer.map(|Extension(ConnectInfo(a))| a));
+        match session::login(&state.pool, &username, password, from).await {
             Ok(session) => session,
-            Err(LoginError::Locked(wait)) => {
+            Err(LoginError::Locked { by, wait }) => {
                 let minutes = wait.as_secs().div_ceil(60);
                 let mut page = login_page(
                     &state,
                     StatusCode::TOO_MANY_REQUESTS,
                     username,
                     Some(format!(
-                        "Too many failed logins for this user name: try again in {minutes} minute{}.",
+                        "Too many failed logins {}: try again in {minutes} minute{}.",
+                        by.describe(),
                         if minutes == 1 { "" } else { "s" }
                     )),
                 )?;
