@@ -326,7 +326,11 @@ pub async fn apply_matching(
     }
     let so_far = run.changed_so_far();
     let ending = async move {
-        let changed = run.changed.clone();
+        let mut interrupted = Interrupted {
+            action,
+            changed: run.changed.clone(),
+            armed: true,
+        };
         match run.finish().await {
             Ok(changed) => tracing::info!(
                 action = action.as_str(),
@@ -335,14 +339,35 @@ pub async fn apply_matching(
             ),
             Err(error) => tracing::error!(
                 action = action.as_str(),
-                changed = changed.load(Ordering::Relaxed),
+                changed = interrupted.changed.load(Ordering::Relaxed),
                 %error,
                 "bulk job action stopped in the background"
             ),
         }
+        interrupted.armed = false;
     };
     tokio::spawn(ending.instrument(tracing::Span::current()));
     Ok(BulkOutcome::Continuing { changed: so_far })
+}
+
+/// Logs a background action that never ended: the node shut down under it (its task was
+/// dropped). The jobs it reached are changed; running it again finishes the rest.
+struct Interrupted {
+    action: BulkAction,
+    changed: Arc<AtomicU64>,
+    armed: bool,
+}
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::warn!(
+                action = self.action.as_str(),
+                changed = self.changed.load(Ordering::Relaxed),
+                "bulk job action interrupted by the node's shutdown; run it again for the rest"
+            );
+        }
+    }
 }
 
 /// What an action by filter had done when its caller answered.

@@ -238,3 +238,69 @@ async fn pruning_deletes_old_finished_jobs_only() {
     assert!(admin::get(&db.pool, recent).await.unwrap().is_some());
     assert!(admin::get(&db.pool, waiting).await.unwrap().is_some());
 }
+
+/// A bulk action left running in the background when its node shuts down says so in the log, with
+/// how far it got, instead of vanishing with the runtime.
+#[test]
+fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
+    use baseaim_worker::queue::admin_query::{self, BulkAction, BulkOutcome, JobQuery};
+    let captured = crate::support::CapturedLog::default();
+    let sink = captured.clone();
+    let subscriber = baseaim_worker::telemetry::json_subscriber(
+        tracing_subscriber::EnvFilter::new("info"),
+        move || sink.clone(),
+    );
+    // The runtime is single-threaded and dropped on this thread, under this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = runtime.block_on(async {
+        let db = TestDb::new().await;
+        sqlx::query(
+            "insert into jobs (kind, tags) select 'noop', '{big}' from generate_series(1, 50000)",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let query = JobQuery {
+            tag: Some("big".into()),
+            ..JobQuery::default()
+        };
+        let outcome = admin_query::apply_matching(
+            &db.pool,
+            &query,
+            BulkAction::Cancel,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(outcome, BulkOutcome::Continuing { .. }),
+            "{outcome:?}"
+        );
+        // A few batches, not fifty.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        db
+    });
+    drop(runtime);
+
+    let lines: Vec<serde_json::Value> = captured
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l: &serde_json::Value| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("interrupted by the node's shutdown"))
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", captured.text());
+    assert_eq!(lines[0]["level"], "WARN");
+    assert_eq!(lines[0]["fields"]["action"], "cancel");
+    let changed = lines[0]["fields"]["changed"].as_u64().unwrap();
+    assert!(changed < 50_000, "{changed}: it was cut short");
+    // The database is dropped from a runtime of its own.
+    drop(db);
+}
