@@ -18,17 +18,8 @@ use crate::queue::{NewJob, enqueue};
 pub enum JobsCommand {
     /// List jobs, newest first.
     List {
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long)]
-        queue: Option<String>,
-        #[arg(long)]
-        tag: Option<String>,
-        /// JSON the args must contain, e.g. '{"client_id": "42"}'.
-        #[arg(long)]
-        args: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Only jobs with a smaller id (the last id of the previous page).
         #[arg(long)]
         before: Option<i64>,
@@ -70,13 +61,10 @@ pub enum JobsCommand {
     },
 }
 
-/// The jobs an action applies to: ids, or every job matching a filter (at least one condition).
-/// A filter only counts its jobs unless `--yes` is given.
+/// Which jobs `list` shows and an action by filter applies to (unset: any).
 #[derive(Debug, clap::Args)]
-pub struct Targets {
-    /// Job ids.
-    ids: Vec<i64>,
-    /// Instead of ids, every job in this state ...
+pub struct FilterArgs {
+    /// Jobs in this state ...
     #[arg(long)]
     state: Option<String>,
     /// ... of this kind ...
@@ -88,9 +76,32 @@ pub struct Targets {
     /// ... with this tag ...
     #[arg(long)]
     tag: Option<String>,
-    /// ... whose args contain this JSON object, e.g. '{"client_id": "42"}' ...
+    /// ... whose args contain this JSON object, e.g. '{"client_id": "42"}'.
     #[arg(long)]
     args: Option<String>,
+}
+
+impl FilterArgs {
+    /// `--args` as JSON: an object, or a clear error naming the option.
+    fn args_contains(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(text) = &self.args else {
+            return Ok(None);
+        };
+        let json = parse_json("--args", text)?;
+        anyhow::ensure!(json.is_object(), "--args must be a JSON object: {text}");
+        Ok(Some(json))
+    }
+}
+
+/// The jobs an action applies to: ids, or every job matching a filter (at least one condition).
+/// A filter only counts its jobs unless `--yes` is given.
+#[derive(Debug, clap::Args)]
+pub struct Targets {
+    /// Job ids.
+    ids: Vec<i64>,
+    /// Instead of ids: every job matching these options.
+    #[command(flatten)]
+    filter: FilterArgs,
     /// ... with an attempt's error containing this text (case-insensitive).
     #[arg(long)]
     error: Option<String>,
@@ -101,20 +112,13 @@ pub struct Targets {
 
 impl Targets {
     fn query(&self) -> anyhow::Result<JobQuery> {
-        let args = match &self.args {
-            None => None,
-            Some(text) => {
-                let json = parse_json("--args", text)?;
-                anyhow::ensure!(json.is_object(), "--args must be a JSON object: {text}");
-                Some(json.to_string())
-            }
-        };
+        let filter = &self.filter;
         Ok(JobQuery {
-            state: self.state.clone(),
-            kind: self.kind.clone(),
-            queue: self.queue.clone(),
-            tag: self.tag.clone(),
-            args,
+            state: filter.state.clone(),
+            kind: filter.kind.clone(),
+            queue: filter.queue.clone(),
+            tag: filter.tag.clone(),
+            args: filter.args_contains()?.map(|json| json.to_string()),
             error: self.error.clone(),
             ..JobQuery::default()
         })
@@ -200,22 +204,17 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
     let pool = pool(config).await?;
     match command {
         JobsCommand::List {
-            state,
-            kind,
-            queue,
-            tag,
-            args,
+            filter,
             before,
             limit,
             json,
         } => {
-            let args_contains = args.map(|a| parse_json("--args", &a)).transpose()?;
             let filter = JobFilter {
-                state,
-                kind,
-                queue,
-                tag,
-                args_contains,
+                args_contains: filter.args_contains()?,
+                state: filter.state,
+                kind: filter.kind,
+                queue: filter.queue,
+                tag: filter.tag,
                 before_id: before,
                 limit,
             };
