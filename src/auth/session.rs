@@ -284,7 +284,7 @@ pub async fn login(
     password: &str,
     from: Option<IpAddr>,
 ) -> Result<Option<NewSession>, LoginError> {
-    let address = from.map(|ip| ip.to_string());
+    let address = from.map(address_key);
     let keys = [
         (LockedBy::Address, address.as_deref()),
         (LockedBy::UserName, Some(username)),
@@ -335,11 +335,27 @@ pub async fn login(
 /// lock-out's log line gave it), lifting a lock-out; false when there were none.
 pub async fn unlock(pool: &PgPool, name_or_address: &str) -> Result<bool, sqlx::Error> {
     let name = LockedBy::UserName.forget(pool, name_or_address).await?;
-    let address = match name_or_address.parse::<IpAddr>() {
-        Ok(ip) => LockedBy::Address.forget(pool, &ip.to_string()).await?,
+    let network = name_or_address
+        .strip_suffix("/64")
+        .unwrap_or(name_or_address);
+    let address = match network.parse::<IpAddr>() {
+        Ok(ip) => LockedBy::Address.forget(pool, &address_key(ip)).await?,
         Err(_) => false,
     };
     Ok(name || address)
+}
+
+/// What failed logins are counted on for a client address: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 one too), an IPv6 address by its /64 network, the block one subscriber
+/// usually holds, so a guesser cannot step through its own addresses to stay under the limit.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(network))
+        }
+    }
 }
 
 /// Ends the session `token` belongs to.

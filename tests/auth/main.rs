@@ -409,4 +409,33 @@ async fn many_names_guessed_from_one_address_lock_the_address() {
     assert!(ok && out.contains("lock-out lifted"), "{out}{err}");
     let unlocked = login("ada".into(), PASSWORD, sprayer).await.unwrap();
     assert!(unlocked.is_some(), "unlocked, the address logs in again");
+
+    // IPv6: stepping through the addresses of one /64 does not escape its count.
+    for n in 0..MAX_ADDRESS_FAILURES {
+        let own: std::net::IpAddr = format!("2001:db8:0:1::{:x}", n + 1).parse().unwrap();
+        let guess = login(format!("user{n}"), "Summer2026!", own).await.unwrap();
+        assert!(guess.is_none());
+    }
+    let next_door: std::net::IpAddr = "2001:db8:0:1:ffff::1".parse().unwrap();
+    let locked = login("ada".into(), PASSWORD, next_door).await;
+    assert!(
+        matches!(
+            locked,
+            Err(LoginError::Locked {
+                by: LockedBy::Address,
+                ..
+            })
+        ),
+        "the whole /64 is locked"
+    );
+    let other_network: std::net::IpAddr = "2001:db8:0:2::1".parse().unwrap();
+    let other = login("ada".into(), PASSWORD, other_network).await.unwrap();
+    assert!(other.is_some(), "another /64 is not");
+    let (ok, out, err) = cli(&db, &["operators", "unlock", "2001:db8:0:1::/64"], "").await;
+    assert!(ok && out.contains("lock-out lifted"), "{out}{err}");
+    let unlocked = login("ada".into(), PASSWORD, next_door).await.unwrap();
+    assert!(
+        unlocked.is_some(),
+        "unlocked by its network, as the log names it"
+    );
 }
