@@ -10,7 +10,7 @@ use clap::Subcommand;
 use sqlx::PgPool;
 
 use crate::config::Config;
-use crate::queue::admin::{self, JobFilter, JobRow};
+use crate::queue::admin::{self, JobRow};
 use crate::queue::admin_query::{self, BulkAction, BulkRun, JobQuery};
 use crate::queue::{NewJob, enqueue};
 
@@ -76,20 +76,34 @@ pub struct FilterArgs {
     /// ... with this tag ...
     #[arg(long)]
     tag: Option<String>,
-    /// ... whose args contain this JSON object, e.g. '{"client_id": "42"}'.
+    /// ... whose args contain this JSON object, e.g. '{"client_id": "42"}' ...
     #[arg(long)]
     args: Option<String>,
+    /// ... with an attempt's error containing this text (case-insensitive).
+    #[arg(long)]
+    error: Option<String>,
 }
 
 impl FilterArgs {
-    /// `--args` as JSON: an object, or a clear error naming the option.
-    fn args_contains(&self) -> anyhow::Result<Option<serde_json::Value>> {
-        let Some(text) = &self.args else {
-            return Ok(None);
+    /// The filter as the dashboard's; `--args` must be a JSON object (a clear error otherwise).
+    fn query(&self) -> anyhow::Result<JobQuery> {
+        let args = match &self.args {
+            None => None,
+            Some(text) => {
+                let json = parse_json("--args", text)?;
+                anyhow::ensure!(json.is_object(), "--args must be a JSON object: {text}");
+                Some(json.to_string())
+            }
         };
-        let json = parse_json("--args", text)?;
-        anyhow::ensure!(json.is_object(), "--args must be a JSON object: {text}");
-        Ok(Some(json))
+        Ok(JobQuery {
+            state: self.state.clone(),
+            kind: self.kind.clone(),
+            queue: self.queue.clone(),
+            tag: self.tag.clone(),
+            args,
+            error: self.error.clone(),
+            ..JobQuery::default()
+        })
     }
 }
 
@@ -99,31 +113,15 @@ impl FilterArgs {
 pub struct Targets {
     /// Job ids.
     ids: Vec<i64>,
-    /// Instead of ids: every job matching these options.
     #[command(flatten)]
     filter: FilterArgs,
-    /// ... with an attempt's error containing this text (case-insensitive).
-    #[arg(long)]
-    error: Option<String>,
     /// Act on every job the filter matches (without it, only say how many match).
     #[arg(long)]
     yes: bool,
 }
 
-impl Targets {
-    fn query(&self) -> anyhow::Result<JobQuery> {
-        let filter = &self.filter;
-        Ok(JobQuery {
-            state: filter.state.clone(),
-            kind: filter.kind.clone(),
-            queue: filter.queue.clone(),
-            tag: filter.tag.clone(),
-            args: filter.args_contains()?.map(|json| json.to_string()),
-            error: self.error.clone(),
-            ..JobQuery::default()
-        })
-    }
-}
+/// Most jobs one `jobs list` page shows (the dashboard's and the admin API's limit too).
+const MAX_LIST_LIMIT: i64 = 500;
 
 /// How often a long action by filter reports its progress (on standard error).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -134,7 +132,7 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
         BulkAction::Cancel => ("cancelled", "the unfinished ones"),
         BulkAction::Delete => ("deleted", "the finished ones"),
     };
-    let query = targets.query()?;
+    let query = targets.filter.query()?;
     let filtered = query != JobQuery::default();
     if !targets.ids.is_empty() {
         anyhow::ensure!(
@@ -209,23 +207,21 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let filter = JobFilter {
-                args_contains: filter.args_contains()?,
-                state: filter.state,
-                kind: filter.kind,
-                queue: filter.queue,
-                tag: filter.tag,
-                before_id: before,
-                limit,
-            };
-            let rows = admin::list(&pool, &filter).await?;
+            anyhow::ensure!(
+                (1..=MAX_LIST_LIMIT).contains(&limit),
+                "--limit must be between 1 and {MAX_LIST_LIMIT}"
+            );
+            let page = admin_query::job_page(&pool, &filter.query()?, before, limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", serde_json::to_string_pretty(&page.jobs)?);
             } else {
-                print!("{}", jobs_table(&rows));
-                if rows.len() as i64 == limit.clamp(1, 1000) {
-                    let last = rows.last().map(|r| r.id).unwrap_or_default();
-                    println!("(more: --before {last})");
+                print!("{}", jobs_table(&page.jobs));
+                match (page.next_before, page.window_floor) {
+                    (Some(next), Some(_)) => println!(
+                        "(searched ids {next} and above; older jobs may match: --before {next})"
+                    ),
+                    (Some(next), None) => println!("(more: --before {next})"),
+                    (None, _) => {}
                 }
             }
         }

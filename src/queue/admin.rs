@@ -42,20 +42,6 @@ pub struct JobRow {
     pub tags: Vec<String>,
 }
 
-/// Filters for [`list`]; unset fields match everything.
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    pub state: Option<String>,
-    pub kind: Option<String>,
-    pub queue: Option<String>,
-    pub tag: Option<String>,
-    /// JSON containment: `{"client_id": 42}` matches args having that pair.
-    pub args_contains: Option<serde_json::Value>,
-    /// Keyset pagination: only jobs with a smaller id (the last id of the previous page).
-    pub before_id: Option<i64>,
-    pub limit: i64,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(
@@ -83,38 +69,6 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> 
     .bind(id)
     .fetch_optional(pool)
     .await
-}
-
-/// Jobs matching `filter`, newest first, one page.
-pub async fn list(pool: &PgPool, filter: &JobFilter) -> Result<Vec<JobRow>, AdminError> {
-    if let Some(state) = &filter.state
-        && !STATES.contains(&state.as_str())
-    {
-        return Err(AdminError::UnknownState(state.clone()));
-    }
-    let rows = sqlx::query_as(concat!(
-        "select ",
-        job_columns!(),
-        " from jobs
-         where ($1::text is null or state = $1)
-           and ($2::text is null or kind = $2)
-           and ($3::text is null or queue = $3)
-           and ($4::text is null or $4 = any(tags))
-           and ($5::jsonb is null or args @> $5)
-           and ($6::bigint is null or id < $6)
-         order by id desc
-         limit $7"
-    ))
-    .bind(&filter.state)
-    .bind(&filter.kind)
-    .bind(&filter.queue)
-    .bind(&filter.tag)
-    .bind(&filter.args_contains)
-    .bind(filter.before_id)
-    .bind(filter.limit.clamp(1, 1000))
-    .fetch_all(pool)
-    .await?;
-    Ok(rows)
 }
 
 /// Runs the given jobs again now: any state but `running`. A job that used up its attempts gets

@@ -107,6 +107,33 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
     .unwrap();
     let filter = ["--kind", "send_email", "--error", "answered 500"];
 
+    // `jobs list` takes the same filter: what an action would touch can be looked at first.
+    let (ok, listed) = run(&db, &["jobs", "list", "--error", "BAD ADDRESS", "--json"]).await;
+    assert!(ok, "{listed}");
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(rows[0]["id"], other_error);
+    let (ok, page) = run(
+        &db,
+        &[&["jobs", "list", "--limit", "500"][..], &filter].concat(),
+    )
+    .await;
+    assert!(ok, "{page}");
+    assert_eq!(
+        page.lines().count(),
+        1 + 500 + 1,
+        "header, 500 rows, the cursor: {page}"
+    );
+    assert!(
+        page.lines().last().unwrap().starts_with("(more: --before "),
+        "{page}"
+    );
+    let (ok, err) = run(&db, &["jobs", "list", "--limit", "501"]).await;
+    assert!(
+        !ok && err.contains("--limit must be between 1 and 500"),
+        "{err}"
+    );
+
     let counted = run(&db, &[&["jobs", "retry"][..], &filter].concat()).await;
     assert!(counted.0, "{}", counted.1);
     assert!(counted.1.contains("2500 jobs match"), "{}", counted.1);

@@ -1,7 +1,8 @@
 //! Operators' operations: list with filters and keyset pages, retry, cancel, delete, counts,
 //! pruning.
 
-use baseaim_worker::queue::admin::{self, JobFilter};
+use baseaim_worker::queue::admin;
+use baseaim_worker::queue::admin_query::{self, JobQuery};
 use baseaim_worker::queue::maintenance::prune_once;
 use baseaim_worker::queue::testing::{JobFactory, assert_enqueued, drain, insert_job};
 use baseaim_worker::queue::{NewJob, enqueue, enqueue_many};
@@ -27,76 +28,85 @@ async fn list_filters_by_state_kind_tag_and_args_with_keyset_pages() {
     ));
     enqueue_many(&db.pool, jobs).await.unwrap();
 
-    let by_args = admin::list(
-        &db.pool,
-        &JobFilter {
-            args_contains: Some(serde_json::json!({"client_id": 42})),
-            limit: 50,
+    let list = |query: JobQuery, before: Option<i64>, limit: i64| {
+        let pool = db.pool.clone();
+        async move { admin_query::job_page(&pool, &query, before, limit).await }
+    };
+    let by_args = list(
+        JobQuery {
+            args: Some(r#"{"client_id": 42}"#.into()),
             ..Default::default()
         },
+        None,
+        50,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .jobs;
     assert_eq!(by_args.len(), 1);
     assert_eq!(by_args[0].args["client_id"], 42);
 
-    let by_tag = admin::list(
-        &db.pool,
-        &JobFilter {
+    let by_tag = list(
+        JobQuery {
             tag: Some("vip".into()),
-            limit: 50,
             ..Default::default()
         },
+        None,
+        50,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .jobs;
     assert_eq!(by_tag.len(), 1);
-    let by_kind = admin::list(
-        &db.pool,
-        &JobFilter {
+    let by_kind = list(
+        JobQuery {
             kind: Some("send_email".into()),
-            limit: 50,
             ..Default::default()
         },
+        None,
+        50,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .jobs;
     assert_eq!(by_kind.len(), 2);
 
     // Pages of 10 over the 25 count jobs: newest first, no overlap, nothing missed.
     let mut seen = Vec::new();
     let mut before = None;
     loop {
-        let page = admin::list(
-            &db.pool,
-            &JobFilter {
+        let page = list(
+            JobQuery {
                 kind: Some("test_count".into()),
-                before_id: before,
-                limit: 10,
                 ..Default::default()
             },
+            before,
+            10,
         )
         .await
         .unwrap();
-        if page.is_empty() {
-            break;
+        assert!(page.jobs.windows(2).all(|w| w[0].id > w[1].id));
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
         }
-        assert!(page.windows(2).all(|w| w[0].id > w[1].id));
-        before = Some(page.last().unwrap().id);
-        seen.extend(page.into_iter().map(|j| j.id));
     }
     assert_eq!(seen.len(), 25);
+    seen.dedup();
+    assert_eq!(seen.len(), 25, "no job on two pages");
 
-    let err = admin::list(
-        &db.pool,
-        &JobFilter {
+    let err = list(
+        JobQuery {
             state: Some("exploded".into()),
-            limit: 5,
             ..Default::default()
         },
+        None,
+        5,
     )
     .await
-    .unwrap_err();
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("unknown state `exploded`"));
 }
 
@@ -243,7 +253,7 @@ async fn pruning_deletes_old_finished_jobs_only() {
 /// how far it got, instead of vanishing with the runtime.
 #[test]
 fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
-    use baseaim_worker::queue::admin_query::{self, BulkAction, BulkOutcome, JobQuery};
+    use admin_query::{BulkAction, BulkOutcome};
     let captured = crate::support::CapturedLog::default();
     let sink = captured.clone();
     let subscriber = baseaim_worker::telemetry::json_subscriber(
