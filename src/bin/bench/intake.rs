@@ -9,7 +9,11 @@
 //! 200; no database). Their CPU bounds the intake on this machine: `parts_bound_per_s` is the
 //! machine's cores over the two parts' CPU per event. Last line: `acked_per_s` (the best),
 //! `senders`, `p50_ms`/`p99_ms` (at half load), `commit_rate_per_s`, `acked_to_commit_rate`,
-//! `store_without_http_per_s`, `http_without_database_per_s`, `parts_bound_per_s`.
+//! `store_without_http_per_s`, `http_without_database_per_s`, `parts_bound_per_s`, and, when
+//! `pgbench` is installed, `pgbench_n_tps` and `acked_to_pgbench_n`: `pgbench -N` itself (its
+//! "simple update" transaction: an UPDATE, a SELECT and an INSERT), the literal reading of the
+//! target's "pgbench -N-style". The target is judged against the single-row commit rate, the
+//! stricter bar; `pgbench -N` is printed beside it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +80,14 @@ pub async fn run() -> anyhow::Result<()> {
         json!({"phase": "commit_rate", "connections": 10, "per_s": commit_rate.round(),
                "cpu_us_per_commit": median(cpu_per_commit)})
     );
+
+    let pgbench = pgbench_n(&db.url).await?;
+    if let Some(tps) = pgbench {
+        println!(
+            "{}",
+            json!({"phase": "pgbench_n", "clients": 10, "tps": tps.round()})
+        );
+    }
 
     // The intake, as a node serves it.
     let secrets = baseaim_worker::config::Secrets {
@@ -305,9 +317,70 @@ pub async fn run() -> anyhow::Result<()> {
             "http_without_database_per_s": ceiling.0.round(),
             "store_without_http_per_s": store.0.round(),
             "parts_bound_per_s": (cores * 1e6 / parts_us).round(),
+            "pgbench_n_tps": pgbench.map(f64::round),
+            "acked_to_pgbench_n": pgbench.map(|tps| (acked_per_s / tps * 100.0).round() / 100.0),
         })
     );
     Ok(())
+}
+
+/// `pgbench -N -c 10` on the bench database (scale 10, its own tables, dropped after): the median of
+/// [`ROUNDS`] runs of 3 s, in transactions/s. None, with a line saying so, when no `pgbench` is
+/// found (`BENCH_PGBENCH`, then `PATH`, then PostgreSQL's Debian directories).
+async fn pgbench_n(url: &str) -> anyhow::Result<Option<f64>> {
+    let Some(pgbench) = find_pgbench() else {
+        println!(
+            "{}",
+            json!({"phase": "pgbench_n", "skipped": "pgbench not found"})
+        );
+        return Ok(None);
+    };
+    let run = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&pgbench);
+        command.args(args).arg(url).kill_on_drop(true);
+        async move {
+            let out = command.output().await.context("run pgbench")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "pgbench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok::<_, anyhow::Error>(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    run(&["-i", "-q", "-s", "10"]).await?;
+    let mut rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let report = run(&["-N", "-n", "-c", "10", "-j", "2", "-T", "3"]).await?;
+        let tps = report
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .with_context(|| format!("no `tps = ` line in pgbench's report: {report}"))?;
+        rates.push(tps);
+    }
+    // Its 1,000,000 accounts would only weigh on what is measured next.
+    run(&["-i", "-I", "d"]).await?;
+    Ok(Some(median(rates)))
+}
+
+fn find_pgbench() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("BENCH_PGBENCH") {
+        // `BENCH_PGBENCH=none` (any path that is not a file) skips the phase.
+        let path = std::path::PathBuf::from(path);
+        return path.is_file().then_some(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("pgbench"));
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|version| version.path().join("bin/pgbench"));
+    on_path.chain(debian).find(|candidate| candidate.is_file())
 }
 
 /// Posts `requests` from `senders` closed-loop senders, each on its own keep-alive connection;
