@@ -79,9 +79,15 @@ pub struct FilterArgs {
     /// ... whose args contain this JSON object, e.g. '{"client_id": "42"}' ...
     #[arg(long)]
     args: Option<String>,
-    /// ... with an attempt's error containing this text (case-insensitive).
+    /// ... with an attempt's error containing this text (case-insensitive) ...
     #[arg(long)]
     error: Option<String>,
+    /// ... created at or after this time (RFC 3339, e.g. 2026-11-30T09:00:00Z) ...
+    #[arg(long)]
+    created_from: Option<DateTime<Utc>>,
+    /// ... created before this time (RFC 3339).
+    #[arg(long)]
+    created_to: Option<DateTime<Utc>>,
 }
 
 impl FilterArgs {
@@ -102,7 +108,8 @@ impl FilterArgs {
             tag: self.tag.clone(),
             args,
             error: self.error.clone(),
-            ..JobQuery::default()
+            created_from: self.created_from,
+            created_to: self.created_to,
         })
     }
 }
@@ -146,7 +153,7 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
     anyhow::ensure!(
         filtered,
         "give job ids, or filter options for every matching job: \
-         --state, --kind, --queue, --tag, --args, --error"
+         --state, --kind, --queue, --tag, --args, --error, --created-from, --created-to"
     );
     if !targets.yes {
         let counted =

@@ -196,4 +196,34 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
         .await
         .unwrap();
     assert_eq!(unchanged, 2499, "refused commands change nothing");
+
+    // By creation time: the jobs of January only.
+    sqlx::query(
+        "insert into jobs (kind, state, finished_at, created_at) \
+         select 'noop', 'discarded', now(), '2026-01-15T00:00:00Z' from generate_series(1, 3)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let january = [
+        "--created-from",
+        "2026-01-01T00:00:00Z",
+        "--created-to",
+        "2026-02-01T00:00:00+00:00",
+    ];
+    let (ok, listed) = run(&db, &[&["jobs", "list", "--json"][..], &january].concat()).await;
+    assert!(ok, "{listed}");
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3, "{listed}");
+    let deleted = run(&db, &[&["jobs", "delete", "--yes"][..], &january].concat()).await;
+    assert!(deleted.1.contains("3 jobs deleted"), "{}", deleted.1);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from jobs")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        2500
+    );
+    let (ok, err) = run(&db, &["jobs", "list", "--created-from", "yesterday"]).await;
+    assert!(!ok && err.contains("--created-from"), "{err}");
 }
