@@ -379,6 +379,19 @@ pub enum BulkOutcome {
     Continuing { changed: u64 },
 }
 
+impl BulkOutcome {
+    /// Jobs changed: all of them, or so far.
+    pub fn changed(self) -> u64 {
+        match self {
+            BulkOutcome::Finished(changed) | BulkOutcome::Continuing { changed } => changed,
+        }
+    }
+
+    pub fn finished(self) -> bool {
+        matches!(self, BulkOutcome::Finished(_))
+    }
+}
+
 /// An action on every job matching a filter, under way on a task of its own (batches of 1,000,
 /// newest first; see [`apply_matching`]). Dropping it does not stop it.
 pub struct BulkRun {

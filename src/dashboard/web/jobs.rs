@@ -342,10 +342,7 @@ pub async fn bulk(
     } else {
         BulkOutcome::Finished(action.apply(&state.pool, &ids).await?)
     };
-    let (changed, finished) = match outcome {
-        BulkOutcome::Finished(changed) => (changed, true),
-        BulkOutcome::Continuing { changed } => (changed, false),
-    };
+    let (changed, finished) = (outcome.changed(), outcome.finished());
     tracing::info!(
         operator = %operator.username,
         action = action.as_str(),

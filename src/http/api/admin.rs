@@ -399,9 +399,11 @@ pub async fn bulk(
             ));
         }
     };
-    let (status, changed, finished) = match outcome {
-        BulkOutcome::Finished(changed) => (StatusCode::OK, changed, true),
-        BulkOutcome::Continuing { changed } => (StatusCode::ACCEPTED, changed, false),
+    let (changed, finished) = (outcome.changed(), outcome.finished());
+    let status = if finished {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
     };
     tracing::info!(action = request.action.as_str(), changed, finished, caller = %caller.name, "admin API bulk action");
     Ok((status, Json(BulkResult { changed, finished })))
