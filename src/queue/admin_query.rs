@@ -360,7 +360,8 @@ struct Interrupted {
 
 impl Drop for Interrupted {
     fn drop(&mut self) {
-        if self.armed {
+        // Unwinding from a panic (the panic hook has logged it) is not a shutdown.
+        if self.armed && !std::thread::panicking() {
             tracing::warn!(
                 action = self.action.as_str(),
                 changed = self.changed.load(Ordering::Relaxed),
