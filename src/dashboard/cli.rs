@@ -11,7 +11,8 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::queue::admin::{self, JobRow};
-use crate::queue::admin_query::{self, BulkAction, BulkRun, JobQuery};
+use crate::queue::admin_query::{self, JobQuery};
+use crate::queue::bulk::{BulkAction, BulkRun};
 use crate::queue::{NewJob, enqueue};
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +131,14 @@ pub struct Targets {
 /// Most jobs one `jobs list` page shows (the dashboard's and the admin API's limit too).
 const MAX_LIST_LIMIT: i64 = 500;
 
+/// Who a bulk action's record says asked for it: the command line, and the login user.
+fn requested_by() -> String {
+    match std::env::var("USER") {
+        Ok(user) if !user.is_empty() => format!("command line ({user})"),
+        _ => "command line".to_string(),
+    }
+}
+
 /// How often a long action by filter reports its progress (on standard error).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -168,7 +177,7 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
         );
         return Ok(());
     }
-    let mut run = BulkRun::start(pool, &query, action)?;
+    let mut run = BulkRun::start(pool, &query, action, &requested_by()).await?;
     loop {
         if let Some(finished) = run.finished_within(PROGRESS_EVERY).await {
             println!("{} jobs {verb}", finished?);

@@ -1,6 +1,6 @@
-//! The operators' read side over a big `jobs` table, and actions on everything a filter matches:
-//! what the dashboard, the admin API and the CLI list and count. [`admin`] holds the
-//! actions on given ids; this module finds the ids.
+//! The operators' read side over a big `jobs` table: what the dashboard, the admin API and the
+//! CLI list and count, and the ids an action by filter ([`super::bulk`]) works through.
+//! [`super::admin`] holds the actions on given ids.
 //!
 //! # Staying fast with millions of finished rows
 //!
@@ -21,22 +21,14 @@
 //! parameter values, so `($1 is null or state = $1)` folds to `state = 'discarded'` and the
 //! partial index whose predicate that implies is usable. A cached generic plan could not.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tracing::Instrument;
 
-use super::admin::{self, AdminError, JobRow, STATES};
+use super::admin::{AdminError, JobRow, STATES};
 
 /// Most ids one page of `completed` (or all-state) jobs examines.
 pub const SCAN_WINDOW: i64 = 100_000;
-
-/// Jobs an action by filter handles per statement.
-const ACTION_BATCH: i64 = 1_000;
 
 /// A filter over jobs; unset fields match everything. Built from the dashboard's query string or
 /// the admin API's parameters.
@@ -265,209 +257,23 @@ pub async fn count_matching(
     }
 }
 
-/// What an action by filter does to each matching job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BulkAction {
-    /// [`admin::retry`]: every state but running.
-    Retry,
-    /// [`admin::cancel`]: unfinished jobs.
-    Cancel,
-    /// [`admin::delete`]: finished jobs.
-    Delete,
-}
-
-impl BulkAction {
-    pub fn parse(s: &str) -> Option<BulkAction> {
-        match s {
-            "retry" => Some(BulkAction::Retry),
-            "cancel" => Some(BulkAction::Cancel),
-            "delete" => Some(BulkAction::Delete),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BulkAction::Retry => "retry",
-            BulkAction::Cancel => "cancel",
-            BulkAction::Delete => "delete",
-        }
-    }
-
-    /// Applies the action to `ids`; returns how many jobs it changed.
-    pub async fn apply(self, pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
-        match self {
-            BulkAction::Retry => admin::retry(pool, ids).await,
-            BulkAction::Cancel => admin::cancel(pool, ids).await,
-            BulkAction::Delete => admin::delete(pool, ids).await,
-        }
-    }
-}
-
-/// Applies `action` to every job matching `query` (the whole table, not one page), newest first
-/// in batches of 1,000 ids, so no statement holds many locks. A job that changes state between
-/// being found and being acted on is handled by the action's own state check.
-///
-/// The batches run on a task of their own, and the caller waits for them at most
-/// `answer_within`: over millions of jobs an action takes minutes, and a browser, an API client
-/// or a proxy in front would give up without learning what happened. Past that, the answer is
-/// how many jobs changed so far ([`BulkOutcome::Continuing`]); the action goes on to the last
-/// matching job (also when the caller goes away) and logs how it ended.
-pub async fn apply_matching(
+/// One batch of the ids matching `query` below `before`, newest first: what an action by filter
+/// ([`super::bulk`]) works through.
+pub(super) async fn ids_matching(
     pool: &PgPool,
     query: &JobQuery,
-    action: BulkAction,
-    answer_within: Duration,
-) -> Result<BulkOutcome, AdminError> {
-    let mut run = BulkRun::start(pool, query, action)?;
-    if let Some(finished) = run.finished_within(answer_within).await {
-        return finished.map(BulkOutcome::Finished);
-    }
-    let so_far = run.changed_so_far();
-    let ending = async move {
-        let mut interrupted = Interrupted {
-            action,
-            changed: run.changed.clone(),
-            armed: true,
-        };
-        match run.finish().await {
-            Ok(changed) => tracing::info!(
-                action = action.as_str(),
-                changed,
-                "bulk job action finished in the background"
-            ),
-            Err(error) => tracing::error!(
-                action = action.as_str(),
-                changed = interrupted.changed.load(Ordering::Relaxed),
-                %error,
-                "bulk job action stopped in the background"
-            ),
-        }
-        interrupted.armed = false;
-    };
-    tokio::spawn(ending.instrument(tracing::Span::current()));
-    Ok(BulkOutcome::Continuing { changed: so_far })
-}
-
-/// Logs a background action that never ended: the node shut down under it (its task was
-/// dropped). The jobs it reached are changed; running it again finishes the rest.
-struct Interrupted {
-    action: BulkAction,
-    changed: Arc<AtomicU64>,
-    armed: bool,
-}
-
-impl Drop for Interrupted {
-    fn drop(&mut self) {
-        // Unwinding from a panic (the panic hook has logged it) is not a shutdown.
-        if self.armed && !std::thread::panicking() {
-            tracing::warn!(
-                action = self.action.as_str(),
-                changed = self.changed.load(Ordering::Relaxed),
-                "bulk job action interrupted by the node's shutdown; run it again for the rest"
-            );
-        }
-    }
-}
-
-/// What an action by filter had done when its caller answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BulkOutcome {
-    /// Every matching job was handled; this many changed.
-    Finished(u64),
-    /// Still going on its own task; this many changed so far.
-    Continuing { changed: u64 },
-}
-
-impl BulkOutcome {
-    /// Jobs changed: all of them, or so far.
-    pub fn changed(self) -> u64 {
-        match self {
-            BulkOutcome::Finished(changed) | BulkOutcome::Continuing { changed } => changed,
-        }
-    }
-
-    pub fn finished(self) -> bool {
-        matches!(self, BulkOutcome::Finished(_))
-    }
-}
-
-/// An action on every job matching a filter, under way on a task of its own (batches of 1,000,
-/// newest first; see [`apply_matching`]). Dropping it does not stop it.
-pub struct BulkRun {
-    task: tokio::task::JoinHandle<Result<u64, AdminError>>,
-    changed: Arc<AtomicU64>,
-}
-
-impl BulkRun {
-    pub fn start(pool: &PgPool, query: &JobQuery, action: BulkAction) -> Result<Self, AdminError> {
-        query.validate()?;
-        let changed = Arc::new(AtomicU64::new(0));
-        let (pool, query, counter) = (pool.clone(), query.clone(), changed.clone());
-        let task =
-            tokio::spawn(async move { apply_in_batches(&pool, &query, action, &counter).await });
-        Ok(BulkRun { task, changed })
-    }
-
-    /// Jobs changed by the batches done so far.
-    pub fn changed_so_far(&self) -> u64 {
-        self.changed.load(Ordering::Relaxed)
-    }
-
-    /// How many jobs it changed, once done; None when it is still going after `within`. Once it
-    /// answered Some, the run is spent: ask it nothing more.
-    pub async fn finished_within(&mut self, within: Duration) -> Option<Result<u64, AdminError>> {
-        let joined = tokio::time::timeout(within, &mut self.task).await.ok()?;
-        Some(joined.map_err(joined_error).and_then(|changed| changed))
-    }
-
-    /// Waits for the end: how many jobs it changed.
-    pub async fn finish(self) -> Result<u64, AdminError> {
-        self.task
-            .await
-            .map_err(joined_error)
-            .and_then(|changed| changed)
-    }
-}
-
-fn joined_error(error: tokio::task::JoinError) -> AdminError {
-    if error.is_panic() {
-        std::panic::resume_unwind(error.into_panic());
-    }
-    // Cancelled: only when the runtime shuts down, which closes the pool too.
-    AdminError::Database(sqlx::Error::PoolClosed)
-}
-
-async fn apply_in_batches(
-    pool: &PgPool,
-    query: &JobQuery,
-    action: BulkAction,
-    progress: &AtomicU64,
-) -> Result<u64, AdminError> {
-    let mut before: Option<i64> = None;
-    let mut changed = 0;
-    loop {
-        let ids: Vec<i64> = bind_filter!(
-            sqlx::query_scalar(JOB_IDS_MATCHING).persistent(false),
-            query,
-            before,
-            None::<i64>
-        )
-        .bind(ACTION_BATCH)
-        .fetch_all(pool)
-        .await?;
-        let Some(&last) = ids.last() else {
-            break;
-        };
-        changed += action.apply(pool, &ids).await?;
-        progress.store(changed, Ordering::Relaxed);
-        if (ids.len() as i64) < ACTION_BATCH {
-            break;
-        }
-        before = Some(last);
-    }
-    Ok(changed)
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    bind_filter!(
+        sqlx::query_scalar(JOB_IDS_MATCHING).persistent(false),
+        query,
+        before,
+        None::<i64>
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Jobs of one queue in one state. `estimated`: the planner's estimate, not a count.

@@ -34,13 +34,15 @@
 //! - [`execute`]: running one job and writing finishes.
 //! - [`maintenance`]: leader election, rescuer, pruner.
 //! - [`rate_limit`]: cluster-wide token buckets.
-//! - [`admin`]: operators' operations (list, retry, cancel, delete, pause).
-//! - [`admin_query`]: operators' listings and counts over a big table, actions by filter.
+//! - [`admin`]: operators' operations on given jobs (retry, cancel, delete) and queues (pause).
+//! - [`admin_query`]: operators' listings and counts over a big table.
+//! - [`bulk`]: retry, cancel or delete every job a filter matches, with a recorded progress.
 //! - [`testing`]: `drain`, `assert_enqueued`, a row factory.
 //! - `sql`: every statement, named.
 
 pub mod admin;
 pub mod admin_query;
+pub mod bulk;
 pub mod enqueue;
 pub mod execute;
 pub mod job;

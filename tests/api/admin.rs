@@ -189,15 +189,19 @@ async fn operators_find_fix_and_clean_up_jobs_through_the_admin_api() {
         2,
         "refused bulk actions changed nothing"
     );
-    let done_with_two = |answer: crate::helpers::Answer| {
+    let done_with_two = |answer: crate::helpers::Answer, record: Value| {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
-        let expected = json!({"changed": 2, "finished": true});
+        let expected = json!({"changed": 2, "finished": true, "bulk_action": record});
         assert_eq!(answer.body, expected, "{}", answer.text);
     };
-    done_with_two(bulk(json!({"action": "retry", "ids": [ok1, ok2, 999999]})).await);
+    done_with_two(
+        bulk(json!({"action": "retry", "ids": [ok1, ok2, 999999]})).await,
+        Value::Null,
+    );
     assert_eq!(api.drain("default").await.completed, 2);
     done_with_two(
         bulk(json!({"action": "delete", "filter": {"kind": "noop", "state": "completed"}})).await,
+        json!(1),
     );
     assert_eq!(api.job_count().await, 0);
 }
@@ -416,10 +420,63 @@ async fn a_long_bulk_action_by_filter_answers_in_time_and_finishes_in_the_backgr
         "answered {so_far} changed so far; {cancelled_then} cancelled right after"
     );
 
+    // Its record follows it, for any node and any caller with admin:read.
+    let record = answer.body["bulk_action"]
+        .as_i64()
+        .expect("a bulk_action id");
+    let reader = api.token(&["admin:read"]).await;
+    let path = format!("/v1/admin/bulk-actions/{record}");
+    let followed = api.call(Method::GET, &path, Some(&reader), None).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.text);
+    assert_eq!(followed.body["action"], "cancel");
+    assert_eq!(followed.body["filter"]["tag"], "long");
+    assert_eq!(followed.body["requested_by"], "token test-caller");
+    assert!(
+        followed.body["changed"].as_i64().unwrap() >= so_far,
+        "{}",
+        followed.text
+    );
+    let forbidden = api.call(Method::GET, &path, Some(&admin), None).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN, "admin:write alone");
+
     crate::support::eventually(120, "every matching job cancelled", || async {
         cancelled_jobs(&api).await == 50_000
     })
     .await;
+    crate::support::eventually(30, "the record says finished", || async {
+        let now = api.call(Method::GET, &path, Some(&reader), None).await;
+        now.body["status"] == "finished"
+    })
+    .await;
+    let done = api.call(Method::GET, &path, Some(&reader), None).await;
+    assert_eq!(done.body["changed"], 50_000, "{}", done.text);
+    assert!(done.body["finished_at"].is_string(), "{}", done.text);
+    assert!(done.body["error"].is_null(), "{}", done.text);
+
+    // A record that stopped moving without finishing (its node went away) is `stalled`.
+    sqlx::query(
+        "update bulk_actions set finished_at = null, updated_at = now() - interval '2 minutes'",
+    )
+    .execute(&api.db.pool)
+    .await
+    .unwrap();
+    let stalled = api.call(Method::GET, &path, Some(&reader), None).await;
+    assert_eq!(stalled.body["status"], "stalled", "{}", stalled.text);
+    let missing = api
+        .call(
+            Method::GET,
+            "/v1/admin/bulk-actions/999999",
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.text.contains("no bulk action 999999"),
+        "{}",
+        missing.text
+    );
+
     let state: String = sqlx::query_scalar("select state from jobs where id = $1")
         .bind(bystander)
         .fetch_one(&api.db.pool)

@@ -251,6 +251,9 @@ async fn a_long_bulk_retry_answers_with_its_progress_and_goes_on() {
         html.contains("set to run again so far; the action goes on in the background"),
         "{html}"
     );
+    assert!(html.contains("Recent bulk actions"), "{html}");
+    assert!(html.contains("operator admin"), "who asked: {html}");
+    assert!(html.contains("tag: incident"), "the filter: {html}");
     let pool = app.db.pool.clone();
     crate::support::eventually(120, "every matching job set to run again", || {
         let pool = pool.clone();
@@ -262,6 +265,11 @@ async fn a_long_bulk_retry_answers_with_its_progress_and_goes_on() {
                     .unwrap();
             available == 30_000
         }
+    })
+    .await;
+    crate::support::eventually(30, "the jobs page shows it finished", || async {
+        let html = page(&app, &admin, "/dashboard/jobs").await;
+        html.contains("state-finished") && html.contains("30,000")
     })
     .await;
 }

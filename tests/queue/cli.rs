@@ -163,6 +163,13 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
         .unwrap();
     assert_eq!(available, 2500);
     assert_eq!(state_of(&db.pool, other_error).await, "discarded");
+    let (by, changed): (String, i64) =
+        sqlx::query_as("select requested_by, changed from bulk_actions where action = 'retry'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(by.starts_with("command line"), "{by}");
+    assert_eq!(changed, 2500, "the action's record");
 
     let one = [r#"{"to": "c7"}"#];
     let cancelled = run(

@@ -253,7 +253,7 @@ async fn pruning_deletes_old_finished_jobs_only() {
 /// how far it got, instead of vanishing with the runtime.
 #[test]
 fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
-    use admin_query::{BulkAction, BulkOutcome};
+    use baseaim_worker::queue::bulk::{self, BulkAction};
     let captured = crate::support::CapturedLog::default();
     let sink = captured.clone();
     let subscriber = baseaim_worker::telemetry::json_subscriber(
@@ -278,18 +278,16 @@ fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
             tag: Some("big".into()),
             ..JobQuery::default()
         };
-        let outcome = admin_query::apply_matching(
+        let outcome = bulk::apply_matching(
             &db.pool,
             &query,
             BulkAction::Cancel,
+            "a test",
             std::time::Duration::ZERO,
         )
         .await
         .unwrap();
-        assert!(
-            matches!(outcome, BulkOutcome::Continuing { .. }),
-            "{outcome:?}"
-        );
+        assert!(!outcome.finished, "{outcome:?}");
         // A few batches, not fifty.
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         db
@@ -311,6 +309,24 @@ fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
     assert_eq!(lines[0]["fields"]["action"], "cancel");
     let changed = lines[0]["fields"]["changed"].as_u64().unwrap();
     assert!(changed < 50_000, "{changed}: it was cut short");
+    // Its record is left unfinished, as far as it got (the dashboard shows it as stalled).
+    let unfinished = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            let record: (i64, Option<chrono::DateTime<Utc>>, String) =
+                sqlx::query_as("select changed, finished_at, requested_by from bulk_actions")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            record
+        });
+    assert_eq!(unfinished.1, None, "not finished");
+    assert_eq!(unfinished.2, "a test");
+    assert!(unfinished.0 as u64 <= changed, "{unfinished:?} / {changed}");
     // The database is dropped from a runtime of its own.
     drop(db);
 }

@@ -12,7 +12,7 @@ use crate::auth::Operator;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::queue::admin::{self, JobRow};
-use crate::queue::admin_query::BulkAction;
+use crate::queue::bulk::BulkAction;
 
 #[derive(Deserialize)]
 pub struct Params {

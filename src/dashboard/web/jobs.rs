@@ -14,7 +14,8 @@ use crate::auth::Operator;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::queue::admin::{JobRow, STATES};
-use crate::queue::admin_query::{self, BulkAction, BulkOutcome, JobQuery};
+use crate::queue::admin_query::{self, JobQuery};
+use crate::queue::bulk::{self, BulkAction, BulkOutcome};
 
 /// Rows per page.
 const PAGE_SIZE: i64 = 50;
@@ -193,6 +194,49 @@ struct JobsPage {
     first_href: Option<String>,
     window_note: Option<String>,
     error: Option<String>,
+    bulk_actions: Vec<BulkLine>,
+}
+
+/// A recent bulk action by filter, as the jobs page lists it.
+struct BulkLine {
+    id: i64,
+    action: String,
+    filter: String,
+    requested_by: String,
+    changed: String,
+    status: &'static str,
+    started: String,
+    updated: String,
+}
+
+/// Bulk actions the jobs page lists, newest first.
+const RECENT_BULK_ACTIONS: i64 = 5;
+
+impl BulkLine {
+    fn new(record: bulk::BulkRecord, now: DateTime<Utc>) -> Self {
+        let filter = match &record.filter {
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(text) => format!("{k}: {text}"),
+                    other => format!("{k}: {other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        };
+        BulkLine {
+            id: record.id,
+            status: record.status(now),
+            action: record.action,
+            filter,
+            requested_by: record.requested_by,
+            changed: thousands(record.changed),
+            started: ago(Some(record.started_at), now),
+            updated: ago(Some(record.updated_at), now),
+        }
+    }
 }
 
 pub async fn page(
@@ -241,7 +285,13 @@ pub async fn page(
         }
     };
 
+    let bulk_actions = bulk::recent(&state.pool, RECENT_BULK_ACTIONS)
+        .await?
+        .into_iter()
+        .map(|r| BulkLine::new(r, now))
+        .collect();
     super::render(&JobsPage {
+        bulk_actions,
         chrome: Chrome::new(&operator, "jobs", notice),
         hidden: filter.hidden(),
         first_href: before.map(|_| filter.href(&[])),
@@ -336,19 +386,25 @@ pub async fn bulk(
 
     let outcome = if everything {
         let within = state.app.config.http.bulk_answer_within;
-        admin_query::apply_matching(&state.pool, &query, action, within)
+        let by = format!("operator {}", operator.username);
+        bulk::apply_matching(&state.pool, &query, action, &by, within)
             .await
             .map_err(super::admin_error)?
     } else {
-        BulkOutcome::Finished(action.apply(&state.pool, &ids).await?)
+        BulkOutcome::on_ids(action.apply(&state.pool, &ids).await?)
     };
-    let (changed, finished) = (outcome.changed(), outcome.finished());
+    let BulkOutcome {
+        changed,
+        finished,
+        record,
+    } = outcome;
     tracing::info!(
         operator = %operator.username,
         action = action.as_str(),
         scope = if everything { "filter" } else { "selected" },
         changed,
         finished,
+        bulk_action = record,
         "bulk job action"
     );
     let verb = match action {
@@ -364,7 +420,7 @@ pub async fn bulk(
     } else {
         format!(
             "{} {verb} so far; the action goes on in the background through every matching job \
-             (reload to follow it; the log records when it ends).",
+             (its progress is under Recent bulk actions).",
             plural(changed)
         )
     };

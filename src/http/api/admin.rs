@@ -15,7 +15,8 @@ use crate::auth::ApiCaller;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::queue::admin::{self, AdminError, JobRow};
-use crate::queue::admin_query::{self, BulkAction, BulkOutcome, JobQuery};
+use crate::queue::admin_query::{self, JobQuery};
+use crate::queue::bulk::{self, BulkAction, BulkOutcome};
 use crate::schedule::{self, Schedule, ScheduleError};
 
 /// Most ids one bulk action by ids takes.
@@ -355,6 +356,9 @@ pub struct BulkResult {
     /// `http.bulk_answer_within` (answered 202): it goes on to the last matching job in the
     /// background.
     pub finished: bool,
+    /// An action by filter's record, to follow it: `GET /v1/admin/bulk-actions/{id}` (null for
+    /// an action on ids, which is always done when it answers).
+    pub bulk_action: Option<i64>,
 }
 
 /// Retry, cancel or delete many jobs: by ids or by filter.
@@ -381,7 +385,7 @@ pub async fn bulk(
                     "at most {MAX_BULK_IDS} `ids`; use a `filter` for more"
                 )));
             }
-            BulkOutcome::Finished(request.action.apply(&state.pool, &ids).await?)
+            BulkOutcome::on_ids(request.action.apply(&state.pool, &ids).await?)
         }
         (None, Some(filter)) => {
             let query = filter.into_query()?;
@@ -391,7 +395,8 @@ pub async fn bulk(
                 ));
             }
             let within = state.app.config.http.bulk_answer_within;
-            admin_query::apply_matching(&state.pool, &query, request.action, within).await?
+            let by = format!("token {}", caller.name);
+            bulk::apply_matching(&state.pool, &query, request.action, &by, within).await?
         }
         _ => {
             return Err(ApiError::Unprocessable(
@@ -399,14 +404,82 @@ pub async fn bulk(
             ));
         }
     };
-    let (changed, finished) = (outcome.changed(), outcome.finished());
+    let BulkOutcome {
+        changed,
+        finished,
+        record,
+    } = outcome;
     let status = if finished {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    tracing::info!(action = request.action.as_str(), changed, finished, caller = %caller.name, "admin API bulk action");
-    Ok((status, Json(BulkResult { changed, finished })))
+    tracing::info!(action = request.action.as_str(), changed, finished, bulk_action = record, caller = %caller.name, "admin API bulk action");
+    Ok((
+        status,
+        Json(BulkResult {
+            changed,
+            finished,
+            bulk_action: record,
+        }),
+    ))
+}
+
+/// A bulk action by filter and how far it got.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkActionRecord {
+    pub id: i64,
+    /// `retry`, `cancel` or `delete`.
+    pub action: String,
+    /// The filter it was given.
+    #[schema(value_type = Object)]
+    pub filter: serde_json::Value,
+    /// Who asked: `operator <name>`, `token <name>` or `command line (<user>)`.
+    pub requested_by: String,
+    pub started_at: DateTime<Utc>,
+    /// Its last progress (after each batch of 1,000 jobs).
+    pub updated_at: DateTime<Utc>,
+    /// Jobs changed so far.
+    pub changed: i64,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it stopped before the end.
+    pub error: Option<String>,
+    /// `running`, `finished`, `failed`, or `stalled` (no progress for a minute: the node running
+    /// it went away; run it again for the rest).
+    pub status: String,
+}
+
+/// One bulk action by filter: its progress while it runs, its outcome after.
+#[utoipa::path(get, path = "/v1/admin/bulk-actions/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "The `bulk_action` a bulk request answered")),
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = BulkActionRecord),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn get_bulk_action(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<BulkActionRecord>, ApiError> {
+    caller.require("admin:read")?;
+    let id = id_path(path)?;
+    let record = bulk::record(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no bulk action {id}")))?;
+    Ok(Json(BulkActionRecord {
+        status: record.status(Utc::now()).to_string(),
+        id: record.id,
+        action: record.action,
+        filter: record.filter,
+        requested_by: record.requested_by,
+        started_at: record.started_at,
+        updated_at: record.updated_at,
+        changed: record.changed,
+        finished_at: record.finished_at,
+        error: record.error,
+    }))
 }
 
 /// Jobs of one queue in one state.
