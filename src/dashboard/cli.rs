@@ -180,7 +180,7 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
     let mut run = BulkRun::start(pool, &query, action, &requested_by()).await?;
     loop {
         if let Some(finished) = run.finished_within(PROGRESS_EVERY).await {
-            println!("{} jobs {verb}", finished?);
+            println!("{} jobs {verb} (bulk action {})", finished?, run.id);
             return Ok(());
         }
         eprintln!("{} jobs {verb} so far ...", run.changed_so_far());

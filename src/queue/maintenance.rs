@@ -95,7 +95,8 @@ pub async fn rescue_once(
     Ok(rows.len() as u64)
 }
 
-/// Deletes finished jobs that finished before `before`, in batches. Returns how many.
+/// Deletes finished jobs that finished before `before`, in batches, and the records of bulk
+/// actions over by then. Returns how many jobs.
 pub async fn prune_once(
     pool: &PgPool,
     before: DateTime<Utc>,
@@ -115,6 +116,10 @@ pub async fn prune_once(
         }
     }
     sqlx::query(sql::NODE_PRUNE).execute(pool).await?;
+    sqlx::query(sql::BULK_ACTION_PRUNE)
+        .bind(before)
+        .execute(pool)
+        .await?;
     Ok(total)
 }
 

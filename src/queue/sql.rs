@@ -221,6 +221,11 @@ pub const NODE_DELETE: &str = "delete from nodes where name = $1";
 /// Nodes silent for a day are forgotten.
 pub const NODE_PRUNE: &str = "delete from nodes where heartbeat_at < now() - interval '1 day'";
 
+/// Records of bulk actions that ended (or stalled) before `$1`, with the finished jobs they
+/// touched.
+pub const BULK_ACTION_PRUNE: &str =
+    "delete from bulk_actions where coalesce(finished_at, updated_at) < $1";
+
 /// Declares (or re-configures) a token bucket, keeping its current tokens.
 pub const RATE_LIMIT_UPSERT: &str = r#"
 insert into rate_limits (name, rate_per_s, burst, tokens) values ($1, $2, $3, $3)

@@ -238,10 +238,31 @@ async fn pruning_deletes_old_finished_jobs_only() {
         },
     )
     .await;
+    // Bulk action records: one over long ago, one stalled long ago, one over recently.
+    sqlx::query(
+        "insert into bulk_actions (action, filter, requested_by, started_at, updated_at, finished_at)
+         values ('retry', '{}', 'old', now() - interval '30 days', now() - interval '30 days',
+                 now() - interval '30 days'),
+                ('cancel', '{}', 'stalled', now() - interval '30 days',
+                 now() - interval '30 days', null),
+                ('delete', '{}', 'recent', now(), now(), now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let pruned = prune_once(&db.pool, Utc::now() - chrono::Duration::days(7), 2)
         .await
         .unwrap();
     assert_eq!(pruned, 3, "in batches of 2 until none is left");
+    let kept: Vec<String> = sqlx::query_scalar("select requested_by from bulk_actions")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        ["recent"],
+        "bulk action records age out with the jobs"
+    );
     for id in old_ids {
         assert!(admin::get(&db.pool, id).await.unwrap().is_none());
     }
