@@ -1,6 +1,6 @@
-//! The operators' command line over the database: `jobs list|show|retry|cancel|delete|enqueue` and
-//! `queues list|pause|resume`. Tables for people, `--json` for scripts. The same operations as
-//! the dashboard, from `queue::admin`.
+//! The operators' command line over the database: `jobs list|show|retry|cancel|delete|actions|
+//! enqueue` and `queues list|pause|resume`. Tables for people, `--json` for scripts. The same
+//! operations as the dashboard, from `queue::admin`, `queue::admin_query` and `queue::bulk`.
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use crate::config::Config;
 use crate::queue::admin::{self, JobRow};
 use crate::queue::admin_query::{self, JobQuery};
-use crate::queue::bulk::{BulkAction, BulkRun};
+use crate::queue::bulk::{self, BulkAction, BulkRecord, BulkRun};
 use crate::queue::{NewJob, enqueue};
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +44,14 @@ pub enum JobsCommand {
     /// Delete finished jobs (completed, discarded, cancelled): the given ids, or every job
     /// matching the filter options.
     Delete(Targets),
+    /// The latest retries, cancels and deletes by filter (from the dashboard, the API or here):
+    /// who asked, the filter, how far each got.
+    Actions {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Enqueue a job of any registered kind, e.g. `jobs enqueue noop`. The args are checked
     /// against the kind; its policy (queue, priority, attempts, unique key) applies.
     Enqueue {
@@ -241,6 +249,18 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        JobsCommand::Actions { limit, json } => {
+            anyhow::ensure!(
+                (1..=MAX_LIST_LIMIT).contains(&limit),
+                "--limit must be between 1 and {MAX_LIST_LIMIT}"
+            );
+            let records = bulk::recent(&pool, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                print!("{}", bulk_actions_table(&records));
+            }
+        }
         JobsCommand::Show { id, json } => {
             let job = admin::get(&pool, id)
                 .await?
@@ -372,6 +392,29 @@ fn jobs_table(rows: &[JobRow]) -> String {
             format!("{}/{}", job.attempt, job.max_attempts),
             time(Some(job.run_at)),
             last_error,
+        ]);
+    }
+    render_table(&table)
+}
+
+fn bulk_actions_table(records: &[BulkRecord]) -> String {
+    let now = Utc::now();
+    let mut table = vec![
+        [
+            "ID", "ACTION", "STATUS", "CHANGED", "STARTED", "BY", "FILTER",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for record in records {
+        table.push(vec![
+            record.id.to_string(),
+            record.action.clone(),
+            record.status(now).to_string(),
+            record.changed.to_string(),
+            time(Some(record.started_at)),
+            record.requested_by.clone(),
+            record.describe_filter(),
         ]);
     }
     render_table(&table)

@@ -295,6 +295,22 @@ pub struct BulkRecord {
 pub const STALLED_AFTER: Duration = Duration::from_secs(60);
 
 impl BulkRecord {
+    /// The filter as `key: value, ...` (its set conditions).
+    pub fn describe_filter(&self) -> String {
+        match &self.filter {
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(text) => format!("{k}: {text}"),
+                    other => format!("{k}: {other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        }
+    }
+
     /// `running`, `finished`, `failed`, or `stalled` (no progress for [`STALLED_AFTER`]: its
     /// node went away mid-way; running it again does the rest).
     pub fn status(&self, now: DateTime<Utc>) -> &'static str {

@@ -462,6 +462,12 @@ async fn a_long_bulk_action_by_filter_answers_in_time_and_finishes_in_the_backgr
     .unwrap();
     let stalled = api.call(Method::GET, &path, Some(&reader), None).await;
     assert_eq!(stalled.body["status"], "stalled", "{}", stalled.text);
+    let listed = api
+        .call(Method::GET, "/v1/admin/bulk-actions", Some(&reader), None)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.body[0]["id"], record, "{}", listed.text);
+    assert_eq!(listed.body[0]["status"], "stalled", "{}", listed.text);
     let missing = api
         .call(
             Method::GET,

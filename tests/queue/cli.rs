@@ -170,6 +170,14 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
             .unwrap();
     assert!(by.starts_with("command line"), "{by}");
     assert_eq!(changed, 2500, "the action's record");
+    let (ok, actions) = run(&db, &["jobs", "actions"]).await;
+    assert!(ok, "{actions}");
+    let row: Vec<&str> = actions.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[1..4], ["retry", "finished", "2500"], "{actions}");
+    assert!(
+        actions.contains("error: answered 500, kind: send_email"),
+        "{actions}"
+    );
 
     let one = [r#"{"to": "c7"}"#];
     let cancelled = run(

@@ -214,18 +214,7 @@ const RECENT_BULK_ACTIONS: i64 = 5;
 
 impl BulkLine {
     fn new(record: bulk::BulkRecord, now: DateTime<Utc>) -> Self {
-        let filter = match &record.filter {
-            serde_json::Value::Object(fields) => fields
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| match v {
-                    serde_json::Value::String(text) => format!("{k}: {text}"),
-                    other => format!("{k}: {other}"),
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-            other => other.to_string(),
-        };
+        let filter = record.describe_filter();
         BulkLine {
             id: record.id,
             status: record.status(now),

@@ -468,18 +468,49 @@ pub async fn get_bulk_action(
     let record = bulk::record(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no bulk action {id}")))?;
-    Ok(Json(BulkActionRecord {
-        status: record.status(Utc::now()).to_string(),
-        id: record.id,
-        action: record.action,
-        filter: record.filter,
-        requested_by: record.requested_by,
-        started_at: record.started_at,
-        updated_at: record.updated_at,
-        changed: record.changed,
-        finished_at: record.finished_at,
-        error: record.error,
-    }))
+    Ok(Json(BulkActionRecord::new(record, Utc::now())))
+}
+
+/// The latest bulk actions by filter, newest first.
+#[utoipa::path(get, path = "/v1/admin/bulk-actions", tag = "admin",
+    security(("bearer" = ["admin:read"])),
+    responses(
+        (status = 200, body = [BulkActionRecord]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub async fn list_bulk_actions(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+) -> Result<Json<Vec<BulkActionRecord>>, ApiError> {
+    caller.require("admin:read")?;
+    let now = Utc::now();
+    let records = bulk::recent(&state.pool, RECENT_BULK_ACTIONS).await?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| BulkActionRecord::new(r, now))
+            .collect(),
+    ))
+}
+
+/// How many bulk actions `GET /v1/admin/bulk-actions` lists.
+const RECENT_BULK_ACTIONS: i64 = 50;
+
+impl BulkActionRecord {
+    fn new(record: bulk::BulkRecord, now: DateTime<Utc>) -> Self {
+        BulkActionRecord {
+            status: record.status(now).to_string(),
+            id: record.id,
+            action: record.action,
+            filter: record.filter,
+            requested_by: record.requested_by,
+            started_at: record.started_at,
+            updated_at: record.updated_at,
+            changed: record.changed,
+            finished_at: record.finished_at,
+            error: record.error,
+        }
+    }
 }
 
 /// Jobs of one queue in one state.

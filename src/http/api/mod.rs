@@ -48,6 +48,7 @@ api_routes! {
     post "/v1/emails" => emails::send;
     get "/v1/admin/jobs" => admin::list_jobs;
     post "/v1/admin/jobs/bulk" => admin::bulk;
+    get "/v1/admin/bulk-actions" => admin::list_bulk_actions;
     get "/v1/admin/bulk-actions/{id}" => admin::get_bulk_action;
     get "/v1/admin/jobs/{id}" => admin::get_job;
     delete "/v1/admin/jobs/{id}" => admin::delete_job;

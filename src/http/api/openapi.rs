@@ -25,6 +25,7 @@ use super::{admin, emails, jobs};
         admin::cancel_job,
         admin::delete_job,
         admin::bulk,
+        admin::list_bulk_actions,
         admin::get_bulk_action,
         admin::counts,
         admin::list_queues,
