@@ -136,9 +136,6 @@ pub struct Targets {
     yes: bool,
 }
 
-/// Most jobs one `jobs list` page shows (the dashboard's and the admin API's limit too).
-const MAX_LIST_LIMIT: i64 = 500;
-
 /// Who a bulk action's record says asked for it: the command line, and the login user.
 fn requested_by() -> String {
     match std::env::var("USER") {
@@ -151,10 +148,10 @@ fn requested_by() -> String {
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Result<()> {
-    let (verb, applies_to) = match action {
-        BulkAction::Retry => ("set to run now", "the ones in any state but running"),
-        BulkAction::Cancel => ("cancelled", "the unfinished ones"),
-        BulkAction::Delete => ("deleted", "the finished ones"),
+    let verb = match action {
+        BulkAction::Retry => "set to run now",
+        BulkAction::Cancel => "cancelled",
+        BulkAction::Delete => "deleted",
     };
     let query = targets.filter.query()?;
     let filtered = query != JobQuery::default();
@@ -180,8 +177,9 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
             None => "more jobs match than can be counted in 30 s".to_string(),
         };
         println!(
-            "{matching}; {} changes {applies_to}. Add --yes to go ahead.",
-            action.as_str()
+            "{matching}; {} applies to {} among them. Add --yes to go ahead.",
+            action.as_str(),
+            action.applies_to()
         );
         return Ok(());
     }
@@ -232,8 +230,9 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             json,
         } => {
             anyhow::ensure!(
-                (1..=MAX_LIST_LIMIT).contains(&limit),
-                "--limit must be between 1 and {MAX_LIST_LIMIT}"
+                (1..=admin_query::MAX_PAGE).contains(&limit),
+                "--limit must be between 1 and {}",
+                admin_query::MAX_PAGE
             );
             let page = admin_query::job_page(&pool, &filter.query()?, before, limit).await?;
             if json {
@@ -251,8 +250,9 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::Actions { limit, json } => {
             anyhow::ensure!(
-                (1..=MAX_LIST_LIMIT).contains(&limit),
-                "--limit must be between 1 and {MAX_LIST_LIMIT}"
+                (1..=admin_query::MAX_PAGE).contains(&limit),
+                "--limit must be between 1 and {}",
+                admin_query::MAX_PAGE
             );
             let records = bulk::recent(&pool, limit).await?;
             if json {

@@ -27,6 +27,9 @@ use sqlx::PgPool;
 
 use super::admin::{AdminError, JobRow, STATES};
 
+/// Most jobs one listing page holds (the dashboard's, the admin API's and the CLI's).
+pub const MAX_PAGE: i64 = 500;
+
 /// Most ids one page of `completed` (or all-state) jobs examines.
 pub const SCAN_WINDOW: i64 = 100_000;
 
@@ -172,7 +175,7 @@ pub async fn job_page(
     limit: i64,
 ) -> Result<JobPage, AdminError> {
     query.validate()?;
-    let limit = limit.clamp(1, 500);
+    let limit = limit.clamp(1, MAX_PAGE);
     let floor = if query.windowed() {
         let top = match before {
             Some(b) => b,

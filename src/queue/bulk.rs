@@ -49,6 +49,15 @@ impl BulkAction {
         }
     }
 
+    /// The jobs it changes; others are left as they are.
+    pub fn applies_to(self) -> &'static str {
+        match self {
+            BulkAction::Retry => "any state but running",
+            BulkAction::Cancel => "unfinished jobs",
+            BulkAction::Delete => "finished jobs (completed, discarded, cancelled)",
+        }
+    }
+
     /// Applies the action to `ids`; returns how many jobs it changed.
     pub async fn apply(self, pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
         match self {
@@ -67,7 +76,7 @@ impl BulkAction {
 /// browser, an API client or a proxy in front would give up without learning what happened.
 /// Past that, the answer is how many jobs changed so far; the action goes on to the last
 /// matching job (also when the caller goes away), its record shows how far it got, and the log
-/// says how it ended.
+/// says how it ended (as it does for every action by filter).
 pub async fn apply_matching(
     pool: &PgPool,
     query: &JobQuery,
@@ -76,45 +85,11 @@ pub async fn apply_matching(
     answer_within: Duration,
 ) -> Result<BulkOutcome, AdminError> {
     let mut run = BulkRun::start(pool, query, action, requested_by).await?;
-    let record = Some(run.id);
-    if let Some(finished) = run.finished_within(answer_within).await {
-        return Ok(BulkOutcome {
-            changed: finished?,
-            finished: true,
-            record,
-        });
-    }
-    let changed = run.changed_so_far();
-    let id = run.id;
-    let ending = async move {
-        let mut interrupted = Interrupted {
-            id,
-            action,
-            changed: run.changed.clone(),
-            armed: true,
-        };
-        match run.finish().await {
-            Ok(changed) => tracing::info!(
-                bulk_action = id,
-                action = action.as_str(),
-                changed,
-                "bulk job action finished in the background"
-            ),
-            Err(error) => tracing::error!(
-                bulk_action = id,
-                action = action.as_str(),
-                changed = interrupted.changed.load(Ordering::Relaxed),
-                %error,
-                "bulk job action stopped in the background"
-            ),
-        }
-        interrupted.armed = false;
-    };
-    tokio::spawn(ending.instrument(tracing::Span::current()));
+    let finished = run.finished_within(answer_within).await.transpose()?;
     Ok(BulkOutcome {
-        changed,
-        finished: false,
-        record,
+        changed: finished.unwrap_or_else(|| run.changed_so_far()),
+        finished: finished.is_some(),
+        record: Some(run.id),
     })
 }
 
@@ -140,8 +115,8 @@ impl BulkOutcome {
     }
 }
 
-/// Logs a background action that never ended: the node shut down under it (its task was
-/// dropped). The jobs it reached are changed; running it again finishes the rest.
+/// Logs an action that never ended: the node shut down under it (its task was dropped). The jobs
+/// it reached are changed; running it again finishes the rest.
 struct Interrupted {
     id: i64,
     action: BulkAction,
@@ -164,7 +139,7 @@ impl Drop for Interrupted {
 }
 
 /// An action on every job matching a filter, under way on a task of its own (see
-/// [`apply_matching`]). Dropping it does not stop it.
+/// [`apply_matching`]), which records and logs how it ends. Dropping it does not stop it.
 pub struct BulkRun {
     /// Its `bulk_actions` row.
     pub id: i64,
@@ -194,16 +169,38 @@ impl BulkRun {
         let changed = Arc::new(AtomicU64::new(0));
         let (pool, query, counter) = (pool.clone(), query.clone(), changed.clone());
         let task = tokio::spawn(async move {
+            let mut interrupted = Interrupted {
+                id,
+                action,
+                changed: counter.clone(),
+                armed: true,
+            };
             let outcome = apply_in_batches(&pool, &query, action, id, &counter).await;
-            let error = outcome.as_ref().err().map(ToString::to_string);
+            interrupted.armed = false;
+            let changed = counter.load(Ordering::Relaxed);
+            match &outcome {
+                Ok(_) => tracing::info!(
+                    bulk_action = id,
+                    action = action.as_str(),
+                    changed,
+                    "bulk job action finished"
+                ),
+                Err(error) => tracing::error!(
+                    bulk_action = id,
+                    action = action.as_str(),
+                    changed,
+                    %error,
+                    "bulk job action stopped"
+                ),
+            }
             let recorded = sqlx::query(
                 "update bulk_actions set changed = $2, finished_at = now(), updated_at = now(),
                                          error = $3
                  where id = $1",
             )
             .bind(id)
-            .bind(counter.load(Ordering::Relaxed) as i64)
-            .bind(error)
+            .bind(changed as i64)
+            .bind(outcome.as_ref().err().map(ToString::to_string))
             .execute(&pool)
             .await;
             // The jobs are what matters: a record left behind (it shows as stalled) does not
@@ -212,7 +209,8 @@ impl BulkRun {
                 tracing::warn!(bulk_action = id, error = %e, "could not record a bulk action's end");
             }
             outcome
-        });
+        }
+        .instrument(tracing::Span::current()));
         Ok(BulkRun { id, task, changed })
     }
 
@@ -226,14 +224,6 @@ impl BulkRun {
     pub async fn finished_within(&mut self, within: Duration) -> Option<Result<u64, AdminError>> {
         let joined = tokio::time::timeout(within, &mut self.task).await.ok()?;
         Some(joined.map_err(joined_error).and_then(|changed| changed))
-    }
-
-    /// Waits for the end: how many jobs it changed.
-    pub async fn finish(self) -> Result<u64, AdminError> {
-        self.task
-            .await
-            .map_err(joined_error)
-            .and_then(|changed| changed)
     }
 }
 
@@ -343,12 +333,12 @@ pub async fn record(pool: &PgPool, id: i64) -> Result<Option<BulkRecord>, sqlx::
     .await
 }
 
-/// The latest bulk actions, newest first.
+/// The latest bulk actions, newest first (`bulk_actions_started_idx`).
 pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<BulkRecord>, sqlx::Error> {
     sqlx::query_as(concat!(
         "select ",
         record_columns!(),
-        " from bulk_actions order by id desc limit $1"
+        " from bulk_actions order by started_at desc, id desc limit $1"
     ))
     .bind(limit)
     .fetch_all(pool)

@@ -140,7 +140,7 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
     assert!(
         counted
             .1
-            .contains("retry changes the ones in any state but running. Add --yes"),
+            .contains("retry applies to any state but running among them. Add --yes"),
         "{}",
         counted.1
     );

@@ -208,10 +208,11 @@ pub async fn list_jobs(
     caller.require("admin:read")?;
     let Query(params) = params.map_err(query_error)?;
     let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::Unprocessable(
-            "`limit` must be between 1 and 500".into(),
-        ));
+    if !(1..=admin_query::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "`limit` must be between 1 and {}",
+            admin_query::MAX_PAGE
+        )));
     }
     let query = params.filter().into_query()?;
     let page = admin_query::job_page(&state.pool, &query, params.after, limit).await?;
@@ -258,15 +259,11 @@ async fn act_on_one(state: &HttpState, id: i64, action: BulkAction) -> Result<Js
                 before.state
             )));
         }
-        let allowed = match action {
-            BulkAction::Retry => "any state but running",
-            BulkAction::Cancel => "unfinished jobs",
-            BulkAction::Delete => "finished jobs (completed, discarded, cancelled)",
-        };
         return Err(ApiError::Conflict(format!(
-            "job {id} is {}: {} applies to {allowed}",
+            "job {id} is {}: {} applies to {}",
             before.state,
-            action.as_str()
+            action.as_str(),
+            action.applies_to()
         )));
     }
     tracing::info!(job = id, action = action.as_str(), "admin API action");
