@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use crate::config::Config;
 use crate::queue::admin::{self, JobRow};
 use crate::queue::admin_query::{self, JobQuery};
-use crate::queue::bulk::{self, BulkAction, BulkRecord, BulkRun};
+use crate::queue::bulk::{self, BulkAction, BulkRecord, BulkRun, RunEnd, StopOutcome};
 use crate::queue::{NewJob, enqueue};
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +52,9 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop a bulk action by filter (see `jobs actions`) before its end: the batch under way
+    /// finishes, no other follows, and no node resumes it.
+    StopAction { id: i64 },
     /// Enqueue a job of any registered kind, e.g. `jobs enqueue noop`. The args are checked
     /// against the kind; its policy (queue, priority, attempts, unique key) applies.
     Enqueue {
@@ -184,12 +187,38 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
         return Ok(());
     }
     let mut run = BulkRun::start(pool, &query, action, &requested_by()).await?;
+    let id = run.id;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
-        if let Some(finished) = run.finished_within(PROGRESS_EVERY).await {
-            println!("{} jobs {verb} (bulk action {})", finished?, run.id);
-            return Ok(());
+        tokio::select! {
+            ended = run.finished_within(PROGRESS_EVERY) => match ended {
+                Some(ended) => {
+                    println!("{}", match ended? {
+                        RunEnd::Finished(n) => format!("{n} jobs {verb} (bulk action {id})"),
+                        RunEnd::Stopped(n) => format!(
+                            "bulk action {id} was stopped (`jobs actions` says by whom) after {n} jobs {verb}"
+                        ),
+                        RunEnd::TakenOver(n) => format!(
+                            "{n} jobs {verb} so far; another node took bulk action {id} over and goes on \
+                             with it (`jobs actions` follows it)"
+                        ),
+                    });
+                    return Ok(());
+                }
+                None => eprintln!("{} jobs {verb} so far ...", run.changed_so_far()),
+            },
+            // Ctrl-C stops the action (after the batch under way) instead of leaving it for a
+            // node to resume.
+            _ = &mut interrupted => {
+                let by = format!("{} (interrupted)", requested_by());
+                let changed = match bulk::stop(pool, id, &by).await? {
+                    StopOutcome::Stopped(record) | StopOutcome::AlreadyOver(record) => record.changed,
+                    StopOutcome::Missing => run.changed_so_far() as i64,
+                };
+                anyhow::bail!("interrupted: bulk action {id} stopped after {changed} jobs {verb}");
+            }
         }
-        eprintln!("{} jobs {verb} so far ...", run.changed_so_far());
     }
 }
 
@@ -261,6 +290,17 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
                 print!("{}", bulk_actions_table(&records));
             }
         }
+        JobsCommand::StopAction { id } => match bulk::stop(&pool, id, &requested_by()).await? {
+            StopOutcome::Stopped(record) => println!(
+                "bulk action {id} stopped after {} jobs changed",
+                record.changed
+            ),
+            StopOutcome::AlreadyOver(record) => anyhow::bail!(
+                "bulk action {id} is over already ({})",
+                record.status(Utc::now())
+            ),
+            StopOutcome::Missing => anyhow::bail!("no bulk action {id}"),
+        },
         JobsCommand::Show { id, json } => {
             let job = admin::get(&pool, id)
                 .await?

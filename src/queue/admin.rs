@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::sql;
 use super::worker::{CHANNEL_CONTROL, CHANNEL_JOBS};
@@ -73,8 +73,10 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> 
 
 /// Runs the given jobs again now: any state but `running`. A job that used up its attempts gets
 /// one more. A finished job whose unique key is now held by another unfinished job is skipped.
-/// Returns how many were set to run.
-pub async fn retry(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+/// Returns how many were set to run. Like [`cancel`] and [`delete`], it runs on the caller's
+/// connection, so that it can be part of the caller's transaction (a bulk action's batch, see
+/// `queue::bulk`).
+pub async fn retry(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let queues: Vec<String> = sqlx::query_scalar(
         "update jobs j
          set state = 'available', run_at = now(), finished_at = null, lease_expires_at = null,
@@ -87,15 +89,15 @@ pub async fn retry(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
          returning j.queue",
     )
     .bind(ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
-    notify_queues(pool, &queues).await?;
+    notify_queues(conn, &queues).await?;
     Ok(queues.len() as u64)
 }
 
 /// Cancels the given unfinished jobs. A running job is told through its context and stops at its
 /// next await point; its row is `cancelled` at once. Returns how many were cancelled.
-pub async fn cancel(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+pub async fn cancel(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let rows: Vec<(i64, bool)> = sqlx::query_as(
         "with target as (
              select id, state = 'running' as was_running from jobs
@@ -111,7 +113,7 @@ pub async fn cancel(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
          returning j.id, target.was_running",
     )
     .bind(ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let running: Vec<String> = rows
         .iter()
@@ -122,19 +124,19 @@ pub async fn cancel(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
         sqlx::query("select pg_notify($1, m) from unnest($2::text[]) m")
             .bind(CHANNEL_CONTROL)
             .bind(&running)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
     }
     Ok(rows.len() as u64)
 }
 
 /// Deletes the given finished jobs (completed, discarded, cancelled). Returns how many.
-pub async fn delete(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "delete from jobs where id = any($1) and state in ('completed', 'discarded', 'cancelled')",
     )
     .bind(ids)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?
     .rows_affected())
 }
@@ -185,14 +187,14 @@ pub async fn paused_queues(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         .await
 }
 
-async fn notify_queues(pool: &PgPool, queues: &[String]) -> Result<(), sqlx::Error> {
+async fn notify_queues(conn: &mut PgConnection, queues: &[String]) -> Result<(), sqlx::Error> {
     if queues.is_empty() {
         return Ok(());
     }
     sqlx::query("select pg_notify($1, q) from (select distinct unnest($2::text[]) as q) d")
         .bind(CHANNEL_JOBS)
         .bind(queues)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
 }

@@ -263,7 +263,7 @@ pub async fn count_matching(
 /// One batch of the ids matching `query` below `before`, newest first: what an action by filter
 /// ([`super::bulk`]) works through.
 pub(super) async fn ids_matching(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     query: &JobQuery,
     before: Option<i64>,
     limit: i64,
@@ -275,7 +275,7 @@ pub(super) async fn ids_matching(
         None::<i64>
     )
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 

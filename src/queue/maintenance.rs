@@ -1,5 +1,6 @@
-//! Leader-only maintenance: the rescuer (jobs whose lease expired) and the pruner (old finished
-//! jobs), run by one node at a time.
+//! Leader-only maintenance: the rescuer (jobs whose lease expired, and bulk actions whose node
+//! went away: `bulk::resume_stalled`) and the pruner (old finished jobs), run by one node at a
+//! time.
 //!
 //! Leadership is a row in `leaders`: every node tries to take or renew it every `ttl / 3`; the
 //! holder renews it, anyone may take it once it has expired. The row is written to expire
@@ -18,8 +19,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::sql;
 use super::worker::Outage;
+use super::{bulk, sql};
 use crate::config::MaintenanceConfig;
 
 /// The leader row the maintenance services share.
@@ -153,6 +154,10 @@ pub async fn run(
             }
             _ = rescue.tick(), if leading => {
                 if let Err(error) = rescue_once(&pool, None, settings.lease, 1000).await {
+                    outage.failed(&error);
+                }
+                // Bulk actions whose node went away go on here; their tasks log how they end.
+                if let Err(error) = bulk::resume_stalled(&pool, bulk::STALLED_AFTER).await {
                     outage.failed(&error);
                 }
             }

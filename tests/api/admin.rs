@@ -491,6 +491,87 @@ async fn a_long_bulk_action_by_filter_answers_in_time_and_finishes_in_the_backgr
     assert_eq!(state, "available", "a job the filter does not match");
 }
 
+/// An operator stops a long action by filter: the answer comes once the batch under way has
+/// committed, with exactly the jobs changed; none changes after, and no node resumes it.
+#[tokio::test]
+async fn a_bulk_action_by_filter_can_be_stopped_and_stays_stopped() {
+    let api = Api::with(|config| config.http.bulk_answer_within = Duration::from_millis(20)).await;
+    let admin = api.token(&["admin:write"]).await;
+    let reader = api.token(&["admin:read"]).await;
+    tagged_jobs(&api, "halt", 50_000).await;
+    let answer = api
+        .call(
+            Method::POST,
+            "/v1/admin/jobs/bulk",
+            Some(&admin),
+            Some(json!({"action": "cancel", "filter": {"tag": "halt"}})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
+    let record = answer.body["bulk_action"].as_i64().unwrap();
+    let path = format!("/v1/admin/bulk-actions/{record}/stop");
+
+    let forbidden = api.call(Method::POST, &path, Some(&reader), None).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN, "admin:read alone");
+    let stopped = api.call(Method::POST, &path, Some(&admin), None).await;
+    assert_eq!(stopped.status, StatusCode::OK, "{}", stopped.text);
+    assert_eq!(stopped.body["status"], "stopped", "{}", stopped.text);
+    assert_eq!(stopped.body["stopped_by"], "token test-caller");
+    assert!(stopped.body["finished_at"].is_string(), "{}", stopped.text);
+    let changed = stopped.body["changed"].as_i64().unwrap();
+    assert!(changed < 50_000, "{}", stopped.text);
+    assert_eq!(
+        cancelled_jobs(&api).await,
+        changed,
+        "the record is the jobs"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cancelled_jobs(&api).await,
+        changed,
+        "no batch after the stop"
+    );
+
+    // A stopped action is over: not stopped twice, not resumed by the maintenance leader.
+    let again = api.call(Method::POST, &path, Some(&admin), None).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    assert!(
+        again.text.contains("over already (stopped)"),
+        "{}",
+        again.text
+    );
+    let resumed = baseaim_worker::queue::bulk::resume_stalled(&api.db.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(resumed.is_empty());
+    let followed = api
+        .call(
+            Method::GET,
+            &format!("/v1/admin/bulk-actions/{record}"),
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(followed.body["status"], "stopped", "{}", followed.text);
+    assert_eq!(followed.body["changed"], changed, "{}", followed.text);
+    assert_eq!(followed.body["resumed"], 0, "{}", followed.text);
+
+    let missing = api
+        .call(
+            Method::POST,
+            "/v1/admin/bulk-actions/999999/stop",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text);
+    assert!(
+        missing.text.contains("no bulk action 999999"),
+        "{}",
+        missing.text
+    );
+}
+
 /// `n` available noop jobs tagged `tag`.
 async fn tagged_jobs(api: &Api, tag: &str, n: i32) {
     sqlx::query(

@@ -215,6 +215,82 @@ async fn bulk_retry_of_everything_matching_asks_first_then_acts() {
     assert_eq!(app.job_state(failed[2]).await, "available");
 }
 
+/// A bulk action under way has a Stop button on the jobs page; stopping it leaves the jobs it
+/// changed, changes no more, and the page shows it stopped, by whom, without the button.
+#[tokio::test]
+async fn a_bulk_action_under_way_can_be_stopped_from_the_jobs_page() {
+    let app = App::start_with(vec![(
+        "BAW__HTTP__BULK_ANSWER_WITHIN".into(),
+        "20ms".into(),
+    )])
+    .await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let viewer = app.login_as("viewer", Role::ReadOnly).await;
+    sqlx::query(
+        "insert into jobs (kind, tags) select 'noop', '{runaway}' from generate_series(1, 50000)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let started = app
+        .post_form(
+            "/dashboard/jobs/bulk",
+            Some(&admin.cookie),
+            &[
+                ("csrf", admin.csrf.as_str()),
+                ("action", "cancel"),
+                ("scope", "filter"),
+                ("tag", "runaway"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(started.status(), StatusCode::SEE_OTHER);
+    let id: i64 = sqlx::query_scalar("select id from bulk_actions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let button = format!("id=\"stop-bulk-{id}\"");
+    let html = page(&app, &admin, "/dashboard/jobs").await;
+    assert!(html.contains(&button), "{html}");
+    let html = page(&app, &viewer, "/dashboard/jobs").await;
+    assert!(!html.contains(&button), "a viewer cannot act: {html}");
+
+    let stop = format!("/dashboard/bulk-actions/{id}/stop");
+    let refused = app
+        .post_form(&stop, Some(&admin.cookie), &[("csrf", "forged")])
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let stopped = app
+        .post_form(&stop, Some(&admin.cookie), &[("csrf", admin.csrf.as_str())])
+        .await;
+    assert_eq!(stopped.status(), StatusCode::SEE_OTHER);
+    let cancelled = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from jobs where state = 'cancelled'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+    let at_stop = cancelled().await;
+    assert!(at_stop < 50_000, "stopped part-way: {at_stop}");
+    let html = unescape(&page(&app, &admin, &location(&stopped)).await);
+    assert!(
+        html.contains(&format!("Bulk action {id} stopped after")),
+        "{html}"
+    );
+    assert!(html.contains("state-stopped"), "{html}");
+    assert!(!html.contains(&button), "{html}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(cancelled().await, at_stop, "no batch after the stop");
+    let (changed, by): (i64, String) =
+        sqlx::query_as("select changed, stopped_by from bulk_actions")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(changed, at_stop);
+    assert_eq!(by, "operator admin");
+}
+
 /// A retry of more matching jobs than `http.bulk_answer_within` allows: the operator is told how
 /// many so far and that it goes on, and it does.
 #[tokio::test]

@@ -174,6 +174,21 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
     assert!(ok, "{actions}");
     let row: Vec<&str> = actions.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[1..4], ["retry", "finished", "2500"], "{actions}");
+    // Only an action under way can be stopped.
+    let (ok, over) = run(&db, &["jobs", "stop-action", row[0]]).await;
+    assert!(!ok, "{over}");
+    assert!(
+        over.contains(&format!(
+            "bulk action {} is over already (finished)",
+            row[0]
+        )),
+        "{over}"
+    );
+    let (ok, missing) = run(&db, &["jobs", "stop-action", "999999"]).await;
+    assert!(
+        !ok && missing.contains("no bulk action 999999"),
+        "{missing}"
+    );
     assert!(
         actions.contains("error: answered 500, kind: send_email"),
         "{actions}"

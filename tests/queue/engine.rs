@@ -446,7 +446,12 @@ async fn cancelling_a_running_job_stops_it() {
         state_of(&db.pool, id).await == "running"
     })
     .await;
-    assert_eq!(admin::cancel(&db.pool, &[id]).await.unwrap(), 1);
+    assert_eq!(
+        admin::cancel(&mut db.pool.acquire().await.unwrap(), &[id])
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(state_of(&db.pool, id).await, "cancelled");
     eventually(5, "the task stopped", || async { engine.running() == 0 }).await;
     assert_eq!(effects.runs_of(id), 0);

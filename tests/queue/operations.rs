@@ -133,13 +133,20 @@ async fn retry_runs_a_discarded_job_again_and_cancel_and_delete_do_what_they_say
     assert_eq!(state_of(&db.pool, failing).await, "discarded");
 
     // Retry: runnable now; it had used up nothing (max 25) so attempts stay as they were.
-    assert_eq!(admin::retry(&db.pool, &[failing]).await.unwrap(), 1);
+    assert_eq!(
+        admin::retry(&mut db.pool.acquire().await.unwrap(), &[failing])
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(state_of(&db.pool, failing).await, "available");
     assert_enqueued(&db.pool, "test_reject", serde_json::json!({})).await;
 
     // Cancel: only unfinished jobs; a finished one is left alone.
     assert_eq!(
-        admin::cancel(&db.pool, &[waiting, failing]).await.unwrap(),
+        admin::cancel(&mut db.pool.acquire().await.unwrap(), &[waiting, failing])
+            .await
+            .unwrap(),
         2
     );
     assert_eq!(state_of(&db.pool, waiting).await, "cancelled");
@@ -150,7 +157,12 @@ async fn retry_runs_a_discarded_job_again_and_cancel_and_delete_do_what_they_say
     drain(&db.pool, &registry(), effects.clone(), "default")
         .await
         .unwrap();
-    assert_eq!(admin::cancel(&db.pool, &[done]).await.unwrap(), 0);
+    assert_eq!(
+        admin::cancel(&mut db.pool.acquire().await.unwrap(), &[done])
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(state_of(&db.pool, done).await, "completed");
 
     // Delete: finished jobs only.
@@ -159,9 +171,12 @@ async fn retry_runs_a_discarded_job_again_and_cancel_and_delete_do_what_they_say
         .unwrap()
         .id;
     assert_eq!(
-        admin::delete(&db.pool, &[done, waiting, pending])
-            .await
-            .unwrap(),
+        admin::delete(
+            &mut db.pool.acquire().await.unwrap(),
+            &[done, waiting, pending]
+        )
+        .await
+        .unwrap(),
         2
     );
     assert!(admin::get(&db.pool, done).await.unwrap().is_none());
@@ -191,7 +206,9 @@ async fn retrying_a_job_that_used_up_its_attempts_gives_it_one_more() {
         },
     )
     .await;
-    admin::retry(&db.pool, &[id]).await.unwrap();
+    admin::retry(&mut db.pool.acquire().await.unwrap(), &[id])
+        .await
+        .unwrap();
     let report = drain(&db.pool, &registry(), Effects::default(), "default")
         .await
         .unwrap();
@@ -271,10 +288,13 @@ async fn pruning_deletes_old_finished_jobs_only() {
 }
 
 /// A bulk action left running in the background when its node shuts down says so in the log, with
-/// how far it got, instead of vanishing with the runtime.
+/// how far it got; its record is exactly as far as the jobs it changed, and the maintenance
+/// leader's take-over carries it on from there to the end, acting on each job once (a retry of a
+/// job done twice would count twice).
 #[test]
-fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
-    use baseaim_worker::queue::bulk::{self, BulkAction};
+fn a_bulk_action_cut_short_by_shutdown_is_logged_then_resumed_where_it_stopped() {
+    use baseaim_worker::queue::bulk::{self, BulkAction, RunEnd};
+    const JOBS: i64 = 50_000;
     let captured = crate::support::CapturedLog::default();
     let sink = captured.clone();
     let subscriber = baseaim_worker::telemetry::json_subscriber(
@@ -287,22 +307,24 @@ fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
         .enable_all()
         .build()
         .unwrap();
+    let query = JobQuery {
+        tag: Some("big".into()),
+        ..JobQuery::default()
+    };
     let db = runtime.block_on(async {
         let db = TestDb::new().await;
         sqlx::query(
-            "insert into jobs (kind, tags) select 'noop', '{big}' from generate_series(1, 50000)",
+            "insert into jobs (kind, tags, state, attempt, finished_at)
+             select 'noop', '{big}', 'completed', 1, now() from generate_series(1, $1)",
         )
+        .bind(JOBS)
         .execute(&db.pool)
         .await
         .unwrap();
-        let query = JobQuery {
-            tag: Some("big".into()),
-            ..JobQuery::default()
-        };
         let outcome = bulk::apply_matching(
             &db.pool,
             &query,
-            BulkAction::Cancel,
+            BulkAction::Retry,
             "a test",
             std::time::Duration::ZERO,
         )
@@ -327,27 +349,210 @@ fn a_background_bulk_action_cut_short_by_shutdown_is_logged() {
         .collect();
     assert_eq!(lines.len(), 1, "{}", captured.text());
     assert_eq!(lines[0]["level"], "WARN");
-    assert_eq!(lines[0]["fields"]["action"], "cancel");
-    let changed = lines[0]["fields"]["changed"].as_u64().unwrap();
-    assert!(changed < 50_000, "{changed}: it was cut short");
-    // Its record is left unfinished, as far as it got (the dashboard shows it as stalled).
-    let unfinished = tokio::runtime::Builder::new_current_thread()
+    assert_eq!(lines[0]["fields"]["action"], "retry");
+    let logged = lines[0]["fields"]["changed"].as_i64().unwrap();
+    assert!(logged < JOBS, "{logged}: it was cut short");
+
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
         .block_on(async {
             let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-            let record: (i64, Option<chrono::DateTime<Utc>>, String) =
+            let retried = || async {
+                sqlx::query_scalar::<_, i64>("select count(*) from jobs where state = 'available'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            };
+            // Its record is left unfinished, exactly as far as the jobs it changed (each batch
+            // commits with its progress; the log may lag the last one).
+            let (changed, finished_at, by): (i64, Option<chrono::DateTime<Utc>>, String) =
                 sqlx::query_as("select changed, finished_at, requested_by from bulk_actions")
                     .fetch_one(&pool)
                     .await
                     .unwrap();
+            assert_eq!(finished_at, None, "not finished");
+            assert_eq!(by, "a test");
+            assert!(
+                changed == logged || changed == logged + 1_000,
+                "record {changed}, logged {logged}"
+            );
+            assert_eq!(retried().await, changed, "the record matches the jobs");
+
+            // Another node's maintenance takes it over (here without waiting for STALLED_AFTER).
+            let mut runs = bulk::resume_stalled(&pool, std::time::Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(runs.len(), 1);
+            let ended = runs[0]
+                .finished_within(std::time::Duration::from_secs(120))
+                .await
+                .expect("it ends")
+                .unwrap();
+            assert_eq!(ended, RunEnd::Finished(JOBS as u64));
+            assert_eq!(retried().await, JOBS, "every job, the rest included");
+            let record = bulk::record(&pool, runs[0].id).await.unwrap().unwrap();
+            assert_eq!(record.changed, JOBS, "no job twice: {record:?}");
+            assert_eq!(record.resumed, 1);
+            assert_eq!(record.status(Utc::now()), "finished", "{record:?}");
+            // Nothing is left to take over.
+            assert!(
+                bulk::resume_stalled(&pool, std::time::Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
             pool.close().await;
-            record
         });
-    assert_eq!(unfinished.1, None, "not finished");
-    assert_eq!(unfinished.2, "a test");
-    assert!(unfinished.0 as u64 <= changed, "{unfinished:?} / {changed}");
     // The database is dropped from a runtime of its own.
     drop(db);
+}
+
+/// Taking over an action whose run is alive (as a node whose batches seemed to have stopped for
+/// a minute would be) still acts on each job once: the old run finds another owner and stops
+/// before its next batch; a batch in flight is never taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_action_taken_over_while_running_acts_on_each_job_once() {
+    use baseaim_worker::queue::bulk::{self, BulkAction, BulkRun, RunEnd};
+    const JOBS: i64 = 20_000;
+    let db = TestDb::new().await;
+    sqlx::query(
+        "insert into jobs (kind, tags, state, attempt, finished_at)
+         select 'noop', '{twice}', 'completed', 1, now() from generate_series(1, $1)",
+    )
+    .bind(JOBS)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let query = JobQuery {
+        tag: Some("twice".into()),
+        ..JobQuery::default()
+    };
+    let mut original = BulkRun::start(&db.pool, &query, BulkAction::Retry, "a test")
+        .await
+        .unwrap();
+    let mut taker = None;
+    while taker.is_none() {
+        let record = bulk::record(&db.pool, original.id).await.unwrap().unwrap();
+        if record.finished_at.is_some() {
+            break;
+        }
+        taker = bulk::resume_stalled(&db.pool, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .pop();
+    }
+    let mut taker = taker.expect("taken over while it ran");
+    let first = original
+        .finished_within(std::time::Duration::from_secs(120))
+        .await
+        .unwrap()
+        .unwrap();
+    let second = taker
+        .finished_within(std::time::Duration::from_secs(120))
+        .await
+        .unwrap()
+        .unwrap();
+    // The old run stops at its next batch, or had just done the last one.
+    assert!(
+        matches!(first, RunEnd::TakenOver(_) | RunEnd::Finished(_)),
+        "{first:?}"
+    );
+    assert_eq!(second, RunEnd::Finished(JOBS as u64));
+    let retried: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(retried, JOBS);
+    let record = bulk::record(&db.pool, original.id).await.unwrap().unwrap();
+    assert_eq!(record.changed, JOBS, "no job twice: {record:?}");
+    assert_eq!(record.status(Utc::now()), "finished", "{record:?}");
+    assert_eq!(record.resumed, 1);
+}
+
+/// The maintenance leader of a running node takes over a bulk action whose node died (here: its
+/// runtime torn down after the first batches, its record then a minute silent) and finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_leader_finishes_a_bulk_action_whose_node_died() {
+    use baseaim_worker::queue::Engine;
+    use baseaim_worker::queue::bulk::{self, BulkAction, BulkRun};
+    const JOBS: i64 = 30_000;
+    let db = TestDb::new().await;
+    sqlx::query(
+        // In a queue the node does not work, so that the retried jobs stay available.
+        "insert into jobs (kind, queue, tags, state, attempt, finished_at)
+         select 'noop', 'elsewhere', '{orphan}', 'completed', 1, now()
+         from generate_series(1, $1)",
+    )
+    .bind(JOBS)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // The node that dies: its own runtime and pool, gone once the first batch is recorded.
+    let url = db.url.clone();
+    let id = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let id = runtime.block_on(async {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let query = JobQuery {
+                tag: Some("orphan".into()),
+                ..JobQuery::default()
+            };
+            let run = BulkRun::start(&pool, &query, BulkAction::Retry, "a dead node")
+                .await
+                .unwrap();
+            while bulk::record(&pool, run.id).await.unwrap().unwrap().changed == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            run.id
+        });
+        runtime.shutdown_background();
+        id
+    })
+    .join()
+    .unwrap();
+    let cut = bulk::record(&db.pool, id).await.unwrap().unwrap();
+    assert!(cut.changed < JOBS, "cut short: {cut:?}");
+    // A minute of silence, as its record would show after the node's death.
+    sqlx::query("update bulk_actions set updated_at = now() - interval '2 minutes'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        bulk::record(&db.pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status(Utc::now()),
+        "stalled"
+    );
+
+    let engine = Engine::start(
+        db.pool.clone(),
+        registry(),
+        Effects::default(),
+        engine_config(1),
+    )
+    .await
+    .unwrap();
+    let pool = db.pool.clone();
+    crate::support::eventually(120, "the bulk action finished by the leader", || {
+        let pool = pool.clone();
+        async move {
+            let record = bulk::record(&pool, id).await.unwrap().unwrap();
+            record.finished_at.is_some()
+        }
+    })
+    .await;
+    engine.shutdown().await;
+    let record = bulk::record(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(record.status(Utc::now()), "finished", "{record:?}");
+    assert_eq!(record.changed, JOBS, "each job once: {record:?}");
+    assert_eq!(record.resumed, 1);
+    let retried: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(retried, JOBS);
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
@@ -207,6 +207,8 @@ struct BulkLine {
     status: &'static str,
     started: String,
     updated: String,
+    /// Running or stalled: it can be stopped.
+    unfinished: bool,
 }
 
 /// Bulk actions the jobs page lists, newest first.
@@ -224,6 +226,7 @@ impl BulkLine {
             changed: thousands(record.changed),
             started: ago(Some(record.started_at), now),
             updated: ago(Some(record.updated_at), now),
+            unfinished: record.finished_at.is_none(),
         }
     }
 }
@@ -414,6 +417,35 @@ pub async fn bulk(
         )
     };
     Ok(super::redirect_with_notice(&back, &notice))
+}
+
+/// Stops a bulk action by filter (the batch under way finishes, no other follows, no node
+/// resumes it) and returns to the jobs page with a notice.
+pub async fn stop_bulk(
+    State(state): State<HttpState>,
+    operator: Operator,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Result<Response, WebError> {
+    operator.authorize_action(form.csrf())?;
+    let by = format!("operator {}", operator.username);
+    let notice = match bulk::stop(&state.pool, id, &by).await? {
+        bulk::StopOutcome::Stopped(record) => {
+            tracing::info!(operator = %operator.username, bulk_action = id, "bulk action stopped from the dashboard");
+            format!(
+                "Bulk action {id} stopped after {}.",
+                plural(record.changed.max(0) as u64)
+            )
+        }
+        bulk::StopOutcome::AlreadyOver(record) => format!(
+            "Bulk action {id} is over already ({}).",
+            record.status(Utc::now())
+        ),
+        bulk::StopOutcome::Missing => {
+            return Err(ApiError::NotFound(format!("no bulk action {id}")).into());
+        }
+    };
+    Ok(super::redirect_with_notice("/dashboard/jobs", &notice))
 }
 
 fn plural(n: u64) -> String {

@@ -48,6 +48,10 @@ pub fn router() -> Router<HttpState> {
         .route("/dashboard/logout", axum::routing::post(login::logout))
         .route("/dashboard/jobs", get(jobs::page))
         .route("/dashboard/jobs/bulk", axum::routing::post(jobs::bulk))
+        .route(
+            "/dashboard/bulk-actions/{id}/stop",
+            axum::routing::post(jobs::stop_bulk),
+        )
         .route("/dashboard/jobs/{id}", get(job::page))
         .route(
             "/dashboard/jobs/{id}/{action}",

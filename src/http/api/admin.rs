@@ -439,10 +439,15 @@ pub struct BulkActionRecord {
     /// Jobs changed so far.
     pub changed: i64,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Why it stopped before the end.
+    /// Why it failed before the end.
     pub error: Option<String>,
-    /// `running`, `finished`, `failed`, or `stalled` (no progress for a minute: the node running
-    /// it went away; run it again for the rest).
+    /// Who stopped it before the end (`POST /v1/admin/bulk-actions/{id}/stop`, the dashboard,
+    /// Ctrl-C at the command line).
+    pub stopped_by: Option<String>,
+    /// How many times another node took it over after the node running it went away.
+    pub resumed: i32,
+    /// `running`, `finished`, `stopped`, `failed`, or `stalled` (no progress for a minute: the
+    /// node running it went away; the maintenance leader resumes it within its rescue interval).
     pub status: String,
 }
 
@@ -490,6 +495,35 @@ pub async fn list_bulk_actions(
     ))
 }
 
+/// Stops a bulk action by filter before its end: the batch under way finishes, no other
+/// follows, and no node resumes it. The jobs already changed stay changed.
+#[utoipa::path(post, path = "/v1/admin/bulk-actions/{id}/stop", tag = "admin",
+    params(("id" = i64, Path, description = "The bulk action")),
+    security(("bearer" = ["admin:write"])),
+    responses(
+        (status = 200, description = "Stopped: its record", body = BulkActionRecord),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "It had already ended", body = ErrorBody),
+    ))]
+pub async fn stop_bulk_action(
+    State(state): State<HttpState>,
+    caller: ApiCaller,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<BulkActionRecord>, ApiError> {
+    caller.require("admin:write")?;
+    let id = id_path(path)?;
+    let now = Utc::now();
+    match bulk::stop(&state.pool, id, &format!("token {}", caller.name)).await? {
+        bulk::StopOutcome::Stopped(record) => Ok(Json(BulkActionRecord::new(record, now))),
+        bulk::StopOutcome::AlreadyOver(record) => Err(ApiError::Conflict(format!(
+            "bulk action {id} is over already ({})",
+            record.status(now)
+        ))),
+        bulk::StopOutcome::Missing => Err(ApiError::NotFound(format!("no bulk action {id}"))),
+    }
+}
+
 /// How many bulk actions `GET /v1/admin/bulk-actions` lists.
 const RECENT_BULK_ACTIONS: i64 = 50;
 
@@ -506,6 +540,8 @@ impl BulkActionRecord {
             changed: record.changed,
             finished_at: record.finished_at,
             error: record.error,
+            stopped_by: record.stopped_by,
+            resumed: record.resumed,
         }
     }
 }

@@ -50,6 +50,7 @@ api_routes! {
     post "/v1/admin/jobs/bulk" => admin::bulk;
     get "/v1/admin/bulk-actions" => admin::list_bulk_actions;
     get "/v1/admin/bulk-actions/{id}" => admin::get_bulk_action;
+    post "/v1/admin/bulk-actions/{id}/stop" => admin::stop_bulk_action;
     get "/v1/admin/jobs/{id}" => admin::get_job;
     delete "/v1/admin/jobs/{id}" => admin::delete_job;
     post "/v1/admin/jobs/{id}/retry" => admin::retry_job;

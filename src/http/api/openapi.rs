@@ -27,6 +27,7 @@ use super::{admin, emails, jobs};
         admin::bulk,
         admin::list_bulk_actions,
         admin::get_bulk_action,
+        admin::stop_bulk_action,
         admin::counts,
         admin::list_queues,
         admin::pause_queue,
