@@ -186,10 +186,12 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
         );
         return Ok(());
     }
+    // Ctrl-C stops the action (after the batch under way) instead of leaving it for a node to
+    // resume; listened for before the action starts, so that none gets past.
+    let interrupted = interrupt()?;
+    tokio::pin!(interrupted);
     let mut run = BulkRun::start(pool, &query, action, &requested_by()).await?;
     let id = run.id;
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     loop {
         tokio::select! {
             ended = run.finished_within(PROGRESS_EVERY) => match ended {
@@ -208,18 +210,37 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
                 }
                 None => eprintln!("{} jobs {verb} so far ...", run.changed_so_far()),
             },
-            // Ctrl-C stops the action (after the batch under way) instead of leaving it for a
-            // node to resume.
             _ = &mut interrupted => {
                 let by = format!("{} (interrupted)", requested_by());
                 let changed = match bulk::stop(pool, id, &by).await? {
-                    StopOutcome::Stopped(record) | StopOutcome::AlreadyOver(record) => record.changed,
+                    StopOutcome::Stopped(record) => record.changed,
+                    StopOutcome::AlreadyOver(record) => {
+                        println!("{} jobs {verb} (bulk action {id}, over before the interrupt)", record.changed);
+                        return Ok(());
+                    }
                     StopOutcome::Missing => run.changed_so_far() as i64,
                 };
                 anyhow::bail!("interrupted: bulk action {id} stopped after {changed} jobs {verb}");
             }
         }
     }
+}
+
+/// Resolves on Ctrl-C; listening from now on (`tokio::signal::ctrl_c` listens from its first
+/// poll only).
+fn interrupt() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigint = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            sigint.recv().await;
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 #[derive(Debug, Subcommand)]

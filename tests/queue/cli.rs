@@ -257,3 +257,75 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
     let (ok, err) = run(&db, &["jobs", "list", "--created-from", "yesterday"]).await;
     assert!(!ok && err.contains("--created-from"), "{err}");
 }
+
+/// Ctrl-C on an action by filter stops it after the batch under way: the command says so and
+/// fails, the record says who stopped it and matches the jobs changed, and no node resumes it.
+#[tokio::test]
+async fn ctrl_c_stops_an_action_by_filter_at_the_command_line() {
+    const JOBS: i64 = 100_000;
+    let db = TestDb::new().await;
+    sqlx::query(
+        "insert into jobs (kind, tags, state, attempt, finished_at)
+         select 'noop', '{mass}', 'completed', 1, now() from generate_series(1, $1)",
+    )
+    .bind(JOBS)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_baseaim-worker"))
+        .args(["jobs", "retry", "--tag", "mass", "--yes"])
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted once its first batch is in.
+    crate::support::eventually(60, "the action under way", || async {
+        let changed: Option<i64> = sqlx::query_scalar("select changed from bulk_actions")
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+        changed.is_some_and(|n| n > 0)
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("interrupted: bulk action"), "{text}");
+    let (changed, by): (i64, String) =
+        sqlx::query_as("select changed, stopped_by from bulk_actions")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(changed < JOBS, "stopped part-way: {changed}");
+    assert!(
+        text.contains(&format!("stopped after {changed} jobs set to run now")),
+        "{text}"
+    );
+    assert!(
+        by.starts_with("command line") && by.ends_with("(interrupted)"),
+        "{by}"
+    );
+    let available: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(available, changed, "the record is the jobs");
+    assert!(
+        baseaim_worker::queue::bulk::resume_stalled(&db.pool, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a stopped action is not resumed"
+    );
+}
