@@ -10,3 +10,9 @@ alter table bulk_actions
     add column if not exists resume_before bigint,
     add column if not exists resumed       integer not null default 0,
     add column if not exists stopped_by    text;
+
+-- Those already stalled when this migration runs cannot be resumed: they end, saying so.
+update bulk_actions
+set finished_at = now(),
+    error = 'its node went away before this version, which resumes bulk actions, was installed; run it again for the rest'
+where finished_at is null and owner is null and updated_at < now() - interval '1 minute';

@@ -183,7 +183,7 @@ impl Drop for Interrupted {
                 bulk_action = self.id,
                 action = self.action.as_str(),
                 changed = self.changed.load(Ordering::Relaxed),
-                "bulk job action interrupted by the node's shutdown; another node resumes it"
+                "bulk job action interrupted by the node's shutdown; the maintenance leader resumes it"
             );
         }
     }
