@@ -46,26 +46,7 @@ impl ApiError {
     }
 }
 
-/// Whether `error` means the database could not be reached or is restarting (the caller should
-/// retry), rather than a statement it refused. Besides a refused or timed-out connection, a
-/// connection cut while it is being set up surfaces as a TLS or protocol error (what a proxy or
-/// a restarting server in front of a dead backend gives), and a server going down or coming up
-/// answers with SQLSTATE class 08 (connection exception), 57P01-57P03 (shut down, crashed, not
-/// accepting connections yet) or 53300 (too many connections).
-pub fn database_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        }),
-        _ => false,
-    }
-}
+pub use crate::db::database_unavailable;
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {

@@ -244,6 +244,9 @@ impl BulkRun {
                 let outcome = apply_in_batches(&pool, &query, action, id, owner, &counter).await;
                 interrupted.armed = false;
                 let (action, changed) = (action.as_str(), counter.load(Ordering::Relaxed));
+                // An action the database's outage cut short is left as it is (its end could not
+                // be recorded anyway), for the maintenance leader to resume.
+                let paused = matches!(&outcome, Err(AdminError::Database(e)) if crate::db::database_unavailable(e));
                 match &outcome {
                     Ok(RunEnd::Finished(changed)) => {
                         tracing::info!(bulk_action = id, action, changed, "bulk job action finished")
@@ -257,6 +260,16 @@ impl BulkRun {
                         changed,
                         "bulk job action taken over by another node: this one had stopped moving it"
                     ),
+                    Err(error) if paused => {
+                        tracing::warn!(
+                            bulk_action = id,
+                            action,
+                            changed,
+                            %error,
+                            "bulk job action paused: the database is unavailable; the maintenance \
+                             leader resumes it"
+                        )
+                    }
                     Err(error) => tracing::error!(
                         bulk_action = id,
                         action,
@@ -265,7 +278,7 @@ impl BulkRun {
                         "bulk job action failed"
                     ),
                 }
-                if matches!(outcome, Ok(RunEnd::Finished(_)) | Err(_)) {
+                if !paused && matches!(outcome, Ok(RunEnd::Finished(_)) | Err(_)) {
                     let error = outcome.as_ref().err().map(ToString::to_string);
                     // The jobs are what matters: a record left behind (another node resumes it
                     // and finds nothing left to do) does not turn a finished action into a

@@ -556,3 +556,77 @@ async fn the_maintenance_leader_finishes_a_bulk_action_whose_node_died() {
         .unwrap();
     assert_eq!(retried, JOBS);
 }
+
+/// A bulk action cut short by the database going away (its connections terminated mid-batch) is
+/// not marked failed: it pauses, and the maintenance leader's take-over finishes it, each job once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_action_cut_short_by_a_database_outage_pauses_and_is_resumed() {
+    use baseaim_worker::queue::admin::AdminError;
+    use baseaim_worker::queue::bulk::{self, BulkAction, BulkRun, RunEnd};
+    const JOBS: i64 = 50_000;
+    let db = TestDb::new().await;
+    sqlx::query(
+        "insert into jobs (kind, tags, state, attempt, finished_at)
+         select 'noop', '{outage}', 'completed', 1, now() from generate_series(1, $1)",
+    )
+    .bind(JOBS)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let query = JobQuery {
+        tag: Some("outage".into()),
+        ..JobQuery::default()
+    };
+    let run_pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut run = BulkRun::start(&run_pool, &query, BulkAction::Retry, "a test")
+        .await
+        .unwrap();
+    // Every other connection to the database is cut, again and again, until the run gives up.
+    let mut control = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let ended = loop {
+        if let Some(ended) = run
+            .finished_within(std::time::Duration::from_millis(10))
+            .await
+        {
+            break ended;
+        }
+        sqlx::query(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .execute(&mut control)
+        .await
+        .unwrap();
+    };
+    match ended {
+        Err(AdminError::Database(error)) => {
+            assert!(baseaim_worker::db::database_unavailable(&error), "{error}")
+        }
+        other => panic!("cut short by the outage, not {other:?}"),
+    }
+    let record = bulk::record(&db.pool, run.id).await.unwrap().unwrap();
+    assert_eq!(record.finished_at, None, "not failed: {record:?}");
+    assert_eq!(record.error, None, "{record:?}");
+    assert!(record.changed < JOBS, "{record:?}");
+
+    let mut resumed = bulk::resume_stalled(&db.pool, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(resumed.len(), 1);
+    let ended = resumed[0]
+        .finished_within(std::time::Duration::from_secs(120))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended, RunEnd::Finished(JOBS as u64));
+    let retried: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(retried, JOBS);
+    let record = bulk::record(&db.pool, run.id).await.unwrap().unwrap();
+    assert_eq!(record.changed, JOBS, "each job once: {record:?}");
+    assert_eq!(record.status(Utc::now()), "finished");
+}
