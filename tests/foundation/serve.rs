@@ -44,6 +44,47 @@ async fn migrate_twice_is_a_no_op() {
     assert!(baseaim_worker::db::is_ready(&db.pool).await.unwrap());
 }
 
+/// Migration 0017 (bulk actions resumed by the maintenance leader) on a database with actions
+/// recorded before it: one already stalled has no cursor to resume from, so it ends saying to run
+/// it again; one still moving is left to the node running it; neither is taken over.
+#[tokio::test]
+async fn migration_0017_ends_the_bulk_actions_already_stalled() {
+    let db = TestDb::empty().await;
+    baseaim_worker::db::MIGRATOR
+        .run_to(16, &db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into bulk_actions (action, filter, requested_by, updated_at)
+         values ('retry', '{}', 'stalled', now() - interval '5 minutes'),
+                ('cancel', '{}', 'moving', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    baseaim_worker::db::migrate(&db.pool).await.unwrap();
+    let rows: Vec<(String, bool, Option<String>)> = sqlx::query_as(
+        "select requested_by, finished_at is not null, error from bulk_actions order by id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows[0].0, "stalled");
+    assert!(rows[0].1, "ended: {rows:?}");
+    assert!(
+        rows[0]
+            .2
+            .as_deref()
+            .is_some_and(|e| e.contains("run it again")),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1], ("moving".to_string(), false, None));
+    let taken = baseaim_worker::queue::bulk::resume_stalled(&db.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(taken.is_empty(), "an action from before 0017 has no cursor");
+}
+
 #[tokio::test]
 async fn the_migrate_command_creates_the_database() {
     let name = format!("baw_test_{}", uuid::Uuid::new_v4().simple());
