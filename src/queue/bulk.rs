@@ -508,7 +508,7 @@ pub struct BulkRecord {
     pub error: Option<String>,
     /// Who stopped it before the end.
     pub stopped_by: Option<String>,
-    /// How many times a node took it over after its run's node went away.
+    /// How many times the maintenance leader took it over after its run stopped moving it.
     pub resumed: i32,
 }
 

@@ -444,7 +444,7 @@ pub struct BulkActionRecord {
     /// Who stopped it before the end (`POST /v1/admin/bulk-actions/{id}/stop`, the dashboard,
     /// Ctrl-C at the command line).
     pub stopped_by: Option<String>,
-    /// How many times another node took it over after the node running it went away.
+    /// How many times the maintenance leader took it over after the run moving it went away.
     pub resumed: i32,
     /// `running`, `finished`, `stopped`, `failed`, or `stalled` (no progress for a minute: the
     /// node running it went away; the maintenance leader resumes it within its rescue interval).
