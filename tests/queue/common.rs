@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baseaim_worker::config::RateLimitConfig;
+use baseaim_worker::queue::admin_query::JobQuery;
 use baseaim_worker::queue::maintenance::MaintenanceSettings;
 use baseaim_worker::queue::{
     Backoff, EngineConfig, Job, JobArgs, JobContext, JobError, JobResult, Policy, Registry,
@@ -225,6 +226,34 @@ pub fn engine_config(concurrency: usize) -> EngineConfig {
 pub async fn state_of(pool: &sqlx::PgPool, id: i64) -> String {
     sqlx::query_scalar("select state from jobs where id = $1")
         .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Inserts `n` completed `noop` jobs tagged `tag`, in a queue no test engine works (so that a
+/// retry leaves them available), and returns the filter that matches them. A retry of one twice
+/// would count twice: what the bulk action tests count on.
+pub async fn completed_jobs_tagged(pool: &sqlx::PgPool, tag: &str, n: i64) -> JobQuery {
+    sqlx::query(
+        "insert into jobs (kind, queue, tags, state, attempt, finished_at)
+         select 'noop', 'elsewhere', array[$1], 'completed', 1, now() from generate_series(1, $2)",
+    )
+    .bind(tag)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    JobQuery {
+        tag: Some(tag.into()),
+        ..JobQuery::default()
+    }
+}
+
+/// How many jobs are in `state`.
+pub async fn jobs_in_state(pool: &sqlx::PgPool, state: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from jobs where state = $1")
+        .bind(state)
         .fetch_one(pool)
         .await
         .unwrap()

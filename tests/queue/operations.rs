@@ -307,20 +307,9 @@ fn a_bulk_action_cut_short_by_shutdown_is_logged_then_resumed_where_it_stopped()
         .enable_all()
         .build()
         .unwrap();
-    let query = JobQuery {
-        tag: Some("big".into()),
-        ..JobQuery::default()
-    };
     let db = runtime.block_on(async {
         let db = TestDb::new().await;
-        sqlx::query(
-            "insert into jobs (kind, tags, state, attempt, finished_at)
-             select 'noop', '{big}', 'completed', 1, now() from generate_series(1, $1)",
-        )
-        .bind(JOBS)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+        let query = completed_jobs_tagged(&db.pool, "big", JOBS).await;
         let outcome = bulk::apply_matching(
             &db.pool,
             &query,
@@ -359,12 +348,7 @@ fn a_bulk_action_cut_short_by_shutdown_is_logged_then_resumed_where_it_stopped()
         .unwrap()
         .block_on(async {
             let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-            let retried = || async {
-                sqlx::query_scalar::<_, i64>("select count(*) from jobs where state = 'available'")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap()
-            };
+            let retried = || jobs_in_state(&pool, "available");
             // Its record is left unfinished, exactly as far as the jobs it changed (each batch
             // commits with its progress; the log may lag the last one).
             let (changed, finished_at, by): (i64, Option<chrono::DateTime<Utc>>, String) =
@@ -417,18 +401,7 @@ async fn a_bulk_action_taken_over_while_running_acts_on_each_job_once() {
     use baseaim_worker::queue::bulk::{self, BulkAction, BulkRun, RunEnd};
     const JOBS: i64 = 20_000;
     let db = TestDb::new().await;
-    sqlx::query(
-        "insert into jobs (kind, tags, state, attempt, finished_at)
-         select 'noop', '{twice}', 'completed', 1, now() from generate_series(1, $1)",
-    )
-    .bind(JOBS)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let query = JobQuery {
-        tag: Some("twice".into()),
-        ..JobQuery::default()
-    };
+    let query = completed_jobs_tagged(&db.pool, "twice", JOBS).await;
     let mut original = BulkRun::start(&db.pool, &query, BulkAction::Retry, "a test")
         .await
         .unwrap();
@@ -460,10 +433,7 @@ async fn a_bulk_action_taken_over_while_running_acts_on_each_job_once() {
         "{first:?}"
     );
     assert_eq!(second, RunEnd::Finished(JOBS as u64));
-    let retried: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let retried = jobs_in_state(&db.pool, "available").await;
     assert_eq!(retried, JOBS);
     let record = bulk::record(&db.pool, original.id).await.unwrap().unwrap();
     assert_eq!(record.changed, JOBS, "no job twice: {record:?}");
@@ -479,26 +449,14 @@ async fn the_maintenance_leader_finishes_a_bulk_action_whose_node_died() {
     use baseaim_worker::queue::bulk::{self, BulkAction, BulkRun};
     const JOBS: i64 = 30_000;
     let db = TestDb::new().await;
-    sqlx::query(
-        // In a queue the node does not work, so that the retried jobs stay available.
-        "insert into jobs (kind, queue, tags, state, attempt, finished_at)
-         select 'noop', 'elsewhere', '{orphan}', 'completed', 1, now()
-         from generate_series(1, $1)",
-    )
-    .bind(JOBS)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    // In a queue the node does not work, so that the retried jobs stay available.
+    let query = completed_jobs_tagged(&db.pool, "orphan", JOBS).await;
     // The node that dies: its own runtime and pool, gone once the first batch is recorded.
     let url = db.url.clone();
     let id = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let id = runtime.block_on(async {
             let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            let query = JobQuery {
-                tag: Some("orphan".into()),
-                ..JobQuery::default()
-            };
             let run = BulkRun::start(&pool, &query, BulkAction::Retry, "a dead node")
                 .await
                 .unwrap();
@@ -550,10 +508,7 @@ async fn the_maintenance_leader_finishes_a_bulk_action_whose_node_died() {
     assert_eq!(record.status(Utc::now()), "finished", "{record:?}");
     assert_eq!(record.changed, JOBS, "each job once: {record:?}");
     assert_eq!(record.resumed, 1);
-    let retried: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let retried = jobs_in_state(&db.pool, "available").await;
     assert_eq!(retried, JOBS);
 }
 
@@ -565,18 +520,7 @@ async fn a_bulk_action_cut_short_by_a_database_outage_pauses_and_is_resumed() {
     use baseaim_worker::queue::bulk::{self, BulkAction, BulkRun, RunEnd};
     const JOBS: i64 = 50_000;
     let db = TestDb::new().await;
-    sqlx::query(
-        "insert into jobs (kind, tags, state, attempt, finished_at)
-         select 'noop', '{outage}', 'completed', 1, now() from generate_series(1, $1)",
-    )
-    .bind(JOBS)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let query = JobQuery {
-        tag: Some("outage".into()),
-        ..JobQuery::default()
-    };
+    let query = completed_jobs_tagged(&db.pool, "outage", JOBS).await;
     let run_pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let mut run = BulkRun::start(&run_pool, &query, BulkAction::Retry, "a test")
         .await
@@ -621,10 +565,7 @@ async fn a_bulk_action_cut_short_by_a_database_outage_pauses_and_is_resumed() {
         .unwrap()
         .unwrap();
     assert_eq!(ended, RunEnd::Finished(JOBS as u64));
-    let retried: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let retried = jobs_in_state(&db.pool, "available").await;
     assert_eq!(retried, JOBS);
     let record = bulk::record(&db.pool, run.id).await.unwrap().unwrap();
     assert_eq!(record.changed, JOBS, "each job once: {record:?}");
