@@ -157,7 +157,8 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
         BulkAction::Delete => "deleted",
     };
     let query = targets.filter.query()?;
-    let filtered = query != JobQuery::default();
+    // Blank options and `--args '{}'` narrow nothing: no condition.
+    let filtered = query.has_condition();
     if !targets.ids.is_empty() {
         anyhow::ensure!(
             !filtered,

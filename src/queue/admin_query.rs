@@ -63,6 +63,25 @@ impl JobQuery {
         }
     }
 
+    /// True when at least one field narrows the jobs: an action by filter needs one, or it would
+    /// act on the whole table. Blank text and an empty JSON object in `args` (which every job's
+    /// args contain) are no condition.
+    pub fn has_condition(&self) -> bool {
+        let text = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+        let args = text(&self.args)
+            && self
+                .args_json()
+                .is_none_or(|a| a.as_object().is_some_and(|o| !o.is_empty()));
+        text(&self.state)
+            || text(&self.kind)
+            || text(&self.queue)
+            || text(&self.tag)
+            || args
+            || text(&self.error)
+            || self.created_from.is_some()
+            || self.created_to.is_some()
+    }
+
     /// True when the query can only be answered by walking the primary key (no partial index
     /// narrows it), so a page is bounded by [`SCAN_WINDOW`].
     pub fn windowed(&self) -> bool {
@@ -547,6 +566,34 @@ mod tests {
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(like_pattern("a_b%c\\"), "%a\\_b\\%c\\\\%");
+    }
+
+    #[test]
+    fn blank_fields_and_empty_args_are_no_condition() {
+        let blank = JobQuery {
+            kind: Some(" ".into()),
+            args: Some(" {} ".into()),
+            error: Some(String::new()),
+            ..JobQuery::default()
+        };
+        assert!(!blank.has_condition());
+        assert!(!JobQuery::default().has_condition());
+        for narrowing in [
+            JobQuery {
+                args: Some(r#"{"a": 1}"#.into()),
+                ..JobQuery::default()
+            },
+            JobQuery {
+                args: Some("A-1".into()),
+                ..JobQuery::default()
+            },
+            JobQuery {
+                created_to: Some(Utc::now()),
+                ..JobQuery::default()
+            },
+        ] {
+            assert!(narrowing.has_condition(), "{narrowing:?}");
+        }
     }
 
     #[test]

@@ -215,6 +215,50 @@ async fn bulk_retry_of_everything_matching_asks_first_then_acts() {
     assert_eq!(app.job_state(failed[2]).await, "available");
 }
 
+/// "… all matching" on the unfiltered listing would act on the whole table: the button is not
+/// offered there, and a post without a condition (none, blank, or `args={}`) is refused, with or
+/// without the confirmation, changing nothing.
+#[tokio::test]
+async fn an_action_on_everything_matching_needs_a_filter() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let failed = discarded_job(&app.db, json!({"batch": "x"})).await;
+
+    let html = page(&app, &admin, "/dashboard/jobs").await;
+    assert!(!html.contains("id=\"retry-all\""), "{html}");
+    assert!(html.contains("filter first"), "{html}");
+    let html = page(&app, &admin, "/dashboard/jobs?state=discarded").await;
+    assert!(html.contains("id=\"retry-all\""), "{html}");
+
+    for filter in [
+        &[][..],
+        &[("args", "{}"), ("error", " ")],
+        &[("kind", ""), ("from", "")],
+    ] {
+        for confirm in [None, Some(("confirm", "yes"))] {
+            let mut fields = vec![
+                ("csrf", admin.csrf.as_str()),
+                ("action", "retry"),
+                ("scope", "filter"),
+            ];
+            fields.extend_from_slice(filter);
+            fields.extend(confirm);
+            let refused = app
+                .post_form("/dashboard/jobs/bulk", Some(&admin.cookie), &fields)
+                .await;
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{fields:?}");
+            let text = refused.text().await.unwrap();
+            assert!(text.contains("needs a filter"), "{text}");
+        }
+    }
+    assert_eq!(app.job_state(failed).await, "discarded");
+    let records: i64 = sqlx::query_scalar("select count(*) from bulk_actions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(records, 0, "no bulk action started");
+}
+
 /// A bulk action under way has a Stop button on the jobs page; stopping it leaves the jobs it
 /// changed, changes no more, and the page shows it stopped, by whom, without the button.
 #[tokio::test]

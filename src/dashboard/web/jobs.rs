@@ -195,6 +195,8 @@ struct JobsPage {
     window_note: Option<String>,
     error: Option<String>,
     bulk_actions: Vec<BulkLine>,
+    /// The filter has a condition, so "… all matching" is offered (never on the whole table).
+    filtered: bool,
 }
 
 /// A recent bulk action by filter, as the jobs page lists it.
@@ -256,9 +258,11 @@ pub async fn page(
         }
     }));
 
+    let mut filtered = false;
     let (lines, next_href, window_note, error) = match filter.query() {
         Err(e) => (Vec::new(), None, None, Some(e.to_string())),
         Ok(query) => {
+            filtered = query.has_condition();
             let page = admin_query::job_page(&state.pool, &query, before, PAGE_SIZE)
                 .await
                 .map_err(super::admin_error)?;
@@ -294,6 +298,7 @@ pub async fn page(
         next_href,
         window_note,
         error,
+        filtered,
     })
 }
 
@@ -334,6 +339,14 @@ pub async fn bulk(
     let query = filter.query()?;
     let back = filter.href(&[]);
     let everything = form.get("scope") == Some("filter");
+    if everything && !query.has_condition() {
+        return Err(ApiError::BadRequest(
+            "an action on everything matching needs a filter (state, kind, queue, tag, args, \
+             error text or creation time): without one it would act on every job"
+                .into(),
+        )
+        .into());
+    }
     let ids: Vec<i64> = form.all("id").filter_map(|v| v.parse().ok()).collect();
     if !everything && ids.is_empty() {
         return Ok(super::redirect_with_notice(
