@@ -4,7 +4,8 @@
 //! Idempotent and ordered: each upsert is guarded by the event's `created` against the
 //! object's `last_event_created`, so a duplicate re-applies the same values and an older event
 //! (delivered late, Stripe does not promise order) changes nothing. On a tie an invoice's PAID
-//! wins over OVERDUE. `checkout.session.completed` never touches a subscription's status (the
+//! wins over OVERDUE, and a subscription's terminal status (`canceled`, `incomplete_expired`)
+//! over a non-terminal one. `checkout.session.completed` never touches a subscription's status (the
 //! session does not carry it): it links the customer to the client named by `metadata.clientId`
 //! and creates the subscription row if no subscription event got there first.
 //! `invoice.payment_failed` enqueues the `payment_failed` email in the same transaction, once per
@@ -84,7 +85,10 @@ on conflict (id) do update
 set client_id = coalesce(excluded.client_id, subscriptions.client_id), updated_at = now()
 "#;
 
-/// From a subscription object; a row newer than `$8` is left alone (no row returned).
+/// From a subscription object; a row newer than `$7` is left alone (no row returned). On a tie
+/// (same second) a terminal status (`canceled`, `incomplete_expired`) is kept against a
+/// non-terminal one: Stripe never leaves a terminal status, so of two events of the same second
+/// the terminal one is the later state whichever of them runs last.
 pub(crate) const SUBSCRIPTION_UPSERT: &str = r#"
 insert into subscriptions
     (id, client_id, stripe_customer_id, price_id, status, current_period_end,
@@ -101,7 +105,10 @@ set client_id = coalesce(subscriptions.client_id, excluded.client_id),
     last_event_created = greatest(excluded.last_event_created, subscriptions.last_event_created),
     updated_at = now()
 where subscriptions.last_event_created is null
-   or subscriptions.last_event_created <= excluded.last_event_created
+   or subscriptions.last_event_created < excluded.last_event_created
+   or (subscriptions.last_event_created = excluded.last_event_created
+       and not (subscriptions.status in ('canceled', 'incomplete_expired')
+                and excluded.status not in ('canceled', 'incomplete_expired')))
 returning id
 "#;
 

@@ -293,6 +293,51 @@ async fn an_older_event_delivered_late_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_cancellation_and_an_update_of_the_same_second_end_canceled_in_either_order() {
+    let db = TestDb::new().await;
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let now = chrono::Utc::now().timestamp();
+    // sub_A: the cancellation runs first, the update of the same second last; sub_B the reverse.
+    for (sub, order) in [
+        (
+            "sub_A",
+            [
+                "customer.subscription.deleted",
+                "customer.subscription.updated",
+            ],
+        ),
+        (
+            "sub_B",
+            [
+                "customer.subscription.updated",
+                "customer.subscription.deleted",
+            ],
+        ),
+    ] {
+        for event_type in order {
+            let status = if event_type.ends_with("deleted") {
+                "canceled"
+            } else {
+                "active"
+            };
+            let payload = envelope(
+                &format!("evt_{sub}_{status}"),
+                event_type,
+                now,
+                subscription_object(sub, "cus_A", status),
+            );
+            assert_eq!(
+                post(&intake.url, payload.clone(), Some(signed(&payload))).await,
+                200
+            );
+            assert_eq!(intake.drain().await.completed, 1);
+        }
+    }
+    assert_eq!(subscription(&db.pool, "sub_A").await.unwrap().3, "canceled");
+    assert_eq!(subscription(&db.pool, "sub_B").await.unwrap().3, "canceled");
+}
+
+#[tokio::test]
 async fn an_unreadable_object_of_a_known_type_is_kept_as_ignored() {
     let db = TestDb::new().await;
     let intake = Intake::start(db.pool.clone(), vec![]).await;
