@@ -124,7 +124,22 @@ pub async fn prune_once(
     Ok(total)
 }
 
-/// Campaigns for leadership and, while leader, runs the rescuer and the pruner.
+/// How long a leader must have seen the database answer before its rescuer may act.
+///
+/// A job is rescued when its node's heartbeat is older than a lease. After an outage longer than
+/// a lease every node's heartbeat is stale, live or not, and a rescue before the live ones have
+/// heartbeated again would take their running jobs (run twice; a last attempt discarded). The
+/// same holds for a new leader, which cannot know how long the database was out before it won.
+/// So the rescuer waits until every live node has had a lease and a heartbeat interval to
+/// heartbeat since this node last saw a call fail or became leader. The heartbeat interval is
+/// not among these settings, but the config keeps it shorter than the lease: two leases cover
+/// both.
+pub fn rescue_grace(lease: Duration) -> Duration {
+    lease * 2
+}
+
+/// Campaigns for leadership and, while leader, runs the rescuer (once it has seen the database
+/// answer for [`rescue_grace`]) and the pruner.
 pub async fn run(
     pool: PgPool,
     node: String,
@@ -133,6 +148,10 @@ pub async fn run(
 ) {
     let mut leading = false;
     let mut outage = Outage::new("maintenance");
+    // Since when this node has led and seen the database answer every call (None: not leading,
+    // or the last call failed). The rescuer waits `rescue_grace` from there: see [`rescue_grace`].
+    let mut healthy_since: Option<tokio::time::Instant> = None;
+    let grace = rescue_grace(settings.lease);
     let mut campaign = tokio::time::interval(settings.leader_ttl / 3);
     let mut rescue = tokio::time::interval(settings.rescue_interval);
     let mut prune = tokio::time::interval(settings.prune_interval);
@@ -145,20 +164,29 @@ pub async fn run(
             _ = campaign.tick() => {
                 let now_leading = match leader_acquire(&pool, LEADER_NAME, &node, settings.leader_ttl * 2 / 3).await {
                     Ok(won) => { outage.recovered(); won }
-                    Err(error) => { outage.failed(&error); false }
+                    Err(error) => { outage.failed(&error); healthy_since = None; false }
                 };
                 if now_leading != leading {
                     tracing::info!(%node, leading = now_leading, "maintenance leadership changed");
                     leading = now_leading;
                 }
+                if !leading {
+                    healthy_since = None;
+                } else if healthy_since.is_none() {
+                    healthy_since = Some(tokio::time::Instant::now());
+                }
             }
             _ = rescue.tick(), if leading => {
-                if let Err(error) = rescue_once(&pool, None, settings.lease, 1000).await {
-                    outage.failed(&error);
+                if healthy_since.is_some_and(|since| since.elapsed() >= grace) {
+                    if let Err(error) = rescue_once(&pool, None, settings.lease, 1000).await {
+                        outage.failed(&error);
+                        healthy_since = None;
+                    }
                 }
                 // Bulk actions whose node went away go on here; their tasks log how they end.
                 if let Err(error) = bulk::resume_stalled(&pool, bulk::STALLED_AFTER).await {
                     outage.failed(&error);
+                    healthy_since = None;
                 }
             }
             _ = prune.tick(), if leading => {
@@ -166,7 +194,7 @@ pub async fn run(
                 match prune_once(&pool, before, settings.prune_batch).await {
                     Ok(0) => {}
                     Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
-                    Err(error) => { outage.failed(&error); }
+                    Err(error) => { outage.failed(&error); healthy_since = None; }
                 }
             }
         }

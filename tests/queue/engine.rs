@@ -231,6 +231,8 @@ async fn a_node_that_dies_has_its_jobs_rescued_by_the_leader_and_run_again() {
     let mut short = engine_config(5);
     short.lease = Duration::from_secs(1);
     short.heartbeat = Duration::from_millis(300);
+    // The leader's rescuer starts a grace of two leases after it wins (see rescue_grace).
+    short.maintenance.as_mut().unwrap().lease = short.lease;
     // The doomed node: claims a job that sleeps, then its heartbeat stops (simulated death:
     // its leases are left to expire by pushing them into the past).
     let id = enqueue(&db.pool, NewJob::of(&Sleep { ms: 3_000 }).unwrap())
@@ -287,6 +289,72 @@ async fn a_node_that_dies_has_its_jobs_rescued_by_the_leader_and_run_again() {
     assert!(errors[0]["error"].as_str().unwrap().contains("crashed"));
     let _ = doomed_node;
     doomed.shutdown().await;
+    leader.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_an_outage_the_rescuer_leaves_live_nodes_time_to_heartbeat_again() {
+    let db = TestDb::new().await;
+    let lease = Duration::from_secs(2);
+    // The database was out for longer than a lease: a live node's heartbeat is two leases old
+    // and its running job's lease has expired.
+    sqlx::query(
+        "insert into nodes (name, role, version, heartbeat_at)
+         values ('live-node', 'all', 'test', now() - interval '4 seconds')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let id = insert_job(
+        &db.pool,
+        JobFactory {
+            state: "running".into(),
+            attempt: 1,
+            lease_owner: Some("live-node".into()),
+            lease_expires_at: Some(Utc::now() - chrono::Duration::seconds(4)),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The database is back: a node becomes leader at once and ticks its rescuer every 200 ms.
+    let mut config = engine_config(1);
+    config.queues.clear();
+    config.lease = lease;
+    config.heartbeat = Duration::from_millis(300);
+    config.maintenance.as_mut().unwrap().lease = lease;
+    let leader = Engine::start(db.pool.clone(), registry(), Effects::default(), config)
+        .await
+        .unwrap();
+    let node = leader.node().to_string();
+    eventually(10, "the node leads", || async {
+        baseaim_worker::queue::maintenance::leader_of(&db.pool, "maintenance")
+            .await
+            .unwrap()
+            .as_deref()
+            == Some(node.as_str())
+    })
+    .await;
+    // The live node's next heartbeat comes a second later (its interval, say), and it goes on
+    // heartbeating past the leader's grace.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heartbeat_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < heartbeat_until {
+        sqlx::query("update nodes set heartbeat_at = now() where name = 'live-node'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            state_of(&db.pool, id).await,
+            "running",
+            "a live node's job was taken from it"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The node dies (no heartbeat any more): its job is rescued a lease later.
+    eventually(15, "the dead node's job is rescued", || async {
+        state_of(&db.pool, id).await == "retryable"
+    })
+    .await;
     leader.shutdown().await;
 }
 

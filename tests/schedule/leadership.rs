@@ -15,7 +15,8 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_the_rescuer_runs_again()
     let db = TestDb::new().await;
     let ttl = Duration::from_millis(1500);
     let settings = MaintenanceSettings {
-        lease: Duration::from_secs(30),
+        // Short: a new leader's rescuer waits `rescue_grace(lease)` after winning.
+        lease: Duration::from_millis(250),
         leader_ttl: ttl,
         rescue_interval: Duration::from_millis(100),
         prune_after: Duration::from_secs(7 * 24 * 3600),
@@ -95,8 +96,12 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_the_rescuer_runs_again()
         Some("node-b")
     );
     // The dead leader's row lives at most 2/3 ttl after its last renewal (so after the kill);
-    // node-b campaigns every ttl/3, so it leads within the ttl, and rescues on its next tick.
-    let bound = ttl + settings.rescue_interval + Duration::from_millis(300);
+    // node-b campaigns every ttl/3, so it leads within the ttl, and rescues on its first tick
+    // after the rescue grace.
+    let bound = ttl
+        + maintenance::rescue_grace(settings.lease)
+        + settings.rescue_interval
+        + Duration::from_millis(300);
     assert!(
         took <= bound,
         "took over and rescued after {took:?}, more than {bound:?}"
