@@ -19,8 +19,9 @@
 //! rewrites them. A claim increments `attempt` and sets `lease_owner` and `lease_expires_at`. The
 //! owning node renews all its leases at once by heartbeating its row in `nodes` (one row per
 //! node, not one write per running job); a job whose lease expired and whose node stopped
-//! heartbeating (it died) is rescued by the leader to `retryable` with its attempt counted, or
-//! `discarded` when none is left. A claim that committed but whose answer was lost with the
+//! heartbeating (it died) is rescued by the leader to `retryable` with its attempt counted (after
+//! a backoff of 2 s doubled per attempt, at most an hour, in case the job is what killed the node),
+//! or `discarded` when none is left. A claim that committed but whose answer was lost with the
 //! connection is given back by the owning node itself after a lease. Every write that finishes an attempt is fenced on (id, attempt, `running`, owner): a
 //! node that lost a job (rescued, cancelled) cannot overwrite what happened since.
 //!

@@ -161,6 +161,10 @@ where state = 'running' and lease_owner = $1
 /// discarded when none is left. A lease is the claim's `lease_expires_at`, extended for as long as
 /// the owning node's row in `nodes` is heartbeating (within $3 seconds): one row per node renews
 /// all its jobs, instead of rewriting every running job on every heartbeat.
+///
+/// A rescued job runs again after a backoff, not at once: a job that crashes its node would
+/// otherwise take the nodes down one after another. The kinds' own backoffs live in Rust, so the
+/// rescue's is its own: 2 s doubled per attempt spent (2 s, 4 s, 8 s, ...), at most an hour.
 pub const JOB_RESCUE: &str = r#"
 with expired as (
     select id from jobs j
@@ -176,7 +180,9 @@ with expired as (
 update jobs j
 set state = case when j.attempt >= j.max_attempts then 'discarded' else 'retryable' end,
     finished_at = case when j.attempt >= j.max_attempts then now() end,
-    run_at = now(),
+    -- least() inside make_interval: 2^attempt overflows an interval long before it does a float.
+    run_at = coalesce($1, now())
+             + make_interval(secs => least(3600, 2 * power(2, least(greatest(j.attempt, 1), 20) - 1))),
     lease_expires_at = null,
     errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempt, 'at', now(),

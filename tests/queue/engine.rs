@@ -205,7 +205,13 @@ async fn an_expired_lease_is_rescued_exactly_once_and_the_old_node_is_fenced() {
     assert_eq!(state_of(&db.pool, last_chance).await, "discarded");
     assert_eq!(state_of(&db.pool, healthy).await, "running");
 
-    // The rescued job runs again elsewhere; the dead node waking up cannot overwrite it.
+    // The rescued job runs again elsewhere once its backoff has passed; the dead node waking up
+    // cannot overwrite it.
+    sqlx::query("update jobs set run_at = now() where id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let effects = Effects::default();
     baseaim_worker::queue::testing::drain(&db.pool, &registry(), effects.clone(), "default")
         .await
@@ -222,6 +228,50 @@ async fn an_expired_lease_is_rescued_exactly_once_and_the_old_node_is_fenced() {
         .unwrap();
     assert_eq!(written, 0);
     assert_eq!(state_of(&db.pool, id).await, "completed");
+}
+
+#[tokio::test]
+async fn a_rescued_job_waits_a_backoff_that_grows_with_its_attempts() {
+    let db = TestDb::new().await;
+    let past = Utc::now() - chrono::Duration::seconds(60);
+    let mut ids = Vec::new();
+    for attempt in [1, 3, 30] {
+        ids.push(
+            insert_job(
+                &db.pool,
+                JobFactory {
+                    state: "running".into(),
+                    attempt,
+                    max_attempts: 50,
+                    lease_owner: Some("crashing-node".into()),
+                    lease_expires_at: Some(past),
+                    ..Default::default()
+                },
+            )
+            .await,
+        );
+    }
+    let before = Utc::now();
+    assert_eq!(
+        rescue_once(&db.pool, None, Duration::from_secs(30), 100)
+            .await
+            .unwrap(),
+        3
+    );
+    let after = Utc::now();
+    // 2 s, 8 s, and the one-hour cap; the clocks of this test and the database may differ a bit.
+    let slack = chrono::Duration::seconds(1);
+    for (id, wait) in ids.into_iter().zip([2, 8, 3600]) {
+        let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+        assert_eq!(job.state, "retryable");
+        let wait = chrono::Duration::seconds(wait);
+        assert!(
+            job.run_at >= before + wait - slack && job.run_at <= after + wait + slack,
+            "job {id} (attempt {}) runs again at {}, expected {wait} after the rescue",
+            job.attempt,
+            job.run_at
+        );
+    }
 }
 
 #[tokio::test]
