@@ -2,7 +2,10 @@
 //! job (PROVIDERS.md §B.1).
 //!
 //! Order of checks: body over `stripe.webhook_body_limit` -> 413; `Stripe-Signature` not valid for
-//! the exact bytes (any configured secret, 300 s tolerance) -> 400; not an event envelope -> 400.
+//! the exact bytes (any configured secret, 300 s tolerance) -> 400; not an event envelope -> 400;
+//! an envelope we could not store (an `id` that is not a Stripe event id, NUL or an absurd length
+//! in `type` or `api_version`) -> 400 naming the field ([`check_envelope`]), before it joins a
+//! shared commit, where the database refusing it would fail every delivery of the batch.
 //! Nothing is stored for any of these. A valid event's raw payload is inserted into
 //! `stripe_events` and its job enqueued in ONE transaction, and 200 is answered only after the
 //! commit; a duplicate `evt_` id inserts nothing and answers 200 (Stripe stops resending). The
@@ -94,7 +97,8 @@ impl WebhookSettings {
 
     /// Stores a verified event (`payload` is its exact body) and enqueues its job, in a shared
     /// commit with the deliveries waiting alongside it; returns whether it was new (false: the id
-    /// was stored already). What the endpoint does after verifying; public so the intake
+    /// was stored already). What the endpoint does after verifying and checking the envelope
+    /// (an envelope the database refuses fails the whole shared commit); public so the intake
     /// benchmark can measure the store without HTTP.
     pub async fn store(
         &self,
@@ -248,6 +252,7 @@ async fn stripe_delivery(
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let envelope: EventEnvelope = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest("the body is not a Stripe event".into()))?;
+    check_envelope(&envelope)?;
     // Stored as text: Stripe sends UTF-8 JSON, and serde_json has just checked it is.
     let payload = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
@@ -263,6 +268,44 @@ async fn stripe_delivery(
             "storing a Stripe event failed (logged by the committer)"
         ))),
     }
+}
+
+/// Longest part of an event id after `evt_` (Stripe's are about 24 characters; the simulator's 24).
+const MAX_EVENT_ID_TAIL: usize = 255;
+/// Longest `type` or `api_version` (Stripe's are under 50 characters).
+const MAX_ENVELOPE_TEXT: usize = 255;
+
+/// Refuses (400, naming the field) an envelope the database would refuse or that is no Stripe
+/// event's: it must not reach a shared commit, which would then fail for every delivery in it.
+/// `id` is `evt_` and 1 to 255 ASCII letters, digits or `_` (what Stripe, its fixtures and our
+/// simulator send); the job's unique key and the event's primary key are built from it, and
+/// PostgreSQL refuses index entries past 2704 bytes. Text cannot hold NUL.
+fn check_envelope(envelope: &EventEnvelope) -> Result<(), ApiError> {
+    let tail = envelope.id.strip_prefix("evt_").unwrap_or_default();
+    let is_event_id = (1..=MAX_EVENT_ID_TAIL).contains(&tail.len())
+        && tail.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !is_event_id {
+        return Err(ApiError::BadRequest(format!(
+            "`id` is not a Stripe event id (`evt_` and 1 to {MAX_EVENT_ID_TAIL} letters, digits or `_`)"
+        )));
+    }
+    for (field, value) in [
+        ("type", Some(envelope.event_type.as_str())),
+        ("api_version", envelope.api_version.as_deref()),
+    ] {
+        let Some(value) = value else { continue };
+        if value.contains('\0') {
+            return Err(ApiError::BadRequest(format!(
+                "`{field}` must not contain NUL (\\u0000) characters"
+            )));
+        }
+        if value.chars().count() > MAX_ENVELOPE_TEXT {
+            return Err(ApiError::BadRequest(format!(
+                "`{field}` must be at most {MAX_ENVELOPE_TEXT} characters"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Takes whatever deliveries are waiting, commits them together, answers each.

@@ -197,3 +197,60 @@ async fn a_body_past_the_configured_limit_is_413_and_stores_nothing() {
     );
     assert_eq!(api.job_count().await, 0);
 }
+
+/// A kind's own unique key is built from its args (`stripe_event:<event_id>`): ids long enough
+/// to make a key past PostgreSQL's index entry limit (2704 bytes) used to fail the insert (500).
+/// They are refused naming the key; a long but storable id still goes in.
+#[tokio::test]
+async fn a_kind_key_built_from_overlong_args_is_422_naming_it_and_stores_nothing() {
+    let api = Api::new().await;
+    let token = api.token(&["jobs:write"]).await;
+    let long = noise(6000);
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"kind": "stripe_event", "args": {"event_id": long}}),
+            "`unique_key`",
+        ),
+        (
+            json!({"kind": "facebook_sync_account",
+                   "args": {"client_id": "c1", "ad_account_id": long}}),
+            "`unique_key`",
+        ),
+        (
+            json!({"kind": "drive_delete", "args": {"drive_file_id": long}}),
+            "`unique_key`",
+        ),
+        // Few characters, many bytes: 1,000 of them are 4,000 bytes.
+        (
+            json!({"kind": "stripe_event", "args": {"event_id": noise(1000).replace('a', "é")}}),
+            "`unique_key`",
+        ),
+    ];
+    api.assert_each_unprocessable("/v1/jobs", &token, &cases)
+        .await;
+    assert_eq!(api.job_count().await, 0, "nothing stored");
+    let fits = api
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&token),
+            Some(json!({"kind": "stripe_event", "args": {"event_id": noise(400)}})),
+        )
+        .await;
+    assert_eq!(fits.status, StatusCode::CREATED, "{}", fits.text);
+}
+
+/// `n` letters and digits that do not compress (PostgreSQL compresses a long index entry, so a
+/// repeated letter would fit where real ids do not).
+fn noise(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}

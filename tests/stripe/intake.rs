@@ -6,7 +6,7 @@ use baseaim_worker::sim::stripe::{Signing, WebhookSender};
 use sqlx::postgres::PgPoolOptions;
 
 use crate::support::{PgProxy, TestDb};
-use crate::{Intake, SECRET, count, envelope, post, signed};
+use crate::{Intake, SECRET, count, envelope, post, sample_object, signed};
 
 async fn stored(pool: &sqlx::PgPool) -> (i64, i64) {
     (
@@ -347,4 +347,140 @@ async fn a_delivery_wakes_listeners_once_from_the_waker_not_from_the_trigger() {
         .expect("the trigger notifies an ordinary insert")
         .unwrap();
     assert_eq!(third.payload(), "default");
+}
+
+/// Posts `payload`, validly signed; the status and the body.
+async fn post_signed(url: &str, payload: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("stripe-signature", signed(payload))
+        .body(payload.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// `n` letters and digits that do not compress (PostgreSQL compresses long index entries, so a
+/// repeated letter would fit where a random id does not).
+fn noise(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+/// Validly signed envelopes the database cannot store, or whose id is no Stripe event id: each
+/// refused 400 naming the field (they used to reach the shared commit and fail it: 500).
+#[tokio::test]
+async fn a_signed_event_with_an_unstorable_envelope_is_400_naming_the_field() {
+    let db = TestDb::new().await;
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let now = chrono::Utc::now().timestamp();
+    let object = sample_object("invoice.paid");
+    let with_api_version = |version: &str| {
+        let mut event: serde_json::Value = serde_json::from_str(&envelope(
+            "evt_version",
+            "invoice.paid",
+            now,
+            object.clone(),
+        ))
+        .unwrap();
+        event["api_version"] = serde_json::json!(version);
+        event.to_string()
+    };
+    let cases = [
+        (
+            envelope(
+                &format!("evt_{}", noise(6000)),
+                "invoice.paid",
+                now,
+                object.clone(),
+            ),
+            "`id`",
+        ),
+        (
+            envelope("evt_a\u{0}b", "invoice.paid", now, object.clone()),
+            "`id`",
+        ),
+        (
+            envelope("in_1", "invoice.paid", now, object.clone()),
+            "`id`",
+        ),
+        (
+            envelope("evt_", "invoice.paid", now, object.clone()),
+            "`id`",
+        ),
+        (
+            envelope("evt_a-b", "invoice.paid", now, object.clone()),
+            "`id`",
+        ),
+        (
+            envelope("evt_nul_type", "invoice.\u{0}paid", now, object.clone()),
+            "`type`",
+        ),
+        (
+            envelope("evt_long_type", &noise(6000), now, object.clone()),
+            "`type`",
+        ),
+        (with_api_version("2026-08-26\u{0}"), "`api_version`"),
+    ];
+    for (payload, field) in &cases {
+        let (status, body) = post_signed(&intake.url, payload).await;
+        assert_eq!(status, 400, "{field}: {body}");
+        assert!(body.contains(field), "{field} not named: {body}");
+        assert!(body.len() < 200, "the answer echoes the input: {body}");
+    }
+    assert_eq!(stored(&db.pool).await, (0, 0), "nothing stored");
+    // The longest id we take is stored like any other.
+    let longest = format!("evt_{}", noise(255));
+    let payload = envelope(&longest, "invoice.paid", now, object);
+    assert_eq!(post_signed(&intake.url, &payload).await.0, 200);
+    assert_eq!(stored(&db.pool).await, (1, 1));
+}
+
+/// A delivery the database would refuse, arriving with good ones: it is refused alone, the good
+/// ones in flight with it are stored (a batch fails whole, so it used to fail them too).
+#[tokio::test]
+async fn a_bad_event_delivered_alongside_good_ones_does_not_fail_them() {
+    let db = TestDb::new().await;
+    let intake = Intake::start(db.pool.clone(), vec![]).await;
+    let sender = WebhookSender::new(SECRET);
+    let good: Vec<_> = (0..60)
+        .map(|i| {
+            sender
+                .event(baseaim_worker::sim::stripe::EVENT_TYPES[i % 5])
+                .unwrap()
+        })
+        .collect();
+    let now = chrono::Utc::now().timestamp();
+    let bad: Vec<String> = (0..20)
+        .map(|i| {
+            envelope(
+                &format!("evt_bad{i}"),
+                "invoice.\u{0}paid",
+                now,
+                sample_object("invoice.paid"),
+            )
+        })
+        .collect();
+    let good_sends = futures::future::join_all(good.iter().map(|e| sender.send(&intake.url, e)));
+    let bad_sends = futures::future::join_all(bad.iter().map(|p| post_signed(&intake.url, p)));
+    let (good_statuses, bad_answers) = tokio::join!(good_sends, bad_sends);
+    assert!(
+        good_statuses.iter().all(|s| *s == Some(200)),
+        "{good_statuses:?}"
+    );
+    assert!(
+        bad_answers.iter().all(|(s, _)| *s == 400),
+        "{bad_answers:?}"
+    );
+    assert_eq!(stored(&db.pool).await, (60, 60));
 }

@@ -24,6 +24,11 @@ use crate::queue::{JobArgs, NewJob};
 /// The longest `delay_seconds` (a year): later is a mistake, not a plan.
 const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// The longest unique key a job may hold, the kind's own included: the unique index on
+/// `jobs.unique_key` holds the whole key, and PostgreSQL refuses index entries past 2704 bytes
+/// (512 characters are at most 2048 bytes).
+const MAX_UNIQUE_KEY: usize = 512;
+
 /// A job to enqueue. Unknown fields are refused (a typo must not silently drop an option).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +152,18 @@ impl EnqueueJob {
         if let Some(key) = self.unique_key {
             check_text("unique_key", &key, 255)?;
             job = job.unique_key(key);
+        }
+        // A kind's own key is built from its args (`stripe_event:<event_id>`): long ids in the
+        // args make a key the database's unique index cannot hold.
+        if let Some(key) = &job.unique_key {
+            let length = key.chars().count();
+            if length > MAX_UNIQUE_KEY {
+                return Err(ApiError::Unprocessable(format!(
+                    "`unique_key`: kind `{}` derives a key of {length} characters from `args` \
+                     (at most {MAX_UNIQUE_KEY}): the ids in `args` are too long",
+                    self.kind
+                )));
+            }
         }
         Ok(job)
     }
