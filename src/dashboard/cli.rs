@@ -103,7 +103,8 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    /// The filter as the dashboard's; `--args` must be a JSON object (a clear error otherwise).
+    /// The filter as the dashboard's; `--args` must be a JSON object, and values PostgreSQL
+    /// cannot take (NUL, a year outside 1 to 9999) are refused naming the option.
     fn query(&self) -> anyhow::Result<JobQuery> {
         let args = match &self.args {
             None => None,
@@ -113,7 +114,7 @@ impl FilterArgs {
                 Some(json.to_string())
             }
         };
-        Ok(JobQuery {
+        let query = JobQuery {
             state: self.state.clone(),
             kind: self.kind.clone(),
             queue: self.queue.clone(),
@@ -122,7 +123,11 @@ impl FilterArgs {
             error: self.error.clone(),
             created_from: self.created_from,
             created_to: self.created_to,
-        })
+        };
+        query
+            .check_values()
+            .map_err(|e| anyhow::anyhow!("--{} {}", e.field.replace('_', "-"), e.problem))?;
+        Ok(query)
     }
 }
 

@@ -21,7 +21,7 @@
 //! parameter values, so `($1 is null or state = $1)` folds to `state = 'discarded'` and the
 //! partial index whose predicate that implies is usable. A cached generic plan could not.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -52,7 +52,62 @@ pub struct JobQuery {
     pub created_to: Option<DateTime<Utc>>,
 }
 
+/// A filter value PostgreSQL would refuse (a database error, not a page of jobs), named by its
+/// [`JobQuery`] field so each front-end can name it as its caller typed it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct FilterError {
+    pub field: &'static str,
+    pub problem: &'static str,
+}
+
+/// The years a `timestamptz` filter may fall in (PostgreSQL's range is wider but lopsided:
+/// 4713 BC to 294276 AD; no operator means a time outside these).
+pub const FILTER_YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
 impl JobQuery {
+    /// Values PostgreSQL cannot take: NUL in text (`22021`), `\u0000` in the args' JSON (jsonb
+    /// refuses it, `22P05`), a time outside [`FILTER_YEARS`] (`22008` near its limits). The
+    /// dashboard, the admin API and the CLI check a query with this (and [`validate`]) before
+    /// using it, so a typo is the caller's error, not a database failure.
+    ///
+    /// [`validate`]: Self::validate
+    pub fn check_values(&self) -> Result<(), FilterError> {
+        for (field, value) in [
+            ("state", &self.state),
+            ("kind", &self.kind),
+            ("queue", &self.queue),
+            ("tag", &self.tag),
+            ("args", &self.args),
+            ("error", &self.error),
+        ] {
+            if value.as_deref().is_some_and(|v| v.contains('\0')) {
+                return Err(FilterError {
+                    field,
+                    problem: "must not contain NUL (\\u0000) characters",
+                });
+            }
+        }
+        if self.args_json().as_ref().is_some_and(json_has_nul) {
+            return Err(FilterError {
+                field: "args",
+                problem: "must not contain \\u0000 (PostgreSQL's jsonb cannot hold it)",
+            });
+        }
+        for (field, time) in [
+            ("created_from", self.created_from),
+            ("created_to", self.created_to),
+        ] {
+            if time.is_some_and(|t| !FILTER_YEARS.contains(&t.year())) {
+                return Err(FilterError {
+                    field,
+                    problem: "must be a time between the years 1 and 9999",
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// An unknown state is refused rather than matching nothing.
     pub fn validate(&self) -> Result<(), AdminError> {
         match &self.state {
@@ -100,6 +155,16 @@ impl JobQuery {
             Some(_) => None,
             None => self.args.as_deref().map(like_pattern),
         }
+    }
+}
+
+/// True when a string or a key anywhere in `value` holds NUL.
+fn json_has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(json_has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
     }
 }
 
@@ -593,6 +658,53 @@ mod tests {
             },
         ] {
             assert!(narrowing.has_condition(), "{narrowing:?}");
+        }
+    }
+
+    #[test]
+    fn values_postgres_refuses_are_named() {
+        let field = |q: JobQuery| q.check_values().map_err(|e| e.field);
+        assert_eq!(field(JobQuery::default()), Ok(()));
+        let nul_kind = JobQuery {
+            kind: Some("a\0b".into()),
+            ..JobQuery::default()
+        };
+        assert_eq!(field(nul_kind), Err("kind"));
+        for args in [r#"{"a": "\u0000"}"#, r#"{"a": [{"\u0000": 1}]}"#] {
+            let q = JobQuery {
+                args: Some(args.into()),
+                ..JobQuery::default()
+            };
+            assert_eq!(field(q), Err("args"), "{args}");
+        }
+        let escaped_text = JobQuery {
+            args: Some(r"not json \u0000".into()),
+            ..JobQuery::default()
+        };
+        assert_eq!(
+            field(escaped_text),
+            Ok(()),
+            "six characters of text, no NUL"
+        );
+        let year = |y: i32| {
+            chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+        };
+        for (y, ok) in [
+            (-5000, false),
+            (0, false),
+            (1, true),
+            (9999, true),
+            (10_000, false),
+        ] {
+            let q = JobQuery {
+                created_to: Some(year(y)),
+                ..JobQuery::default()
+            };
+            assert_eq!(field(q).is_ok(), ok, "year {y}");
         }
     }
 

@@ -329,3 +329,33 @@ async fn ctrl_c_stops_an_action_by_filter_at_the_command_line() {
         "a stopped action is not resumed"
     );
 }
+
+/// Filter values PostgreSQL cannot take are refused naming the option, before any database
+/// error: `\u0000` in the args' JSON (jsonb cannot hold it), a year outside 1 to 9999.
+#[tokio::test]
+async fn filter_values_postgres_cannot_take_are_named() {
+    let db = TestDb::new().await;
+    for (args, option) in [
+        (
+            &["jobs", "list", "--args", r#"{"a": "\u0000"}"#][..],
+            "--args",
+        ),
+        (
+            &["jobs", "retry", "--args", r#"{"a": ["\u0000"]}"#, "--yes"],
+            "--args",
+        ),
+        (
+            &["jobs", "list", "--created-from=-5000-01-01T00:00:00Z"],
+            "--created-from",
+        ),
+        (
+            &["jobs", "cancel", "--created-to", "0000-06-01T00:00:00Z"],
+            "--created-to",
+        ),
+    ] {
+        let (ok, out) = run(&db, args).await;
+        assert!(!ok, "{args:?}: {out}");
+        assert!(out.contains(option), "{args:?}: {out}");
+        assert!(!out.contains("database"), "{args:?}: {out}");
+    }
+}

@@ -210,6 +210,18 @@ pub async fn page(
 ) -> Result<Response, WebError> {
     let pool = &state.pool;
     let now = Utc::now();
+    // PostgreSQL refuses NUL in text (22021): the caller's mistake, not a failure.
+    for (field, value) in [
+        ("email", &params.email),
+        ("stripe_status", &params.stripe_status),
+    ] {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "`{field}` must not contain NUL (\\u0000) characters"
+            ))
+            .into());
+        }
+    }
     let stripe_status = params
         .stripe_status
         .as_deref()

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
@@ -49,7 +50,8 @@ impl Filter {
         self.values.get(field).map_or("", String::as_str)
     }
 
-    /// The filter as a query; a malformed time or an unknown state is a 400 naming it.
+    /// The filter as a query; a malformed time, an unknown state or a value PostgreSQL cannot
+    /// take (NUL, a year outside 1 to 9999) is a 400 naming the field as the form does.
     fn query(&self) -> Result<JobQuery, ApiError> {
         let text = |f: &str| self.values.get(f).cloned();
         let query = JobQuery {
@@ -59,12 +61,28 @@ impl Filter {
             tag: text("tag"),
             args: text("args"),
             error: text("error"),
-            created_from: self.values.get("from").map(|v| parse_time(v)).transpose()?,
-            created_to: self.values.get("to").map(|v| parse_time(v)).transpose()?,
+            created_from: self
+                .values
+                .get("from")
+                .map(|v| parse_time("from", v))
+                .transpose()?,
+            created_to: self
+                .values
+                .get("to")
+                .map(|v| parse_time("to", v))
+                .transpose()?,
         };
         query
             .validate()
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        query.check_values().map_err(|e| {
+            let field = match e.field {
+                "created_from" => "from",
+                "created_to" => "to",
+                field => field,
+            };
+            ApiError::BadRequest(format!("`{field}` {}", e.problem))
+        })?;
         Ok(query)
     }
 
@@ -104,8 +122,9 @@ impl Filter {
     }
 }
 
-/// A `datetime-local` value (`2026-11-30T07:53`, read as UTC) or an RFC 3339 time.
-fn parse_time(v: &str) -> Result<DateTime<Utc>, ApiError> {
+/// A `datetime-local` value (`2026-11-30T07:53`, read as UTC) or an RFC 3339 time, from the
+/// form's `field`.
+fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -115,7 +134,7 @@ fn parse_time(v: &str) -> Result<DateTime<Utc>, ApiError> {
         .map(|t| t.and_utc())
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "`{v}` is not a time (expected e.g. 2026-11-30T07:53, read as UTC)"
+                "`{field}`: `{v}` is not a time (expected e.g. 2026-11-30T07:53, read as UTC)"
             ))
         })
 }
@@ -259,6 +278,7 @@ pub async fn page(
     }));
 
     let mut filtered = false;
+    // A filter that does not parse is shown on the page (to be corrected), answered 400.
     let (lines, next_href, window_note, error) = match filter.query() {
         Err(e) => (Vec::new(), None, None, Some(e.to_string())),
         Ok(query) => {
@@ -286,7 +306,12 @@ pub async fn page(
         .into_iter()
         .map(|r| BulkLine::new(r, now))
         .collect();
-    super::render(&JobsPage {
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut response = super::render(&JobsPage {
         bulk_actions,
         chrome: Chrome::new(&operator, "jobs", notice),
         hidden: filter.hidden(),
@@ -299,7 +324,9 @@ pub async fn page(
         window_note,
         error,
         filtered,
-    })
+    })?;
+    *response.status_mut() = status;
+    Ok(response)
 }
 
 fn filter_without_state(filter: &Filter) -> Filter {
