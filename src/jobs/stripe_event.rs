@@ -89,7 +89,7 @@ set client_id = coalesce(excluded.client_id, subscriptions.client_id), updated_a
 /// (same second) a terminal status (`canceled`, `incomplete_expired`) is kept against a
 /// non-terminal one: Stripe never leaves a terminal status, so of two events of the same second
 /// the terminal one is the later state whichever of them runs last.
-pub(crate) const SUBSCRIPTION_UPSERT: &str = r#"
+const SUBSCRIPTION_UPSERT: &str = r#"
 insert into subscriptions
     (id, client_id, stripe_customer_id, price_id, status, current_period_end,
      cancel_at_period_end, last_event_created)
@@ -243,7 +243,7 @@ async fn checkout_completed(
 }
 
 /// Upserts a subscription as of `as_of` (an event's `created`); false when a newer state is kept.
-pub(crate) async fn upsert_subscription(
+async fn upsert_subscription(
     tx: &mut PgConnection,
     sub: &Subscription,
     as_of: i64,

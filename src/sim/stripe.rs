@@ -54,6 +54,9 @@ pub struct StripeConfig {
     /// Seeds statuses and timestamps of the seeded objects.
     pub seed: u64,
     pub faults: FaultConfig,
+    /// How far the simulated Stripe's clock is ahead of this machine's (negative: behind), as
+    /// seen in every response's `Date` header; tests of a local clock that is off use it.
+    pub clock_offset: chrono::Duration,
 }
 
 impl Default for StripeConfig {
@@ -64,6 +67,7 @@ impl Default for StripeConfig {
             customers: 3,
             seed: 0,
             faults: FaultConfig::default(),
+            clock_offset: chrono::Duration::zero(),
         }
     }
 }
@@ -129,6 +133,18 @@ impl StripeSim {
                 )
             })
             .with_state(state.clone());
+        let offset = config.clock_offset;
+        // hyper adds a `Date` only where the response has none.
+        let router = router.layer(axum::middleware::map_response(
+            move |mut response: Response| async move {
+                let now = chrono::Utc::now() + offset;
+                let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+                if let Ok(value) = HeaderValue::from_str(&date) {
+                    response.headers_mut().insert(header::DATE, value);
+                }
+                response
+            },
+        ));
         let server = SimServer::start(router, config.bind, faults, Arc::new(StripeFaults)).await?;
         Ok(Self { server, state })
     }

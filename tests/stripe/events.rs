@@ -437,6 +437,88 @@ async fn reconciliation_fixes_a_drifted_subscription() {
     assert_eq!(run().await["corrected"], 0, "nothing left to correct");
 }
 
+/// Starts the simulator with its clock `offset` seconds ahead of ours, and an intake using it.
+async fn skewed_stripe(db: &TestDb, offset: i64) -> (StripeSim, Intake) {
+    let sim = StripeSim::start(StripeConfig {
+        clock_offset: chrono::Duration::seconds(offset),
+        ..StripeConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = vec![(
+        "BAW__STRIPE__API_BASE".to_string(),
+        sim.base_url().to_string(),
+    )];
+    let intake = Intake::start(db.pool.clone(), env).await;
+    (sim, intake)
+}
+
+async fn reconcile(intake: &Intake) {
+    queue::enqueue(&intake.pool, NewJob::raw("stripe_reconcile", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(intake.drain().await.completed, 1);
+}
+
+/// A live (not canceled) subscription of `sim`, and its customer.
+fn live_subscription(sim: &StripeSim) -> (String, String) {
+    let sub = sim
+        .subscriptions()
+        .into_iter()
+        .find(|s| s["status"] != "canceled")
+        .unwrap();
+    (
+        sub["id"].as_str().unwrap().to_owned(),
+        sub["customer"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn reconciliation_with_our_clock_an_hour_fast_does_not_block_later_webhooks() {
+    let db = TestDb::new().await;
+    let (sim, intake) = skewed_stripe(&db, -3600).await;
+    let (sub, customer) = live_subscription(&sim);
+    reconcile(&intake).await;
+    assert_ne!(subscription(&db.pool, &sub).await.unwrap().3, "canceled");
+    // The customer cancels after the reconciliation, by Stripe's clock.
+    let stripe_now = chrono::Utc::now().timestamp() - 3600;
+    let payload = envelope(
+        "evt_cancel",
+        "customer.subscription.deleted",
+        stripe_now,
+        subscription_object(&sub, &customer, "canceled"),
+    );
+    assert_eq!(
+        post(&intake.url, payload.clone(), Some(signed(&payload))).await,
+        200
+    );
+    intake.drain().await;
+    assert_eq!(subscription(&db.pool, &sub).await.unwrap().3, "canceled");
+}
+
+#[tokio::test]
+async fn reconciliation_with_our_clock_an_hour_slow_still_corrects_drift() {
+    let db = TestDb::new().await;
+    let (sim, intake) = skewed_stripe(&db, 3600).await;
+    let (sub, customer) = live_subscription(&sim);
+    let stripe_now = chrono::Utc::now().timestamp() + 3600;
+    let payload = envelope(
+        "evt_active",
+        "customer.subscription.updated",
+        stripe_now - 60,
+        subscription_object(&sub, &customer, "active"),
+    );
+    assert_eq!(
+        post(&intake.url, payload.clone(), Some(signed(&payload))).await,
+        200
+    );
+    intake.drain().await;
+    // The cancellation's webhook never arrives; the reconciliation finds it.
+    sim.set_subscription_status(&sub, "canceled").unwrap();
+    reconcile(&intake).await;
+    assert_eq!(subscription(&db.pool, &sub).await.unwrap().3, "canceled");
+}
+
 #[tokio::test]
 async fn reconciliation_without_a_key_discards_with_a_clear_error() {
     let db = TestDb::new().await;

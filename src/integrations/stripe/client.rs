@@ -82,27 +82,49 @@ impl StripeClient {
             .map_err(|e| StripeError::Transient(e.without_url().to_string()))?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(|e| {
+            let served_at = served_at(response.headers());
+            let mut page: List<Subscription> = response.json().await.map_err(|e| {
                 StripeError::Permanent(format!("unreadable list: {}", e.without_url()))
-            });
+            })?;
+            page.served_at = served_at;
+            return Ok(page);
         }
         Err(classify(status, &response))
     }
 
     /// Every subscription, following `has_more` / `starting_after` to the end.
-    pub async fn list_all_subscriptions(&self) -> Result<Vec<Subscription>, StripeError> {
-        let mut all: Vec<Subscription> = Vec::new();
+    pub async fn list_all_subscriptions(&self) -> Result<Listing, StripeError> {
+        let mut listing = Listing::default();
         loop {
             let page = self
-                .list_subscriptions(all.last().map(|s| s.id.as_str()))
+                .list_subscriptions(listing.subscriptions.last().map(|s| s.id.as_str()))
                 .await?;
+            if listing.subscriptions.is_empty() {
+                listing.first_served_at = page.served_at;
+            }
             let more = page.has_more && !page.data.is_empty();
-            all.extend(page.data);
+            listing.subscriptions.extend(page.data);
             if !more {
-                return Ok(all);
+                return Ok(listing);
             }
         }
     }
+}
+
+/// Every subscription, and when Stripe served the first page.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub subscriptions: Vec<Subscription>,
+    /// Stripe's `Date` of the first page (Unix seconds, rounded down), if it sent one.
+    pub first_served_at: Option<i64>,
+}
+
+/// A response's `Date` (an HTTP date, always GMT) as Unix seconds.
+fn served_at(headers: &reqwest::header::HeaderMap) -> Option<i64> {
+    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    chrono::DateTime::parse_from_rfc2822(date)
+        .ok()
+        .map(|t| t.timestamp())
 }
 
 /// The `class` label of `baw_provider_errors_total`.

@@ -160,6 +160,10 @@ pub struct List<T> {
     pub data: Vec<T>,
     #[serde(default)]
     pub has_more: bool,
+    /// Stripe's clock when it answered (the response's `Date`, Unix seconds), set by the client:
+    /// the same clock that stamps events' `created`, unlike ours.
+    #[serde(skip)]
+    pub served_at: Option<i64>,
 }
 
 #[derive(Deserialize)]
