@@ -121,10 +121,15 @@ where j.id = u.id
   and j.lease_owner = $1
 "#;
 
-/// The earliest future run of a queue: the worker sleeps until then (or a notification).
+/// Seconds from the database's now until the earliest run of queue $1 (zero or less: due
+/// already; null: nothing waits, or the queue is paused): the producer sleeps until then (or a
+/// notification). Measured on the database's clock, the one the claim compares `run_at` with, so
+/// a node whose clock runs ahead does not wake early over and over. A paused queue has nothing
+/// due: its producer sleeps until the poll or the `resume` notification.
 pub const JOB_NEXT_DUE: &str = r#"
-select min(run_at) from jobs
+select extract(epoch from min(run_at) - now())::float8 from jobs
 where queue = $1 and state in ('scheduled', 'retryable')
+  and not exists (select 1 from queues where name = $1 and paused_at is not null)
 "#;
 
 /// Which of the given (id, attempt) runs this node still holds (the rest were cancelled or

@@ -21,6 +21,7 @@
 //! completer drains; nothing of this node stays `running`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,6 +145,8 @@ struct Inner<S> {
     hard_stop: CancellationToken,
     /// Listener, heartbeat and maintenance stop.
     stop_services: CancellationToken,
+    /// Claim statements run by the producers (see [`Engine::claims`]).
+    claims: AtomicU64,
 }
 
 /// A started engine. Call [`Engine::shutdown`] to stop it cleanly.
@@ -198,6 +201,7 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
             stop_claiming: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             stop_services: CancellationToken::new(),
+            claims: AtomicU64::new(0),
         });
         let jobs = TaskTracker::new();
         let services = TaskTracker::new();
@@ -242,6 +246,12 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
     /// Jobs running on this node now.
     pub fn running(&self) -> usize {
         self.inner.running.lock().expect("running lock").len()
+    }
+
+    /// Claim statements this engine's producers have run: a producer with nothing to do runs one
+    /// per wake-up (a notification, a due `run_at`, the poll), so this shows an idle node idling.
+    pub fn claims(&self) -> u64 {
+        self.inner.claims.load(Ordering::Relaxed)
     }
 
     /// Stops claiming, gives running jobs the grace period, releases the rest, writes every
@@ -318,6 +328,7 @@ async fn produce<S: Clone + Send + Sync + 'static>(
             permit.merge(more);
         }
         let wanted = permit.num_permits();
+        inner.claims.fetch_add(1, Ordering::Relaxed);
         let claimed: Result<Vec<ClaimedJob>, sqlx::Error> = sqlx::query_as(sql::JOB_CLAIM)
             .bind(&queue)
             .bind(wanted as i64)
@@ -425,35 +436,42 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
     );
 }
 
+/// The shortest sleep before looking again for work that is already due but was not claimed
+/// (another node took it first, or the clocks disagree): a floor so that such work cannot turn
+/// the producer into a busy loop of claims.
+const MIN_WAIT: Duration = Duration::from_millis(50);
+
 /// Sleeps until a notification, this node's own next retry, the queue's earliest `run_at` or the
-/// slow poll, whichever comes first.
+/// slow poll, whichever comes first, but at least [`MIN_WAIT`].
 async fn wait_for_work<S>(inner: &Inner<S>, queue: &str, waker: &QueueWaker) {
-    let now = Utc::now();
-    let mut wake = now + inner.config.poll_interval;
-    if let Ok(Some(due)) = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql::JOB_NEXT_DUE)
+    let mut sleep = inner.config.poll_interval;
+    // Seconds until the earliest run_at, on the database's clock; None: nothing due (or paused).
+    if let Ok(Some(secs)) = sqlx::query_scalar::<_, Option<f64>>(sql::JOB_NEXT_DUE)
         .bind(queue)
         .fetch_one(&inner.pool)
         .await
     {
-        wake = wake.min(due);
+        sleep = sleep.min(Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX));
     }
     {
         // Kept until it has passed: a wake-up that finds nothing (the finish setting run_at may
         // not be written yet) must not lose it. Once passed, one more look shortly after.
+        let now = Utc::now();
         let mut local = waker.local_due.lock().expect("waker lock");
         match *local {
-            Some(due) if due > now => wake = wake.min(due),
+            Some(due) if due > now => {
+                sleep = sleep.min((due - now).to_std().unwrap_or_default());
+            }
             Some(_) => {
                 *local = None;
-                wake = wake.min(now + Duration::from_millis(100));
+                sleep = sleep.min(Duration::from_millis(100));
             }
             None => {}
         }
     }
-    let sleep = (wake - now).to_std().unwrap_or_default();
     tokio::select! {
         _ = waker.notify.notified() => {}
-        _ = tokio::time::sleep(sleep) => {}
+        _ = tokio::time::sleep(sleep.max(MIN_WAIT)) => {}
         _ = inner.stop_claiming.cancelled() => {}
     }
 }

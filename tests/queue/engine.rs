@@ -545,6 +545,45 @@ async fn a_paused_queue_is_not_claimed_until_resumed() {
 }
 
 #[tokio::test]
+async fn a_paused_queue_with_a_job_past_due_leaves_its_producer_idle() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    admin::pause(&db.pool, "default").await.unwrap();
+    let id = insert_job(
+        &db.pool,
+        JobFactory {
+            kind: "test_count".into(),
+            args: serde_json::json!({ "n": 1 }),
+            state: "retryable".into(),
+            attempt: 1,
+            run_at: Some(Utc::now() - chrono::Duration::minutes(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut config = engine_config(5);
+    config.poll_interval = Duration::from_secs(60); // only the resume notification wakes it
+    let engine = Engine::start(db.pool.clone(), registry(), effects.clone(), config)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = engine.claims();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let claims = engine.claims() - before;
+    assert!(
+        claims < 20,
+        "{claims} claims in 2 s on a paused queue: the producer spins"
+    );
+    assert_eq!(state_of(&db.pool, id).await, "retryable");
+    admin::resume(&db.pool, "default").await.unwrap();
+    eventually(5, "runs after resume", || async {
+        state_of(&db.pool, id).await == "completed"
+    })
+    .await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
 async fn cancelling_a_running_job_stops_it() {
     let db = TestDb::new().await;
     let effects = Effects::default();
