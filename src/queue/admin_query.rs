@@ -260,17 +260,24 @@ pub async fn job_page(
 ) -> Result<JobPage, AdminError> {
     query.validate()?;
     let limit = limit.clamp(1, MAX_PAGE);
+    // Ids start at 1: below a cursor of 1 or less nothing is older. (A cursor is the caller's
+    // number, down to i64::MIN: the arithmetic below saturates rather than wraps to the top.)
+    if before.is_some_and(|b| b <= 1) {
+        return Ok(JobPage {
+            jobs: Vec::new(),
+            next_before: None,
+            window_floor: None,
+        });
+    }
     let floor = if query.windowed() {
-        let top = match before {
-            Some(b) => b,
-            None => {
-                let max: Option<i64> = sqlx::query_scalar("select max(id) from jobs")
-                    .fetch_one(pool)
-                    .await?;
-                max.unwrap_or(0) + 1
-            }
-        };
-        Some((top - SCAN_WINDOW).max(0))
+        // The window starts at the newest job, also under a cursor above it (one typed by
+        // hand): a window of ids no job has would only lead to another.
+        let max: Option<i64> = sqlx::query_scalar("select max(id) from jobs")
+            .fetch_one(pool)
+            .await?;
+        let newest = max.unwrap_or(0).saturating_add(1);
+        let top = before.map_or(newest, |b| b.min(newest));
+        Some(top.saturating_sub(SCAN_WINDOW).max(0))
     } else {
         None
     };

@@ -206,6 +206,33 @@ async fn pages_are_keyset_and_completed_listings_stop_at_the_scan_window() {
     assert_eq!(listed(&further), vec![old]);
 }
 
+/// A cursor near i64::MIN (typed, or a link edited by hand) is an empty last page: no panic,
+/// and no "older" link wrapping round to the newest jobs.
+#[tokio::test]
+async fn a_cursor_at_the_bottom_of_the_ids_is_an_empty_last_page() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let job = discarded_job(&app.db, json!({})).await;
+    for query in [
+        "before=-9223372036854775808",
+        "before=-9223372036854700000",
+        "before=1",
+        "before=0&state=discarded",
+        "before=-9223372036854775808&kind=noop",
+    ] {
+        let html = page(&app, &admin, &format!("/dashboard/jobs?{query}")).await;
+        assert!(listed(&html).is_empty(), "{query}");
+        assert!(html.contains("No job matches"), "{query}");
+        assert!(!html.contains("id=\"older\""), "{query}: {html}");
+    }
+    let html = page(&app, &admin, "/dashboard/jobs?before=9223372036854775807").await;
+    assert_eq!(
+        listed(&html),
+        vec![job],
+        "the top of the ids lists everything"
+    );
+}
+
 #[tokio::test]
 async fn bulk_retry_of_everything_matching_asks_first_then_acts() {
     let app = App::start().await;
