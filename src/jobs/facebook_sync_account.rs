@@ -1,6 +1,8 @@
 //! `facebook_sync_account`: one ad account's campaign-level daily insights into
-//! `campaign_metrics`. The window is the last `lookback_days` (Facebook revises recent days), or
-//! `backfill_days` for a client never synced; every page is fetched and upserted in batches on
+//! `campaign_metrics`. The window is the last `lookback_days` (Facebook revises recent days),
+//! reaching back to the day before the last successful sync when that is older (so days missed
+//! during an outage are fetched), or `backfill_days` for a client never synced (also the
+//! furthest any sync reaches back); every page is fetched and upserted in batches on
 //! (ad account, campaign, date), then `clients.facebook_last_sync_at` is set. Each attempt is
 //! recorded in `facebook_sync_runs` (rows, calls, outcome), which is where the dashboard sees a
 //! refused token (`token_invalid`).
@@ -189,12 +191,18 @@ impl FacebookSyncAccount {
             Some(state) => serde_json::from_value::<Checkpoint>(state)?,
             None => {
                 let until = Utc::now().date_naive();
-                let days = if last_sync.is_some() {
-                    settings.lookback_days
-                } else {
-                    settings.backfill_days
+                let back = |days: u32| until - Days::new(u64::from(days.max(1) - 1));
+                let (lookback, backfill) =
+                    (back(settings.lookback_days), back(settings.backfill_days));
+                // After an outage longer than the look-back (a refused token, say), from the
+                // day before the last good sync, so the days missed are fetched too; never
+                // further back than a first sync goes.
+                let since = match last_sync {
+                    Some(at) => lookback
+                        .min(at.date_naive() - Days::new(1))
+                        .max(backfill.min(lookback)),
+                    None => backfill,
                 };
-                let since = until - Days::new(u64::from(days.max(1) - 1));
                 Checkpoint {
                     since,
                     until,

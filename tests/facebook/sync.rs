@@ -112,6 +112,27 @@ async fn a_second_sync_changes_nothing_but_synced_at() {
 }
 
 #[tokio::test]
+async fn a_sync_after_an_outage_longer_than_the_look_back_fetches_every_day_missed() {
+    let mut h = Harness::start(sim(1), &[]).await;
+    let account = h.accounts()[0].clone();
+    // The last good sync was 20 days ago (the token was refused since, say).
+    sqlx::query("update clients set facebook_last_sync_at = now() - interval '20 days'")
+        .execute(h.pool())
+        .await
+        .unwrap();
+    h.tick().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+    // From the day before the last sync to today: 22 days, not the 7-day look-back.
+    let expected = h.expected(&account, 22);
+    let stored = h.stored(&account.id).await;
+    assert_eq!(
+        stored.first().map(|m| m.date),
+        Some(Utc::now().date_naive() - Days::new(21))
+    );
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
 async fn a_revised_day_is_updated_by_the_next_sync() {
     let mut h = Harness::start(sim(1), &[]).await;
     let account = h.accounts()[0].clone();
