@@ -613,3 +613,63 @@ async fn a_bulk_action_by_filter_finishes_after_its_request_goes_away() {
     })
     .await;
 }
+
+/// Times outside PostgreSQL's range (4713 BC to 294276 AD) in a filter used to reach the
+/// database and fail there (500): they are refused naming the parameter, in a listing and in a
+/// bulk action's filter, and nothing is touched.
+#[tokio::test]
+async fn a_filter_time_outside_years_1_to_9999_is_422_naming_it() {
+    let api = Api::new().await;
+    let admin = api
+        .token(&["admin:read", "admin:write", "jobs:write"])
+        .await;
+    let job = enqueue(&api, &admin, json!({"kind": "noop"})).await;
+    for (field, time) in [
+        ("created_from", "-5000-01-01T00:00:00Z"),
+        ("created_to", "-5000-01-01T00:00:00Z"),
+        ("created_from", "0000-12-31T00:00:00Z"),
+        ("created_to", "+10000-01-01T00:00:00Z"),
+    ] {
+        let path = format!("/v1/admin/jobs?{}", query(&[(field, time)]));
+        let answer = api.call(Method::GET, &path, Some(&admin), None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {}",
+            answer.text
+        );
+        assert!(answer.text.contains(field), "{path}: {}", answer.text);
+        let bulk = api
+            .call(
+                Method::POST,
+                "/v1/admin/jobs/bulk",
+                Some(&admin),
+                Some(json!({"action": "cancel", "filter": {field: time}})),
+            )
+            .await;
+        assert_eq!(
+            bulk.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bulk {field}={time}: {}",
+            bulk.text
+        );
+        assert!(bulk.text.contains(field), "bulk {field}: {}", bulk.text);
+    }
+    let state: String = sqlx::query_scalar("select state from jobs where id = $1")
+        .bind(job)
+        .fetch_one(&api.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "available", "no bulk action ran");
+    // The edges of the range are fine.
+    let path = format!(
+        "/v1/admin/jobs?{}",
+        query(&[
+            ("created_from", "0001-01-01T00:00:00Z"),
+            ("created_to", "9999-12-31T23:59:59Z")
+        ])
+    );
+    let answer = api.call(Method::GET, &path, Some(&admin), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(answer.body["jobs"][0]["id"], json!(job));
+}

@@ -52,6 +52,18 @@ async fn bad_requests_are_refused_naming_what_was_wrong_and_store_nothing() {
         ),
         (json!({"kind": "noop", "run_at": "tomorrow"}), "run_at"),
         (
+            json!({"kind": "noop", "run_at": "-5000-01-01T00:00:00Z"}),
+            "`run_at` must be within a year",
+        ),
+        (
+            json!({"kind": "noop", "run_at": "9999-12-31T23:59:59Z"}),
+            "`run_at` must be within a year",
+        ),
+        (
+            json!({"kind": "noop", "run_at": "0001-01-01T00:00:00Z"}),
+            "`run_at` must be within a year",
+        ),
+        (
             json!({"kind": "noop", "delay_seconds": -1}),
             "delay_seconds",
         ),

@@ -156,12 +156,23 @@ fn bad_job() -> impl Strategy<Value = Value> {
         any_json().prop_map(|v| ("no_such_field", v)),
         Just(("run_at_and_delay", Value::Null)),
         ".{0,20}".prop_map(|s| ("run_at", json!(s))),
+        // Times more than a year away, out to PostgreSQL's range and past it.
+        prop_oneof![-9999i32..0, 2100i32..=9999].prop_map(|year| (
+            "run_at_far",
+            json!(format!(
+                "{}{:04}-06-01T00:00:00Z",
+                if year < 0 { "-" } else { "" },
+                year.abs()
+            ))
+        )),
     ];
     let known_kind_bad_option = bad_option.prop_map(|(field, value)| {
         let mut body = json!({"kind": "noop", "args": {}});
         if field == "run_at_and_delay" {
             body["run_at"] = json!("2030-01-01T00:00:00Z");
             body["delay_seconds"] = json!(5);
+        } else if field == "run_at_far" {
+            body["run_at"] = value;
         } else if field == "run_at"
             && value
                 .as_str()

@@ -116,6 +116,12 @@ impl JobFilter {
         ] {
             super::check_no_nul_text(field, value.as_deref())?;
         }
+        for (field, value) in [
+            ("created_from", self.created_from),
+            ("created_to", self.created_to),
+        ] {
+            check_year(field, value)?;
+        }
         let query = JobQuery {
             state: self.state,
             kind: self.kind,
@@ -128,6 +134,18 @@ impl JobFilter {
         };
         query.validate()?;
         Ok(query)
+    }
+}
+
+/// A time filter bound as `timestamptz`: years 1 to 9999 (PostgreSQL's range ends at 4713 BC,
+/// so a year of -5000 was a 500; no job was created outside these years anyway).
+fn check_year(field: &str, value: Option<DateTime<Utc>>) -> Result<(), ApiError> {
+    use chrono::Datelike;
+    match value {
+        Some(at) if !(1..=9999).contains(&at.year()) => Err(ApiError::Unprocessable(format!(
+            "`{field}` must be a time in the years 1 to 9999"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -44,7 +44,8 @@ pub struct EnqueueJob {
     pub queue: Option<String>,
     /// Lower runs first. Default: the kind's.
     pub priority: Option<i16>,
-    /// Run at this time (RFC 3339). Not with `delay_seconds`.
+    /// Run at this time (RFC 3339), within a year of now either way (later is a mistake, like a
+    /// `delay_seconds` past a year; a past time runs at once). Not with `delay_seconds`.
     pub run_at: Option<DateTime<Utc>>,
     /// Run after this many seconds (0 to a year). Not with `run_at`.
     pub delay_seconds: Option<f64>,
@@ -121,7 +122,17 @@ impl EnqueueJob {
                     "give `run_at` or `delay_seconds`, not both".into(),
                 ));
             }
-            (Some(at), None) => job = job.run_at(at),
+            (Some(at), None) => {
+                // Also keeps the time inside PostgreSQL's range (a year of -5000 was a 500).
+                let now = Utc::now();
+                let year = chrono::Duration::from_std(MAX_DELAY).expect("a year fits");
+                if at > now + year || at < now - year {
+                    return Err(ApiError::Unprocessable(
+                        "`run_at` must be within a year of now".into(),
+                    ));
+                }
+                job = job.run_at(at);
+            }
             (None, Some(secs)) => {
                 if !secs.is_finite() || secs < 0.0 || secs > MAX_DELAY.as_secs_f64() {
                     return Err(ApiError::Unprocessable(
