@@ -552,6 +552,63 @@ async fn queues_pause_and_resume_and_schedules_run_now() {
     assert_eq!(kind, "prune");
 }
 
+/// The action of the form in `html`'s row marked `marker` whose button reads `button`.
+fn form_action(html: &str, marker: &str, button: &str) -> String {
+    let row = html
+        .split(marker)
+        .nth(1)
+        .and_then(|s| s.split("</tr>").next())
+        .unwrap_or_else(|| panic!("a row {marker}: {html}"));
+    row.split("<form")
+        .filter(|f| f.contains(&format!(">{button}</button>")))
+        .find_map(|f| f.split("action=\"").nth(1)?.split('"').next())
+        .map(unescape)
+        .unwrap_or_else(|| panic!("a {button} button in {row}"))
+}
+
+/// Queue names (from the config, or any a job was enqueued on) may hold a `/`: the buttons'
+/// paths encode it, so Pause and Resume reach their route. (Schedule names cannot: the config
+/// refuses them.)
+#[tokio::test]
+async fn pause_and_resume_work_for_a_queue_name_with_a_slash() {
+    let app = App::start_with(vec![(
+        "BAW__QUEUES__REPORTS/DAILY__CONCURRENCY".into(),
+        "1".into(),
+    )])
+    .await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let paused_at = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "select paused_at from queues where name = 'reports/daily'",
+        )
+        .fetch_optional(&app.db.pool)
+        .await
+        .unwrap()
+        .flatten()
+    };
+
+    let html = page(&app, &admin, "/dashboard/queues").await;
+    let pause = form_action(&html, "data-queue=\"reports/daily\"", "Pause");
+    let response = app
+        .post_form(&pause, Some(&admin.cookie), &[("csrf", &admin.csrf)])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER, "POST {pause}");
+    assert!(paused_at().await.is_some(), "paused");
+    let html = page(&app, &admin, &location(&response)).await;
+    assert!(html.contains("Queue reports/daily paused"), "{html}");
+    let resume = form_action(&html, "data-queue=\"reports/daily\"", "Resume");
+    let response = app
+        .post_form(&resume, Some(&admin.cookie), &[("csrf", &admin.csrf)])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER, "POST {resume}");
+    assert_eq!(paused_at().await, None, "resumed");
+    let html = page(&app, &admin, "/dashboard").await;
+    assert!(
+        html.contains("/dashboard/jobs?queue=reports%2Fdaily"),
+        "the overview's links encode it too: {html}"
+    );
+}
+
 #[tokio::test]
 async fn the_overview_and_integrations_show_what_needs_an_operator() {
     let app = App::start().await;
