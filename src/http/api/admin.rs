@@ -116,6 +116,14 @@ impl JobFilter {
         ] {
             super::check_no_nul_text(field, value.as_deref())?;
         }
+        // A JSON object is matched as jsonb (see `admin_query`), and jsonb cannot hold NUL: a
+        // `\u0000` escape inside it passes the check above and failed in the database (500).
+        if let Some(args) = &self.args
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(args.trim())
+            && json.is_object()
+        {
+            super::check_no_nul("args", &json)?;
+        }
         for (field, value) in [
             ("created_from", self.created_from),
             ("created_to", self.created_to),
