@@ -731,3 +731,33 @@ async fn a_nul_escape_in_an_args_filter_is_422_naming_it() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     assert_eq!(answer.body["jobs"], json!([]));
 }
+
+/// `after` is a job id: an extreme one used to overflow the listing's scan-window arithmetic
+/// (a panic, answered 500). Anything under 1 is refused naming it; the largest id lists all.
+#[tokio::test]
+async fn an_after_cursor_under_1_is_422_naming_it() {
+    let api = Api::new().await;
+    let admin = api.token(&["admin:read", "jobs:write"]).await;
+    let job = enqueue(&api, &admin, json!({"kind": "noop"})).await;
+    for after in ["-9223372036854775808", "-1", "0"] {
+        for state in ["", "&state=completed", "&state=available"] {
+            let path = format!("/v1/admin/jobs?after={after}{state}");
+            let answer = api.call(Method::GET, &path, Some(&admin), None).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{path}: {}",
+                answer.text
+            );
+            assert!(
+                answer.text.contains("`after` must be a job id, 1 or more"),
+                "{path}: {}",
+                answer.text
+            );
+        }
+    }
+    let path = format!("/v1/admin/jobs?after={}", i64::MAX);
+    let answer = api.call(Method::GET, &path, Some(&admin), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(answer.body["jobs"][0]["id"], json!(job));
+}

@@ -175,7 +175,8 @@ pub struct JobListParams {
     pub created_from: Option<DateTime<Utc>>,
     /// Created before (RFC 3339).
     pub created_to: Option<DateTime<Utc>>,
-    /// The previous page's `next_after`: only jobs older (smaller id) than it.
+    /// The previous page's `next_after`: only jobs older (smaller id) than it. A job id: 1 or
+    /// more.
     pub after: Option<i64>,
     /// 1 to 500; default 50.
     pub limit: Option<i64>,
@@ -239,6 +240,12 @@ pub async fn list_jobs(
             "`limit` must be between 1 and {}",
             admin_query::MAX_PAGE
         )));
+    }
+    // Ids start at 1; an extreme cursor would overflow the scan window's arithmetic.
+    if params.after.is_some_and(|after| after < 1) {
+        return Err(ApiError::Unprocessable(
+            "`after` must be a job id, 1 or more".into(),
+        ));
     }
     let query = params.filter().into_query()?;
     let page = admin_query::job_page(&state.pool, &query, params.after, limit).await?;
