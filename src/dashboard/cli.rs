@@ -132,7 +132,9 @@ impl FilterArgs {
 }
 
 /// The jobs an action applies to: ids, or every job matching a filter (at least one condition).
-/// A filter only counts its jobs unless `--yes` is given.
+/// A filter only counts its jobs unless `--yes` is given. Ids are taken once each; when some
+/// are left alone (missing, or in a state the action does not apply to) the command names them
+/// and exits non-zero.
 #[derive(Debug, clap::Args)]
 pub struct Targets {
     /// Job ids.
@@ -169,8 +171,19 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
             !filtered,
             "give job ids or filter options (--state, --kind, ...), not both"
         );
-        let n = action.apply(pool, &targets.ids).await?;
-        println!("{n} of {} jobs {verb}", targets.ids.len());
+        // Each job once: `retry 5 5` is one job, not "1 of 2".
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<i64> = targets
+            .ids
+            .into_iter()
+            .filter(|id| seen.insert(*id))
+            .collect();
+        let before = admin_query::job_states(pool, &ids).await?;
+        let n = action.apply(pool, &ids).await?;
+        println!("{n} of {} jobs {verb}", ids.len());
+        if n < ids.len() as u64 {
+            anyhow::bail!("{}", unchanged(action, verb, &ids, &before, n));
+        }
         return Ok(());
     }
     anyhow::ensure!(
@@ -230,6 +243,50 @@ async fn act(pool: &PgPool, action: BulkAction, targets: Targets) -> anyhow::Res
             }
         }
     }
+}
+
+/// Which of `ids` an action on ids left alone, and why, from their states before it: missing, or
+/// in a state it does not apply to. Any others (a job that changed state meanwhile, or a retry
+/// skipped because another job holds its unique key) are counted.
+fn unchanged(
+    action: BulkAction,
+    verb: &str,
+    ids: &[i64],
+    before: &std::collections::HashMap<i64, String>,
+    changed: u64,
+) -> String {
+    let applies = |state: &str| match action {
+        BulkAction::Retry => state != "running",
+        BulkAction::Cancel => matches!(state, "scheduled" | "available" | "running" | "retryable"),
+        BulkAction::Delete => matches!(state, "completed" | "discarded" | "cancelled"),
+    };
+    let named: Vec<String> = ids
+        .iter()
+        .filter_map(|id| match before.get(id) {
+            None => Some(format!("job {id}: no such job")),
+            Some(state) if !applies(state) => Some(format!("job {id}: {state}")),
+            Some(_) => None,
+        })
+        .collect();
+    let left = (ids.len() as u64).saturating_sub(changed);
+    let mut text = format!(
+        "{left} of {} jobs not {verb} ({} applies to {})",
+        ids.len(),
+        action.as_str(),
+        action.applies_to()
+    );
+    if !named.is_empty() {
+        text.push_str(&format!(": {}", named.join(", ")));
+    }
+    let others = left.saturating_sub(named.len() as u64);
+    if others > 0 {
+        let why = match action {
+            BulkAction::Retry => "changed state meanwhile, or another job holds its unique key",
+            _ => "changed state meanwhile",
+        };
+        text.push_str(&format!("; {others} more left as they were ({why})"));
+    }
+    text
 }
 
 /// Resolves on Ctrl-C; listening from now on (`tokio::signal::ctrl_c` listens from its first

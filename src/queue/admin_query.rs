@@ -370,6 +370,19 @@ pub(super) async fn ids_matching(
     .await
 }
 
+/// The state of each of the given jobs that exists.
+const JOB_STATES: &str = "select id, state from jobs where id = any($1)";
+
+/// The state of each of `ids` that exists (missing ids are not in the map): what an action on
+/// ids can say about the jobs it left alone.
+pub async fn job_states(
+    pool: &PgPool,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, String>, sqlx::Error> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(JOB_STATES).bind(ids).fetch_all(pool).await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Jobs of one queue in one state. `estimated`: the planner's estimate, not a count.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Count {

@@ -359,3 +359,91 @@ async fn filter_values_postgres_cannot_take_are_named() {
         assert!(!out.contains("database"), "{args:?}: {out}");
     }
 }
+
+/// An action on ids takes each id once, and when it leaves some jobs alone it names them and why
+/// and exits non-zero: a script must not read "0 of 1" as success.
+#[tokio::test]
+async fn an_action_on_ids_names_the_jobs_it_left_alone_and_fails() {
+    let db = TestDb::new().await;
+    let job = |state: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let finished = matches!(state, "completed" | "discarded" | "cancelled");
+            sqlx::query_scalar::<_, i64>(
+                "insert into jobs (kind, state, attempt, finished_at, lease_owner, \
+                                   lease_expires_at) \
+                 values ('noop', $1, 1, case when $2 then now() end, \
+                         case when $1 = 'running' then 'node-1' end, \
+                         case when $1 = 'running' then now() + interval '1 minute' end) \
+                 returning id",
+            )
+            .bind(state)
+            .bind(finished)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let discarded = job("discarded").await;
+    let running = job("running").await;
+    let completed = job("completed").await;
+    let available = job("available").await;
+
+    let (ok, out) = run(
+        &db,
+        &[
+            "jobs",
+            "retry",
+            &discarded.to_string(),
+            &discarded.to_string(),
+        ],
+    )
+    .await;
+    assert!(ok && out.contains("1 of 1 jobs set to run now"), "{out}");
+    assert_eq!(state_of(&db.pool, discarded).await, "available");
+
+    let (ok, out) = run(&db, &["jobs", "retry", "999999"]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("0 of 1 jobs set to run now"), "{out}");
+    assert!(out.contains("job 999999: no such job"), "{out}");
+
+    let (ok, out) = run(
+        &db,
+        &[
+            "jobs",
+            "retry",
+            &running.to_string(),
+            &completed.to_string(),
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("job {running}: running")), "{out}");
+    assert!(!out.contains(&format!("job {completed}:")), "{out}");
+    assert_eq!(
+        state_of(&db.pool, completed).await,
+        "available",
+        "the other one ran"
+    );
+    assert_eq!(state_of(&db.pool, running).await, "running");
+
+    let finished = job("completed").await;
+    let (ok, out) = run(
+        &db,
+        &[
+            "jobs",
+            "cancel",
+            &available.to_string(),
+            &finished.to_string(),
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("job {finished}: completed")), "{out}");
+    assert_eq!(state_of(&db.pool, available).await, "cancelled");
+
+    let (ok, out) = run(&db, &["jobs", "delete", &running.to_string(), "424242"]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("job {running}: running")), "{out}");
+    assert!(out.contains("job 424242: no such job"), "{out}");
+}
