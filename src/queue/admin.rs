@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use super::sql;
 use super::worker::{CHANNEL_CONTROL, CHANNEL_JOBS};
@@ -72,27 +72,64 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<JobRow>, sqlx::Error> 
 }
 
 /// Runs the given jobs again now: any state but `running`. A job that used up its attempts gets
-/// one more. A finished job whose unique key is now held by another unfinished job is skipped.
-/// Returns how many were set to run. Like [`cancel`] and [`delete`], it runs on the caller's
-/// connection, so that it can be part of the caller's transaction (a bulk action's batch, see
-/// `queue::bulk`).
+/// one more. A finished job whose unique key is held by an unfinished job is skipped, and of
+/// finished jobs sharing a key only the newest runs again. Returns how many were set to run.
+/// Like [`cancel`] and [`delete`], it runs on the caller's connection, so that it can be part of
+/// the caller's transaction (a bulk action's batch, see `queue::bulk`).
 pub async fn retry(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
-    let queues: Vec<String> = sqlx::query_scalar(
-        "update jobs j
-         set state = 'available', run_at = now(), finished_at = null, lease_expires_at = null,
-             max_attempts = greatest(j.max_attempts, j.attempt + 1)
-         where j.id = any($1) and j.state <> 'running'
-           and (j.unique_key is null or j.state in ('scheduled', 'available', 'retryable')
-                or not exists (select 1 from jobs o
-                               where o.unique_key = j.unique_key and o.id <> j.id
-                                 and o.state in ('scheduled', 'available', 'running', 'retryable')))
-         returning j.queue",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let queues = match retry_in_savepoint(conn, ids).await {
+        // A job enqueued with one of the keys since the statement's snapshot: one by one, newest
+        // first, each in its own savepoint, skipping those whose key is taken.
+        Err(error) if is_unique_violation(&error) => {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.dedup();
+            let mut queues = Vec::new();
+            for id in ids {
+                match retry_in_savepoint(conn, &[id]).await {
+                    Ok(queue) => queues.extend(queue),
+                    Err(error) if is_unique_violation(&error) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            queues
+        }
+        result => result?,
+    };
     notify_queues(conn, &queues).await?;
     Ok(queues.len() as u64)
+}
+
+/// [`sql::JOB_RETRY`] in a savepoint (a transaction of its own if none is open), so that a
+/// failure leaves the caller's transaction usable.
+async fn retry_in_savepoint(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut savepoint = conn.begin().await?;
+    match sqlx::query_scalar(sql::JOB_RETRY)
+        .bind(ids)
+        .fetch_all(&mut *savepoint)
+        .await
+    {
+        Ok(queues) => {
+            savepoint.commit().await?;
+            Ok(queues)
+        }
+        // A rollback that fails too (the connection is gone) reports the first error, unless
+        // the caller would go on with the connection (a unique violation).
+        Err(error) => match savepoint.rollback().await {
+            Err(rollback) if is_unique_violation(&error) => Err(rollback),
+            _ => Err(error),
+        },
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "23505")
 }
 
 /// Cancels the given unfinished jobs. A running job is told through its context and stops at its

@@ -197,6 +197,39 @@ where j.id = expired.id
 returning j.id, j.state
 "#;
 
+/// Runs jobs $1 again now (any state but `running`), giving one more attempt to those that used
+/// theirs up; returns their queues. Of finished jobs sharing a unique key, only the newest is
+/// retried, and none whose key an unfinished job holds (`jobs_unique_key_idx` allows one): the
+/// rest are skipped. The candidates are locked first, in id order (two operators retrying
+/// overlapping sets do not deadlock). The holder check reads the statement's snapshot, so a job
+/// enqueued with the same key meanwhile still makes it fail with a unique violation: see
+/// `admin::retry`.
+pub const JOB_RETRY: &str = r#"
+with candidate as (
+    select id, unique_key, state in ('completed', 'discarded', 'cancelled') as finished
+    from jobs
+    where id = any($1) and state <> 'running'
+    order by id
+    for update
+),
+chosen as (
+    select c.id from candidate c
+    where c.unique_key is null
+       or not c.finished
+       or (not exists (select 1 from jobs o
+                       where o.unique_key = c.unique_key and o.id <> c.id
+                         and o.state in ('scheduled', 'available', 'running', 'retryable'))
+           and not exists (select 1 from candidate d
+                           where d.unique_key = c.unique_key and d.finished and d.id > c.id))
+)
+update jobs j
+set state = 'available', run_at = now(), finished_at = null, lease_expires_at = null,
+    max_attempts = greatest(j.max_attempts, j.attempt + 1)
+from chosen
+where j.id = chosen.id
+returning j.queue
+"#;
+
 /// Deletes a batch of finished jobs older than $1.
 pub const JOB_PRUNE: &str = r#"
 delete from jobs

@@ -3,6 +3,7 @@
 
 use baseaim_worker::queue::admin;
 use baseaim_worker::queue::admin_query::{self, JobQuery};
+use baseaim_worker::queue::bulk::{self, BulkAction};
 use baseaim_worker::queue::maintenance::prune_once;
 use baseaim_worker::queue::testing::{JobFactory, assert_enqueued, drain, insert_job};
 use baseaim_worker::queue::{NewJob, enqueue, enqueue_many};
@@ -218,6 +219,95 @@ async fn retrying_a_job_that_used_up_its_attempts_gives_it_one_more() {
         (job.state.as_str(), job.attempt, job.max_attempts),
         ("completed", 4, 4)
     );
+}
+
+/// Inserts a discarded job holding unique key `key`, tagged `tag`, in a queue no engine works.
+async fn discarded_with_key(pool: &sqlx::PgPool, key: &str, tag: &str) -> i64 {
+    sqlx::query_scalar(
+        "insert into jobs (kind, queue, state, attempt, unique_key, tags, finished_at)
+         values ('noop', 'elsewhere', 'discarded', 1, $1, array[$2], now()) returning id",
+    )
+    .bind(key)
+    .bind(tag)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn retrying_finished_jobs_that_share_a_unique_key_runs_the_newest_once() {
+    let db = TestDb::new().await;
+    let older = discarded_with_key(&db.pool, "invoice:7", "twins").await;
+    let newer = discarded_with_key(&db.pool, "invoice:7", "twins").await;
+    let changed = admin::retry(&mut db.pool.acquire().await.unwrap(), &[older, newer])
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    assert_eq!(state_of(&db.pool, newer).await, "available");
+    assert_eq!(state_of(&db.pool, older).await, "discarded");
+    // Retried again while the newer one holds the key: nothing to do, no error.
+    assert_eq!(
+        admin::retry(&mut db.pool.acquire().await.unwrap(), &[older, newer])
+            .await
+            .unwrap(),
+        1,
+        "the one already waiting is set to run now; the other is skipped"
+    );
+    assert_eq!(state_of(&db.pool, older).await, "discarded");
+
+    // The same through a bulk action by filter: it finishes, one job changed.
+    let (a, b) = (
+        discarded_with_key(&db.pool, "invoice:8", "pair").await,
+        discarded_with_key(&db.pool, "invoice:8", "pair").await,
+    );
+    let query = JobQuery {
+        tag: Some("pair".into()),
+        ..JobQuery::default()
+    };
+    let outcome = bulk::apply_matching(
+        &db.pool,
+        &query,
+        BulkAction::Retry,
+        "a test",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.finished, "{outcome:?}");
+    assert_eq!(outcome.changed, 1);
+    let record = bulk::record(&db.pool, outcome.record.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status(Utc::now()), "finished", "{record:?}");
+    assert_eq!(record.changed, 1);
+    assert_eq!(state_of(&db.pool, b).await, "available");
+    assert_eq!(state_of(&db.pool, a).await, "discarded");
+}
+
+#[tokio::test]
+async fn a_retry_racing_an_enqueue_of_the_same_key_skips_that_job_and_retries_the_rest() {
+    let db = TestDb::new().await;
+    let taken = discarded_with_key(&db.pool, "report:1", "race").await;
+    let free = discarded_with_key(&db.pool, "report:2", "race").await;
+    // An enqueue of report:1 is under way in another transaction when the retry starts: the
+    // retry's snapshot cannot see it, the unique index can.
+    let mut enqueuing = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "insert into jobs (kind, queue, state, unique_key) values ('noop', 'elsewhere', 'available', 'report:1')",
+    )
+    .execute(&mut *enqueuing)
+    .await
+    .unwrap();
+    let pool = db.pool.clone();
+    let retry = tokio::spawn(async move {
+        admin::retry(&mut pool.acquire().await.unwrap(), &[taken, free]).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    enqueuing.commit().await.unwrap();
+    assert_eq!(retry.await.unwrap().unwrap(), 1);
+    assert_eq!(state_of(&db.pool, taken).await, "discarded");
+    assert_eq!(state_of(&db.pool, free).await, "available");
 }
 
 #[tokio::test]
