@@ -26,6 +26,9 @@ pub enum JobsCommand {
         before: Option<i64>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print `{"jobs": [..], "next_after": ID or null, "window_floor": ID or null}` as the
+        /// admin API's listing does: `next_after` is the next page's `--before` (null: nothing
+        /// older matches); `window_floor` is set when the page stopped at its scan window.
         #[arg(long)]
         json: bool,
     },
@@ -349,7 +352,14 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             );
             let page = admin_query::job_page(&pool, &filter.query()?, before, limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&page.jobs)?);
+                // The admin API's listing (`GET /v1/admin/jobs`): the cursor too, so that a
+                // script can tell "no more" (null) from "nothing in this scan window".
+                let page = serde_json::json!({
+                    "jobs": page.jobs,
+                    "next_after": page.next_before,
+                    "window_floor": page.window_floor,
+                });
+                println!("{}", serde_json::to_string_pretty(&page)?);
             } else {
                 print!("{}", jobs_table(&page.jobs));
                 match (page.next_before, page.window_floor) {

@@ -57,7 +57,7 @@ async fn jobs_and_queues_commands_inspect_and_repair() {
     let (ok, json) = run(&db, &["jobs", "list", "--state", "available", "--json"]).await;
     assert!(ok);
     let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(rows[0]["id"], id);
+    assert_eq!(rows["jobs"][0]["id"], id);
 
     let (ok, out) = run(&db, &["jobs", "cancel", &id.to_string()]).await;
     assert!(ok && out.contains("1 of 1 jobs cancelled"), "{out}");
@@ -110,7 +110,7 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
     // `jobs list` takes the same filter: what an action would touch can be looked at first.
     let (ok, listed) = run(&db, &["jobs", "list", "--error", "BAD ADDRESS", "--json"]).await;
     assert!(ok, "{listed}");
-    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let rows = serde_json::from_str::<serde_json::Value>(&listed).unwrap()["jobs"].take();
     assert_eq!(rows.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(rows[0]["id"], other_error);
     let (ok, page) = run(
@@ -243,7 +243,7 @@ async fn actions_by_filter_count_first_then_act_on_every_matching_job() {
     ];
     let (ok, listed) = run(&db, &[&["jobs", "list", "--json"][..], &january].concat()).await;
     assert!(ok, "{listed}");
-    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let rows = serde_json::from_str::<serde_json::Value>(&listed).unwrap()["jobs"].take();
     assert_eq!(rows.as_array().unwrap().len(), 3, "{listed}");
     let deleted = run(&db, &[&["jobs", "delete", "--yes"][..], &january].concat()).await;
     assert!(deleted.1.contains("3 jobs deleted"), "{}", deleted.1);
@@ -446,4 +446,70 @@ async fn an_action_on_ids_names_the_jobs_it_left_alone_and_fails() {
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("job {running}: running")), "{out}");
     assert!(out.contains("job 424242: no such job"), "{out}");
+}
+
+/// `jobs list --json` carries the page's cursor as the admin API's listing does (`jobs`,
+/// `next_after`, `window_floor`), so a script can tell "no more" from "nothing in this scan
+/// window" and page on with `--before`.
+#[tokio::test]
+async fn jobs_list_json_carries_the_cursor() {
+    let db = TestDb::new().await;
+    let rare: i64 = sqlx::query_scalar(
+        "insert into jobs (kind, state, attempt, finished_at) \
+         values ('rare', 'completed', 1, now()) returning id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into jobs (kind, state, attempt, finished_at) \
+         select 'noop', 'completed', 1, now() from generate_series(1, 100000)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let list = |args: Vec<String>| {
+        let db = &db;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out) = run(db, &[&["jobs", "list", "--json"][..], &args].concat()).await;
+            assert!(ok, "{out}");
+            serde_json::from_str::<serde_json::Value>(&out)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+        }
+    };
+
+    let page = list(vec!["--limit".into(), "2".into()]).await;
+    let ids: Vec<i64> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{page}");
+    assert_eq!(
+        page["next_after"], ids[1],
+        "a full page: more below its last job"
+    );
+    assert_eq!(page["window_floor"], serde_json::Value::Null);
+
+    // Nothing in the first scan window, but older jobs were not looked at yet.
+    let page = list(vec!["--kind".into(), "rare".into()]).await;
+    assert_eq!(page["jobs"], serde_json::json!([]), "{page}");
+    let floor = page["window_floor"].as_i64().expect("the window's floor");
+    assert_eq!(page["next_after"], floor, "{page}");
+    let page = list(vec![
+        "--kind".into(),
+        "rare".into(),
+        "--before".into(),
+        floor.to_string(),
+    ])
+    .await;
+    assert_eq!(page["jobs"][0]["id"], rare, "{page}");
+    assert_eq!(
+        page["next_after"],
+        serde_json::Value::Null,
+        "no more: {page}"
+    );
+    assert_eq!(page["window_floor"], serde_json::Value::Null);
 }
