@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use baseaim_worker::config::SecretString;
+use baseaim_worker::integrations::drive::{DriveClient, DriveError};
 use baseaim_worker::jobs::{DriveDelete, drive_import};
 use baseaim_worker::sim::FaultKind;
 
@@ -294,4 +296,66 @@ async fn a_document_deleted_while_its_upload_runs_leaves_no_file_in_drive() {
         env.sim.files().iter().map(|f| &f.id).collect::<Vec<_>>()
     );
     assert_eq!(env.count("select count(*) from document_chunks").await, 0);
+}
+
+/// The simulator's token endpoint holds its next answer for five minutes; the client's
+/// `request_timeout` is one second.
+async fn with_a_hung_token_endpoint() -> crate::Env {
+    let env = crate::setup_with(crate::Options {
+        sim: baseaim_worker::sim::google_drive::GoogleDriveConfig {
+            faults: baseaim_worker::sim::FaultConfig {
+                path_prefix: Some("/token".into()),
+                hang_for: Duration::from_secs(300),
+                ..baseaim_worker::sim::FaultConfig::default()
+            },
+            ..Default::default()
+        },
+        config: vec![("BAW__DRIVE__REQUEST_TIMEOUT".into(), "1s".into())],
+        ..crate::Options::default()
+    })
+    .await;
+    env.sim.faults().next(FaultKind::Hang);
+    env
+}
+
+#[tokio::test]
+async fn a_hung_token_request_times_out_and_the_upload_completes_on_a_retry() {
+    let env = with_a_hung_token_endpoint().await;
+    let bytes = random_bytes(40_000, 24);
+    let id = env.upload_pdf(&bytes).await;
+    // Far below the five minutes the answer is held: the job is not stuck behind it.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while env.document(id).await.status != "UPLOADED" {
+            env.drain().await;
+            env.make_due().await;
+        }
+    })
+    .await
+    .expect("the upload is stuck behind the hung token request");
+    assert_eq!(env.sim.files().len(), 1);
+    assert_eq!(env.sim.files()[0].content, bytes);
+}
+
+#[tokio::test]
+async fn jobs_waiting_for_a_hung_token_request_share_its_timeout() {
+    let env = with_a_hung_token_endpoint().await;
+    let key = SecretString::from(env.sim.key_file_json());
+    let drive = DriveClient::new(&env.state.config.drive, &key).unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let tokens = drive.tokens().clone();
+            tokio::spawn(async move { tokens.token().await.map(|_| ()) })
+        })
+        .collect();
+    let answers = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(waiters))
+        .await
+        .expect("the token requests are stuck");
+    for answer in answers {
+        let error = answer.unwrap().unwrap_err();
+        assert!(matches!(error, DriveError::Transport(_)), "{error}");
+        assert!(error.to_string().contains("timed out"), "{error}");
+    }
+    // Only the hung request was sent; the next job mints afresh.
+    assert_eq!(env.sim.calls().matching("/token").len(), 1);
+    assert!(drive.tokens().token().await.is_ok());
 }

@@ -2,6 +2,13 @@
 //! at the key file's `token_uri` for a one-hour bearer token, cached until a minute before it
 //! expires. One token source per client, shared by every job of the node; a 401 invalidates
 //! the token it was given so the next call mints a fresh one.
+//!
+//! The mint holds the cache's lock (jobs that find the token stale wait for one mint instead of
+//! each minting their own), so a token endpoint that never answers would stall every Drive job
+//! of the node: the request has a whole-request timeout ([`TOKEN_TIMEOUT`] at most, a token
+//! answer is a few hundred bytes), a timeout is a transport error (transient: the job retries),
+//! and the jobs that waited for a mint that failed get its error instead of queueing for
+//! another, so a hung endpoint costs them one timeout together, not one each.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +23,8 @@ use super::error::DriveError;
 
 /// A token is replaced this long before Drive would refuse it.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// The longest a token request may take, whatever `drive.request_timeout` (sized for chunks) says.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Google's token endpoint, the default `token_uri`.
 const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 
@@ -117,15 +126,25 @@ struct Cached {
     refresh_at: Instant,
 }
 
+#[derive(Default)]
+struct Cache {
+    token: Option<Cached>,
+    /// The last mint's failure and when it ended: whoever was waiting for that mint gets this
+    /// error instead of minting again. Cleared by a successful mint.
+    failed: Option<(Instant, DriveError)>,
+}
+
 /// Mints and caches access tokens. Cheap to clone (shared cache).
 #[derive(Clone)]
 pub struct TokenSource {
     key: Arc<ServiceAccountKey>,
     scope: String,
     http: reqwest::Client,
+    /// The token request's whole-request timeout.
+    timeout: Duration,
     /// A tokio mutex: concurrent jobs that find the token stale wait for one mint instead of each
     /// minting their own.
-    cache: Arc<tokio::sync::Mutex<Option<Cached>>>,
+    cache: Arc<tokio::sync::Mutex<Cache>>,
     minted: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -149,40 +168,63 @@ struct TokenRefusal {
 }
 
 impl TokenSource {
-    pub fn new(key: ServiceAccountKey, scope: &str, http: reqwest::Client) -> Self {
+    /// `request_timeout` bounds the token request (to at most [`TOKEN_TIMEOUT`]).
+    pub fn new(
+        key: ServiceAccountKey,
+        scope: &str,
+        http: reqwest::Client,
+        request_timeout: Duration,
+    ) -> Self {
         TokenSource {
             key: Arc::new(key),
             scope: scope.to_owned(),
             http,
-            cache: Arc::new(tokio::sync::Mutex::new(None)),
+            timeout: request_timeout.min(TOKEN_TIMEOUT),
+            cache: Arc::default(),
             minted: Arc::default(),
         }
     }
 
     /// A valid access token, minted if the cached one is missing or about to expire.
     pub async fn token(&self) -> Result<SecretString, DriveError> {
+        let asked = Instant::now();
         let mut cache = self.cache.lock().await;
-        if let Some(cached) = cache.as_ref()
+        if let Some(cached) = cache.token.as_ref()
             && cached.refresh_at > Instant::now()
         {
             return Ok(cached.token.clone());
         }
-        let (token, lifetime) = self.mint().await?;
-        *cache = Some(Cached {
-            token: token.clone(),
-            refresh_at: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
-        });
-        Ok(token)
+        // A mint that ended while we waited for the lock failed: share its answer.
+        if let Some((at, error)) = &cache.failed
+            && *at >= asked
+        {
+            return Err(error.clone());
+        }
+        match self.mint().await {
+            Ok((token, lifetime)) => {
+                cache.token = Some(Cached {
+                    token: token.clone(),
+                    refresh_at: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
+                });
+                cache.failed = None;
+                Ok(token)
+            }
+            Err(error) => {
+                cache.failed = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 
     /// Forgets `token` if it is still the cached one (Drive answered 401 to it).
     pub async fn invalidate(&self, token: &SecretString) {
         let mut cache = self.cache.lock().await;
         if cache
+            .token
             .as_ref()
             .is_some_and(|c| c.token.expose_secret() == token.expose_secret())
         {
-            *cache = None;
+            cache.token = None;
         }
     }
 
@@ -207,6 +249,7 @@ impl TokenSource {
                 "application/x-www-form-urlencoded",
             )
             .body(body)
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(super::client::transport)?;

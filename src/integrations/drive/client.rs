@@ -95,7 +95,7 @@ impl DriveClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| DriveError::Unconfigured(format!("HTTP client: {e}")))?;
-        let tokens = TokenSource::new(key, &settings.scope, http.clone());
+        let tokens = TokenSource::new(key, &settings.scope, http.clone(), settings.request_timeout);
         Ok(DriveClient {
             http,
             api_base: settings.api_base.trim_end_matches('/').to_owned(),
