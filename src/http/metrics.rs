@@ -4,8 +4,8 @@
 //!
 //! From the process's recorder (`crate::telemetry::metrics_handle`), counted where things happen:
 //! - `baw_jobs_total{queue,kind,outcome}`: attempts finished (completed, retry, snooze,
-//!   discarded, cancelled, released), and `baw_job_duration_seconds{queue,kind}` (histogram),
-//!   in `queue::execute::run`;
+//!   discarded, cancelled, released, given_back: a kind the node does not know), and
+//!   `baw_job_duration_seconds{queue,kind}` (histogram), in `queue::execute::run`;
 //! - `baw_rate_limit_snoozes_total{bucket}`: jobs snoozed for want of a rate-limit token;
 //! - `baw_provider_requests_total{provider,result}` and `baw_provider_errors_total{provider,class}`:
 //!   each request of the Resend, Stripe, Facebook and Google Drive clients, by the class their

@@ -21,6 +21,10 @@ use super::sql;
 /// The longest a run waits in place for a rate-limit token before it snoozes instead.
 const MAX_TOKEN_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a job of a kind this node does not know waits before it is claimed again: long
+/// enough not to bounce between old nodes, short enough for a newer node to pick it up soon.
+pub const UNKNOWN_KIND_WAIT: Duration = Duration::from_secs(60);
+
 /// A row as claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -55,6 +59,13 @@ pub enum Outcome {
     },
     Discarded(String),
     Cancelled(String),
+    /// This node cannot run the job (it does not know its kind: during a rolling deploy, an
+    /// older node meets a newer kind): attempt given back, with `error` noted; runs again at
+    /// `run_at`, on whichever node claims it then.
+    GivenBack {
+        error: String,
+        run_at: DateTime<Utc>,
+    },
     /// The node is stopping: available again at once, attempt given back.
     Released,
 }
@@ -67,6 +78,7 @@ impl Outcome {
             Outcome::Snooze { .. } => "scheduled",
             Outcome::Discarded(_) => "discarded",
             Outcome::Cancelled(_) => "cancelled",
+            Outcome::GivenBack { .. } => "scheduled",
             Outcome::Released => "available",
         }
     }
@@ -79,6 +91,7 @@ impl Outcome {
             Outcome::Snooze { .. } => "snooze",
             Outcome::Discarded(_) => "discarded",
             Outcome::Cancelled(_) => "cancelled",
+            Outcome::GivenBack { .. } => "given_back",
             Outcome::Released => "released",
         }
     }
@@ -135,10 +148,15 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
     stop: &CancellationToken,
 ) -> Outcome {
     let Some(entry) = registry.get(&job.kind) else {
-        return Outcome::Discarded(format!(
-            "unknown kind `{}`: no worker for it is registered on this node",
-            job.kind
-        ));
+        // Not the job's fault: a node of another version may know the kind.
+        return Outcome::GivenBack {
+            error: format!(
+                "this node does not know kind `{}` (no worker for it is registered here); given \
+                 back for a node that does",
+                job.kind
+            ),
+            run_at: Utc::now() + UNKNOWN_KIND_WAIT,
+        };
     };
     let policy = &entry.policy;
     if let Some(bucket) = policy.rate_limit {
@@ -263,6 +281,7 @@ pub async fn finish_many(
             Outcome::Completed(result) => (None, None, result.as_ref(), false),
             Outcome::Retry { error, run_at } => (Some(*run_at), Some(error), None, false),
             Outcome::Snooze { run_at } => (Some(*run_at), None, None, true),
+            Outcome::GivenBack { error, run_at } => (Some(*run_at), Some(error), None, true),
             Outcome::Discarded(error) | Outcome::Cancelled(error) => {
                 (None, Some(error), None, false)
             }

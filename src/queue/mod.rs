@@ -9,7 +9,8 @@
 //!                  ▼                      │
 //!               running ──▶ completed     │
 //!                  ├──────▶ retryable ────┘  (attempt spent; run_at = now + backoff)
-//!                  ├──────▶ scheduled        (snooze: attempt given back)
+//!                  ├──────▶ scheduled        (snooze, or a kind this node does not know:
+//!                  │                          attempt given back)
 //!                  ├──────▶ discarded        (permanent error, or attempts used up)
 //!                  ├──────▶ cancelled        (by the job or an operator)
 //!                  └──────▶ available        (released at shutdown: attempt given back)

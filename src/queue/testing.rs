@@ -15,6 +15,7 @@ use super::sql;
 pub struct DrainReport {
     pub completed: usize,
     pub retried: usize,
+    /// Snoozed, or given back (a kind this node does not know): attempt not spent.
     pub snoozed: usize,
     pub discarded: usize,
     pub cancelled: usize,
@@ -64,7 +65,7 @@ pub async fn drain<S: Clone + Send + Sync + 'static>(
             match finish.outcome {
                 Outcome::Completed(_) => report.completed += 1,
                 Outcome::Retry { .. } => report.retried += 1,
-                Outcome::Snooze { .. } => report.snoozed += 1,
+                Outcome::Snooze { .. } | Outcome::GivenBack { .. } => report.snoozed += 1,
                 Outcome::Discarded(_) => report.discarded += 1,
                 Outcome::Cancelled(_) => report.cancelled += 1,
                 Outcome::Released => {}

@@ -425,6 +425,10 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
                     tracing::debug!(%run_at, "job snoozed");
                     waker.due_at(*run_at);
                 }
+                Outcome::GivenBack { error, run_at } => {
+                    tracing::warn!(%error, %run_at, "job given back");
+                    waker.due_at(*run_at);
+                }
                 Outcome::Discarded(error) => tracing::error!(%error, "job discarded"),
                 Outcome::Cancelled(reason) => tracing::info!(%reason, "job cancelled"),
             }
