@@ -301,6 +301,53 @@ async fn bulk_retry_of_everything_matching_asks_first_then_acts() {
     assert_eq!(app.job_state(failed[2]).await, "available");
 }
 
+/// Any site can link to a dashboard page with a `notice` of its choosing: the page shows only
+/// notices this session's own actions left (signed), never an outsider's text, nor another
+/// session's notice.
+#[tokio::test]
+async fn only_the_sessions_own_notices_are_shown() {
+    let app = App::start().await;
+    let admin = app.login_as("admin", Role::Admin).await;
+    let other = app.login_as("other", Role::Admin).await;
+    for path in [
+        "/dashboard/jobs?notice=Your+session+expired%3A+log+in+again+at+evil.example",
+        "/dashboard?notice=Your+session+expired%3A+log+in+again+at+evil.example",
+        "/dashboard/queues?notice=AAAAAAAAAAAAAAAAAAAAAA.Your+session+expired%3A+log+in+again+at+evil.example",
+        "/dashboard/schedules?notice=.Your+session+expired%3A+log+in+again+at+evil.example",
+    ] {
+        let html = unescape(&page(&app, &admin, path).await);
+        assert!(!html.contains("evil.example"), "{path}: {html}");
+        assert!(!html.contains("class=\"notice\""), "{path}");
+    }
+
+    let paused = app
+        .post_form(
+            "/dashboard/queues/email/pause",
+            Some(&admin.cookie),
+            &[("csrf", &admin.csrf)],
+        )
+        .await;
+    assert_eq!(paused.status(), StatusCode::SEE_OTHER);
+    let back = location(&paused);
+    let html = page(&app, &admin, &back).await;
+    assert!(html.contains("class=\"notice\""), "{html}");
+    assert!(
+        html.contains("Queue email paused"),
+        "the real notice: {html}"
+    );
+    let html = page(&app, &other, &back).await;
+    assert!(
+        !html.contains("Queue email paused"),
+        "another session's notice: {html}"
+    );
+    let edited = back.replace("paused", "deleted");
+    let html = page(&app, &admin, &edited).await;
+    assert!(
+        !html.contains("class=\"notice\""),
+        "an edited notice: {html}"
+    );
+}
+
 /// "… all matching" on the unfiltered listing would act on the whole table: the button is not
 /// offered there, and a post without a condition (none, blank, or `args={}`) is refused, with or
 /// without the confirmation, changing nothing.

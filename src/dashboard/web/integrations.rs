@@ -494,6 +494,7 @@ pub async fn replay(
         })?;
     tracing::info!(operator = %operator.username, event = %id, job, "Stripe event replayed from the dashboard");
     Ok(super::redirect_with_notice(
+        &operator,
         "/dashboard/integrations",
         &format!("Stripe event {id} replayed as job {job}."),
     ))

@@ -144,6 +144,7 @@ pub async fn act(
         (BulkAction::Cancel, 1) => format!("Job {id} cancelled."),
         (BulkAction::Delete, 1) => {
             return Ok(super::redirect_with_notice(
+                &operator,
                 "/dashboard/jobs",
                 &format!("Job {id} deleted."),
             ));
@@ -154,6 +155,7 @@ pub async fn act(
         ),
     };
     Ok(super::redirect_with_notice(
+        &operator,
         &format!("/dashboard/jobs/{id}"),
         &notice,
     ))

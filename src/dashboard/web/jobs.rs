@@ -377,6 +377,7 @@ pub async fn bulk(
     let ids: Vec<i64> = form.all("id").filter_map(|v| v.parse().ok()).collect();
     if !everything && ids.is_empty() {
         return Ok(super::redirect_with_notice(
+            &operator,
             &back,
             "Nothing selected: tick the jobs first, or act on everything matching the filter.",
         ));
@@ -456,7 +457,7 @@ pub async fn bulk(
             plural(changed)
         )
     };
-    Ok(super::redirect_with_notice(&back, &notice))
+    Ok(super::redirect_with_notice(&operator, &back, &notice))
 }
 
 /// Stops a bulk action by filter (the batch under way finishes, no other follows, no node
@@ -485,7 +486,11 @@ pub async fn stop_bulk(
             return Err(ApiError::NotFound(format!("no bulk action {id}")).into());
         }
     };
-    Ok(super::redirect_with_notice("/dashboard/jobs", &notice))
+    Ok(super::redirect_with_notice(
+        &operator,
+        "/dashboard/jobs",
+        &notice,
+    ))
 }
 
 fn plural(n: u64) -> String {

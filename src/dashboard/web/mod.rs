@@ -126,7 +126,7 @@ async fn security_headers(mut response: Response) -> Response {
 }
 
 /// What the layout shows around every page: who is logged in, the navigation, the CSRF token for
-/// the forms, and a notice left by the previous action.
+/// the forms, and a notice left by the previous action (see [`redirect_with_notice`]).
 pub struct Chrome {
     pub operator: String,
     pub can_act: bool,
@@ -137,13 +137,16 @@ pub struct Chrome {
 }
 
 impl Chrome {
+    /// `notice`: the query string's `notice`, shown only when this session signed it.
     pub fn new(operator: &Operator, active: &'static str, notice: Option<String>) -> Self {
         Chrome {
             operator: operator.username.clone(),
             can_act: operator.can_act(),
             csrf: operator.csrf_token.clone(),
             active,
-            notice: notice.filter(|n| !n.is_empty()),
+            notice: notice
+                .and_then(|n| verified_notice(operator, &n))
+                .filter(|n| !n.is_empty()),
         }
     }
 
@@ -229,11 +232,37 @@ pub fn render(template: &impl Template) -> Result<Response, WebError> {
         .map_err(|e| WebError(ApiError::Internal(e.into())))
 }
 
-/// A 303 to `path` with `notice` shown on arrival.
-pub fn redirect_with_notice(path: &str, notice: &str) -> Response {
+/// A 303 to `path` with `notice` shown on arrival to `operator`'s session.
+///
+/// The notice travels in the query string, signed: `notice=<MAC>.<text>`, the MAC an HMAC-SHA256
+/// of the text keyed by the session's CSRF token, which only that session's pages carry. Any site
+/// can link to a dashboard page with a query string of its choosing, but it cannot sign one, and
+/// [`Chrome::new`] shows no notice whose MAC does not match: no outsider's text appears in the
+/// dashboard's own notice line.
+pub fn redirect_with_notice(operator: &Operator, path: &str, notice: &str) -> Response {
     let sep = if path.contains('?') { '&' } else { '?' };
-    let notice: String = url::form_urlencoded::byte_serialize(notice.as_bytes()).collect();
-    Redirect::to(&format!("{path}{sep}notice={notice}")).into_response()
+    let signed = format!("{}.{notice}", notice_mac(operator, notice));
+    let signed: String = url::form_urlencoded::byte_serialize(signed.as_bytes()).collect();
+    Redirect::to(&format!("{path}{sep}notice={signed}")).into_response()
+}
+
+/// The first 128 bits of HMAC-SHA256(the session's CSRF token, `notice:` + text), base64url.
+fn notice_mac(operator: &Operator, text: &str) -> String {
+    use base64::Engine as _;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, operator.csrf_token.as_bytes());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(b"notice:");
+    context.update(text.as_bytes());
+    let tag = context.sign();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16])
+}
+
+/// The text of a notice [`redirect_with_notice`] signed for this session; None for any other.
+fn verified_notice(operator: &Operator, signed: &str) -> Option<String> {
+    use subtle::ConstantTimeEq;
+    let (mac, text) = signed.split_once('.')?;
+    let expected = notice_mac(operator, text);
+    bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then(|| text.to_owned())
 }
 
 /// An `application/x-www-form-urlencoded` body with repeated keys kept (checkbox lists), which

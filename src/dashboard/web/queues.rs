@@ -134,5 +134,9 @@ pub async fn act(
         other => return Err(ApiError::NotFound(format!("no action `{other}`")).into()),
     };
     tracing::info!(operator = %operator.username, queue = %name, action = %action, "queue action");
-    Ok(super::redirect_with_notice("/dashboard/queues", &notice))
+    Ok(super::redirect_with_notice(
+        &operator,
+        "/dashboard/queues",
+        &notice,
+    ))
 }

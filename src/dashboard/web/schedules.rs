@@ -118,6 +118,7 @@ pub async fn run(
         .map_err(|e| ApiError::Internal(e.into()))?;
     tracing::info!(operator = %operator.username, schedule = %name, job = enqueued.id, "schedule run from the dashboard");
     Ok(super::redirect_with_notice(
+        &operator,
         "/dashboard/schedules",
         &format!(
             "Schedule {name}: job {} enqueued on queue {}.",
