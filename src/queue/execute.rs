@@ -21,6 +21,17 @@ use super::sql;
 /// The longest a run waits in place for a rate-limit token before it snoozes instead.
 const MAX_TOKEN_WAIT: Duration = Duration::from_secs(2);
 
+/// The longest a job waits to run again after a retry, a snooze or a give-back: a longer wait
+/// (a job's or a provider's answer) is cut to this month, instead of overflowing the clock's
+/// arithmetic. A job that means to wait longer can snooze again.
+pub const MAX_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// When a job that waits `wait` from now runs again: at most [`MAX_WAIT`] away.
+pub fn run_again_after(wait: Duration) -> DateTime<Utc> {
+    let wait = chrono::Duration::from_std(wait.min(MAX_WAIT)).expect("a month fits a TimeDelta");
+    Utc::now() + wait
+}
+
 /// How long a job of a kind this node does not know waits before it is claimed again: long
 /// enough not to bounce between old nodes, short enough for a newer node to pick it up soon.
 pub const UNKNOWN_KIND_WAIT: Duration = Duration::from_secs(60);
@@ -155,7 +166,7 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
                  back for a node that does",
                 job.kind
             ),
-            run_at: Utc::now() + UNKNOWN_KIND_WAIT,
+            run_at: run_again_after(UNKNOWN_KIND_WAIT),
         };
     };
     let policy = &entry.policy;
@@ -181,14 +192,14 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
             Ok(Reservation::Busy { retry_in }) => {
                 metrics::counter!("baw_rate_limit_snoozes_total", "bucket" => bucket).increment(1);
                 return Outcome::Snooze {
-                    run_at: Utc::now() + retry_in,
+                    run_at: run_again_after(retry_in),
                 };
             }
             Err(error) => {
                 // The bucket could not be read (database trouble): not the job's fault.
                 tracing::warn!(%error, bucket, "rate limit unavailable; snoozing the job");
                 return Outcome::Snooze {
-                    run_at: Utc::now() + Duration::from_secs(1),
+                    run_at: run_again_after(Duration::from_secs(1)),
                 };
             }
         }
@@ -237,12 +248,12 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
                 let wait = after.unwrap_or_else(|| policy.backoff.delay(job.attempt));
                 Outcome::Retry {
                     error,
-                    run_at: Utc::now() + wait,
+                    run_at: run_again_after(wait),
                 }
             }
         }
         JobError::Snooze(wait) => Outcome::Snooze {
-            run_at: Utc::now() + wait,
+            run_at: run_again_after(wait),
         },
         JobError::Discard(reason) => Outcome::Discarded(reason),
         JobError::Cancel(reason) => Outcome::Cancelled(reason),

@@ -45,7 +45,8 @@ pub enum JobError {
         error: String,
         after: Option<Duration>,
     },
-    /// Not now: runs again after the duration, the attempt given back (rate limits).
+    /// Not now: runs again after the duration, the attempt given back (rate limits). Waits here
+    /// and in `Retry::after` are cut to a month (`execute::MAX_WAIT`).
     Snooze(Duration),
     /// A permanent failure: stop, recorded as `discarded`.
     Discard(String),
@@ -149,7 +150,7 @@ impl Backoff {
         let capped = raw.min(self.max.as_secs_f64());
         let spread = capped * self.jitter.clamp(0.0, 1.0);
         let jittered = capped + rand::random_range(-spread..=spread);
-        Duration::from_secs_f64(jittered.max(0.0))
+        Duration::try_from_secs_f64(jittered.max(0.0)).unwrap_or(self.max)
     }
 }
 

@@ -393,11 +393,16 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
         older.cancel.cancel();
     }
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt);
+    let entry = RunningEntry {
+        inner: inner.clone(),
+        id: job.id,
+        attempt: job.attempt,
+    };
     let inner = inner.clone();
     let waker = waker.clone();
     jobs.spawn(
         async move {
-            let (id, attempt) = (job.id, job.attempt);
+            let id = job.id;
             let finish = execute::run(
                 &inner.registry,
                 job,
@@ -407,14 +412,9 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
                 &inner.hard_stop,
             )
             .await;
+            // Known as unwritten before it stops being known as running (see `heartbeat`).
             inner.unwritten.lock().expect("unwritten lock").insert(id);
-            {
-                let mut running = inner.running.lock().expect("running lock");
-                // Only this run's entry: a newer run of the same job may have replaced it.
-                if running.get(&id).is_some_and(|r| r.attempt == attempt) {
-                    running.remove(&id);
-                }
-            }
+            drop(entry);
             match &finish.outcome {
                 Outcome::Completed(_) | Outcome::Released => {}
                 Outcome::Retry { error, run_at } => {
@@ -444,6 +444,32 @@ fn spawn_job<S: Clone + Send + Sync + 'static>(
 /// (another node took it first, or the clocks disagree): a floor so that such work cannot turn
 /// the producer into a busy loop of claims.
 const MIN_WAIT: Duration = Duration::from_millis(50);
+
+/// A job's entry in `running`, removed when its task ends however it ends: a panic outside
+/// `perform`'s own catch would otherwise leave the job running on this node forever, where the
+/// heartbeat's release of lost claims (which skips jobs the node knows) could not reach it.
+struct RunningEntry<S> {
+    inner: Arc<Inner<S>>,
+    id: i64,
+    attempt: i32,
+}
+
+impl<S> Drop for RunningEntry<S> {
+    fn drop(&mut self) {
+        let mut running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only this run's entry: a newer run of the same job may have replaced it.
+        if running
+            .get(&self.id)
+            .is_some_and(|r| r.attempt == self.attempt)
+        {
+            running.remove(&self.id);
+        }
+    }
+}
 
 /// Sleeps until a notification, this node's own next retry, the queue's earliest `run_at` or the
 /// slow poll, whichever comes first, but at least [`MIN_WAIT`].

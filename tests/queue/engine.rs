@@ -139,6 +139,42 @@ async fn a_snoozed_job_comes_back_on_time_without_spending_an_attempt() {
 }
 
 #[tokio::test]
+async fn a_snooze_of_millions_of_years_is_cut_to_a_month_and_leaves_nothing_running() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let engine = Engine::start(
+        db.pool.clone(),
+        registry(),
+        effects.clone(),
+        engine_config(5),
+    )
+    .await
+    .unwrap();
+    let id = enqueue(&db.pool, NewJob::of(&SnoozeOnce { secs: 1 << 50 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    eventually(10, "the snooze is recorded", || async {
+        state_of(&db.pool, id).await == "scheduled"
+    })
+    .await;
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    let cap = chrono::Duration::days(30);
+    assert!(
+        job.run_at <= Utc::now() + cap
+            && job.run_at > Utc::now() + cap - chrono::Duration::hours(1),
+        "runs again at {}, a month from now",
+        job.run_at
+    );
+    assert_eq!(job.attempt, 0, "a snooze gives the attempt back");
+    eventually(5, "nothing left running on the node", || async {
+        engine.running() == 0
+    })
+    .await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_expired_lease_is_rescued_exactly_once_and_the_old_node_is_fenced() {
     let db = TestDb::new().await;
     let past = Utc::now() - chrono::Duration::seconds(60);
