@@ -211,7 +211,7 @@ async fn upload(
                     let shown = if mime_type.is_empty() {
                         "(none)".to_string()
                     } else {
-                        mime_type
+                        super::api::shown(&mime_type)
                     };
                     return Err(UploadRefusal::UnsupportedType(format!(
                         "files of type {shown} are not accepted; accepted types: {}",
@@ -245,7 +245,8 @@ async fn upload(
             }
             other => {
                 return Err(unprocessable(format!(
-                    "unexpected field `{other}`; expected client_id, title and file"
+                    "unexpected field `{}`; expected client_id, title and file",
+                    super::api::shown(other)
                 )));
             }
         }
@@ -259,7 +260,10 @@ async fn upload(
         .fetch_one(&mut *tx)
         .await?;
     if !exists {
-        return Err(unprocessable(format!("unknown client `{client_id}`")));
+        return Err(unprocessable(format!(
+            "unknown client `{}`",
+            super::api::shown(&client_id)
+        )));
     }
     let title = title
         .map(|t| t.trim().to_string())

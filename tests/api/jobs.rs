@@ -266,3 +266,56 @@ fn noise(n: usize) -> String {
         })
         .collect()
 }
+
+/// What the caller sent is repeated in a refusal shortened: an unknown kind, template or state
+/// of 100,000 characters (or a field, variant or value serde quotes) used to be echoed whole.
+#[tokio::test]
+async fn a_refusal_repeats_at_most_64_characters_of_the_input() {
+    let api = Api::new().await;
+    let token = api
+        .token(&["jobs:write", "emails:send", "admin:read", "admin:write"])
+        .await;
+    let long = "k".repeat(100_000);
+    let shown = format!("`{}…`", "k".repeat(64));
+    let posts = [
+        ("/v1/jobs", json!({"kind": long})),
+        (
+            "/v1/jobs",
+            json!({"kind": "send_email", "args": {"template": long, "to": "a@example.com", "data": {}}}),
+        ),
+        (
+            "/v1/emails",
+            json!({"template": long, "to": "a@example.com", "data": {}}),
+        ),
+        (
+            "/v1/admin/jobs/bulk",
+            json!({"action": "cancel", "filter": {"state": long}}),
+        ),
+        ("/v1/admin/jobs/bulk", json!({"action": long, "ids": [1]})),
+        ("/v1/jobs", json!({"kind": "noop", long.clone(): 1})),
+    ];
+    for (path, body) in posts {
+        let answer = api.call(Method::POST, path, Some(&token), Some(body)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {}",
+            &answer.text[..answer.text.len().min(300)]
+        );
+        assert!(
+            answer.text.len() < 1000 && answer.text.contains(&shown),
+            "{path}: a {}-byte answer: {}",
+            answer.text.len(),
+            &answer.text[..answer.text.len().min(300)]
+        );
+    }
+    let path = format!("/v1/admin/jobs?state={}", &long[..10_000]);
+    let answer = api.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        answer.text.len() < 1000 && answer.text.contains(&shown),
+        "a {}-byte answer",
+        answer.text.len()
+    );
+    assert_eq!(api.job_count().await, 0);
+}

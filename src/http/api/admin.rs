@@ -25,7 +25,12 @@ const MAX_BULK_IDS: usize = 10_000;
 impl From<AdminError> for ApiError {
     fn from(error: AdminError) -> Self {
         match error {
-            AdminError::UnknownState(_) => ApiError::Unprocessable(error.to_string()),
+            // The state is repeated shortened: it is the caller's text, of any length.
+            AdminError::UnknownState(state) => ApiError::Unprocessable(format!(
+                "unknown state `{}` (expected one of {})",
+                super::shown(&state),
+                admin::STATES.join(", ")
+            )),
             AdminError::Database(e) => e.into(),
         }
     }

@@ -115,7 +115,7 @@ impl SendEmailBody {
         if !TEMPLATES.contains(&self.template.as_str()) {
             return Err(ApiError::Unprocessable(format!(
                 "unknown `template` `{}` (known: {})",
-                self.template,
+                super::shown(&self.template),
                 TEMPLATES.join(", ")
             )));
         }

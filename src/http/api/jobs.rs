@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{check_no_nul, check_text, enqueue_error, json_error, registry};
+use super::{check_no_nul, check_text, enqueue_error, json_error, registry, shorten_quoted, shown};
 use crate::auth::ApiCaller;
 use crate::config::Config;
 use crate::http::HttpState;
@@ -80,7 +80,7 @@ impl EnqueueJob {
             known.sort_unstable();
             return Err(ApiError::Unprocessable(format!(
                 "unknown kind `{}` (registered: {})",
-                self.kind,
+                shown(&self.kind),
                 known.join(", ")
             )));
         };
@@ -93,13 +93,19 @@ impl EnqueueJob {
         if self.kind == SendEmail::KIND {
             // Refuse an email that would render blank now, not when it is sent.
             let email: SendEmail = serde_json::from_value(self.args.clone()).map_err(|e| {
-                ApiError::Unprocessable(format!("`args` do not fit kind `{}`: {e}", self.kind))
+                ApiError::Unprocessable(shorten_quoted(&format!(
+                    "`args` do not fit kind `{}`: {e}",
+                    self.kind
+                )))
             })?;
             crate::jobs::send_email::render(&email.template, &email.data)
-                .map_err(|e| ApiError::Unprocessable(format!("`args`: {e}")))?;
+                .map_err(|e| ApiError::Unprocessable(shorten_quoted(&format!("`args`: {e}"))))?;
         }
         let mut job = entry.new_job(self.args).map_err(|e| {
-            ApiError::Unprocessable(format!("`args` do not fit kind `{}`: {e}", self.kind))
+            ApiError::Unprocessable(shorten_quoted(&format!(
+                "`args` do not fit kind `{}`: {e}",
+                self.kind
+            )))
         })?;
         if let Some(queue) = self.queue {
             check_text("queue", &queue, 100)?;

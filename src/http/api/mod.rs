@@ -72,22 +72,70 @@ pub(crate) fn registry() -> &'static Registry<AppState> {
     &REGISTRY
 }
 
+/// The most of a caller's text an error answer repeats.
+const SHOWN_CHARS: usize = 64;
+
+/// `value` as an error answer repeats it: its first [`SHOWN_CHARS`] characters, then `…`, so a
+/// megabyte of input is not echoed back whole.
+pub(crate) fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_owned(),
+    }
+}
+
+/// A parser's message with every part it quotes (between backticks or double quotes: serde names
+/// an unknown field or variant, or a value of the wrong type, that way) [`shown`] shortened, and
+/// any other word longer than that too (the path to a field is given unquoted).
+pub(crate) fn shorten_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut quote: Option<char> = None;
+    let mut quoted = String::new();
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str(&shown(&quoted));
+                out.push(c);
+                quoted.clear();
+                quote = None;
+            }
+            Some(_) => quoted.push(c),
+            None => {
+                out.push(c);
+                if c == '`' || c == '"' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    out.push_str(&shown(&quoted));
+    // Words twice as long (a quoted part already shortened stays as it is).
+    out.split(' ')
+        .map(|word| match word.char_indices().nth(2 * SHOWN_CHARS) {
+            Some(_) => shown(word),
+            None => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A JSON body that could not be read: 422 naming the field when it did not fit, else 400/413.
+/// What the parser quotes from the body is shortened ([`shorten_quoted`]).
 pub(crate) fn json_error(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::Unprocessable(e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),
+        JsonRejection::JsonDataError(e) => ApiError::Unprocessable(shorten_quoted(&e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(shorten_quoted(&e.body_text())),
         JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
             "expected a JSON body with `Content-Type: application/json`".into(),
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        other => ApiError::BadRequest(other.body_text()),
+        other => ApiError::BadRequest(shorten_quoted(&other.body_text())),
     }
 }
 
-/// Query parameters that do not fit: 422 naming the parameter.
+/// Query parameters that do not fit: 422 naming the parameter (what it quotes shortened).
 pub(crate) fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::Unprocessable(rejection.body_text())
+    ApiError::Unprocessable(shorten_quoted(&rejection.body_text()))
 }
 
 /// A path segment that does not fit (e.g. a job id that is not a number).
