@@ -238,11 +238,12 @@ impl FacebookSyncAccount {
                         self.save(ctx, &mut batch, &checkpoint, progress).await?;
                     }
                 }
-                Err(FacebookError::TooMuchData { .. })
-                    if from < to && checkpoint.after.is_none() =>
-                {
+                Err(FacebookError::TooMuchData { .. }) if from < to => {
                     let mid = from + Days::new(((to - from).num_days() / 2) as u64);
                     tracing::info!(%from, %to, "facebook: too much data, halving the range");
+                    // Also on a later page: its cursor belongs to the whole range, so the halves
+                    // start from their first page (rows are upserted; re-fetching is harmless).
+                    checkpoint.after = None;
                     // The earlier half first.
                     checkpoint.ranges.pop();
                     checkpoint.ranges.push((mid + Days::new(1), to));

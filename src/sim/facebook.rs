@@ -16,7 +16,8 @@
 //!   on HTTP 400 (as the contract advises for a fake, \[I\]). Token errors: 104 (missing), 190
 //!   (unparseable), 190/463 (configured expired tokens). Unknown account: 100/33. Too much data:
 //!   100/1487534 when the range exceeds [`FacebookConfig::max_days_per_request`]. Tests can
-//!   queue any Graph error with [`FacebookSim::push_error`] (e.g. the sync timeout 100/1504018).
+//!   queue any Graph error with [`FacebookSim::push_error`] (e.g. the sync timeout 100/1504018),
+//!   or for a later page only with [`FacebookSim::push_error_on_a_later_page`].
 //! - Throttling: calls are counted per ad account and per app in a window; past the limit the
 //!   account (or app) is blocked for [`FacebookConfig::block_for`] and answers the configured
 //!   throttle error (80000 by default; 17/2446079 or 613/1487742) or app error 4/1504022. Every
@@ -556,6 +557,8 @@ struct FbState {
     accounts: HashMap<String, Window>,
     app: Option<Window>,
     queued_errors: VecDeque<GraphError>,
+    /// Errors for the next requests of a later page (ones with an `after` cursor).
+    queued_page_errors: VecDeque<GraphError>,
     rate_limit_hits: u64,
     traces: u64,
 }
@@ -577,6 +580,7 @@ impl FacebookSim {
             accounts: HashMap::new(),
             app: None,
             queued_errors: VecDeque::new(),
+            queued_page_errors: VecDeque::new(),
             rate_limit_hits: 0,
             traces: 0,
         }));
@@ -628,6 +632,12 @@ impl FacebookSim {
     /// Answers the next insights request (after the token check) with `error`.
     pub fn push_error(&self, error: GraphError) {
         lock(&self.state).queued_errors.push_back(error);
+    }
+
+    /// Answers the next insights request for a later page (one with an `after` cursor) with
+    /// `error`; first pages go through.
+    pub fn push_error_on_a_later_page(&self, error: GraphError) {
+        lock(&self.state).queued_page_errors.push_back(error);
     }
 
     /// Requests refused by the throttle model (not by injected faults).
@@ -820,6 +830,11 @@ fn answer(
     }
     let usage = Some(usage.0);
     if let Some(error) = s.queued_errors.pop_front() {
+        return Err(Box::new((error, usage)));
+    }
+    if param("after").is_some()
+        && let Some(error) = s.queued_page_errors.pop_front()
+    {
         return Err(Box::new((error, usage)));
     }
 

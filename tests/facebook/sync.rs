@@ -133,6 +133,34 @@ async fn a_sync_after_an_outage_longer_than_the_look_back_fetches_every_day_miss
 }
 
 #[tokio::test]
+async fn too_much_data_on_a_later_page_halves_the_range_instead_of_retrying_it() {
+    let mut h = Harness::start(sim(1), &[]).await;
+    let account = h.accounts()[0].clone();
+    // Graph times out on later pages (40 rows a page, 4 campaigns: a range over 10 days has
+    // one) nine times in a row: a retry of the same request would meet it nine times too.
+    for _ in 0..9 {
+        h.sim.push_error_on_a_later_page(GraphError::sync_timeout());
+    }
+    h.tick().await;
+    h.drain_until_done(20, Duration::ZERO).await;
+    let jobs = h.job_states().await;
+    let sync = jobs
+        .iter()
+        .find(|j| j.0 == "facebook_sync_account")
+        .unwrap();
+    assert_eq!((sync.1.as_str(), sync.2), ("completed", 1), "{jobs:?}");
+    let refused = h
+        .sim
+        .calls()
+        .all()
+        .iter()
+        .filter(|c| c.status != 200)
+        .count();
+    assert_eq!(refused, 9, "every timeout was met");
+    assert_eq!(h.stored(&account.id).await, h.expected(&account, 90));
+}
+
+#[tokio::test]
 async fn a_revised_day_is_updated_by_the_next_sync() {
     let mut h = Harness::start(sim(1), &[]).await;
     let account = h.accounts()[0].clone();
