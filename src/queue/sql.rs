@@ -154,6 +154,16 @@ where state = 'running' and lease_owner = $1
 returning id
 "#;
 
+/// Gives back jobs ($2, at attempts $3) node $1 claimed but will not run (it is stopping):
+/// available at once, attempt not counted. Fenced like a finish.
+pub const JOB_RELEASE_MANY: &str = r#"
+update jobs j
+set state = 'available', attempt = greatest(j.attempt - 1, 0), lease_expires_at = null,
+    run_at = now()
+from unnest($2::bigint[], $3::int[]) as u(id, attempt)
+where j.id = u.id and j.attempt = u.attempt and j.state = 'running' and j.lease_owner = $1
+"#;
+
 /// Gives a stopping node's running jobs back: available at once, attempt not counted.
 pub const JOB_RELEASE_NODE: &str = r#"
 update jobs

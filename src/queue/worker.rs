@@ -16,9 +16,10 @@
 //!   jobs), stops the jobs the node no longer holds (cancelled, rescued) and gives back claims
 //!   whose answer was lost with a connection.
 //!
-//! Shutdown (SIGTERM and Ctrl-C alike): producers stop claiming; running jobs get the grace
-//! period; the rest are interrupted and released (available again, attempt given back); the
-//! completer drains; nothing of this node stays `running`.
+//! Shutdown (SIGTERM and Ctrl-C alike): producers stop claiming (a claim under way gives back
+//! what it got, unstarted) and are waited for; then running jobs get the grace period; the rest
+//! are interrupted and released (available again, attempt given back); the completer drains;
+//! nothing of this node stays `running`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,6 +153,9 @@ struct Inner<S> {
 /// A started engine. Call [`Engine::shutdown`] to stop it cleanly.
 pub struct Engine<S> {
     inner: Arc<Inner<S>>,
+    /// The producers: shutdown waits for them before it waits for the jobs, so no job starts
+    /// after that.
+    producers: TaskTracker,
     jobs: TaskTracker,
     services: TaskTracker,
     completer: tokio::task::JoinHandle<()>,
@@ -204,6 +208,7 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
             claims: AtomicU64::new(0),
         });
         let jobs = TaskTracker::new();
+        let producers = TaskTracker::new();
         let services = TaskTracker::new();
         let completer = tokio::spawn(complete(
             inner.pool.clone(),
@@ -222,7 +227,7 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
             ));
         }
         for (queue, &concurrency) in &inner.config.queues {
-            services.spawn(produce(
+            producers.spawn(produce(
                 inner.clone(),
                 queue.clone(),
                 concurrency,
@@ -232,6 +237,7 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
         tracing::info!(node = %inner.config.node, queues = ?inner.config.queues, "engine started");
         Ok(Engine {
             inner,
+            producers,
             jobs,
             services,
             completer,
@@ -259,11 +265,16 @@ impl<S: Clone + Send + Sync + 'static> Engine<S> {
     pub async fn shutdown(self) {
         let Engine {
             inner,
+            producers,
             jobs,
             services,
             completer,
         } = self;
         inner.stop_claiming.cancel();
+        // A producer in the middle of a claim gives back what it got (see `produce`); after
+        // this, no job starts.
+        producers.close();
+        producers.wait().await;
         jobs.close();
         if tokio::time::timeout(inner.config.shutdown_grace, jobs.wait())
             .await
@@ -314,9 +325,11 @@ async fn produce<S: Clone + Send + Sync + 'static>(
     let config = &inner.config;
     let mut outage = Outage::new("claiming jobs");
     loop {
+        // Biased: once the node stops claiming, a free slot must not win the race.
         let mut permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            biased;
             _ = inner.stop_claiming.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
         };
         // Take whatever else is free, up to the batch size, without waiting for more.
         let extra = slots
@@ -346,12 +359,19 @@ async fn produce<S: Clone + Send + Sync + 'static>(
                 drop(permit);
                 let wait = outage.failed(&error);
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    biased;
                     _ = inner.stop_claiming.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
         };
+        if inner.stop_claiming.is_cancelled() {
+            // The node began stopping while the claim was on its way: these jobs are not started
+            // here but given back at once (or, failing that, by the shutdown's final release).
+            release_unstarted(&inner, &claimed).await;
+            break;
+        }
         let got = claimed.len();
         for job in claimed {
             let job_permit = permit.split(1).expect("one permit per claimed job");
@@ -360,6 +380,26 @@ async fn produce<S: Clone + Send + Sync + 'static>(
         drop(permit);
         if got < wanted {
             wait_for_work(&inner, &queue, &waker).await;
+        }
+    }
+}
+
+/// Gives back jobs claimed but not started: available at once, attempt not counted.
+async fn release_unstarted<S>(inner: &Inner<S>, claimed: &[ClaimedJob]) {
+    if claimed.is_empty() {
+        return;
+    }
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = claimed.iter().map(|j| (j.id, j.attempt)).unzip();
+    match sqlx::query(sql::JOB_RELEASE_MANY)
+        .bind(&inner.config.node)
+        .bind(&ids)
+        .bind(&attempts)
+        .execute(&inner.pool)
+        .await
+    {
+        Ok(_) => tracing::info!(jobs = ?ids, "gave back jobs claimed as the node began stopping"),
+        Err(error) => {
+            tracing::warn!(%error, jobs = ?ids, "could not give back jobs claimed as the node began stopping; the shutdown's release will")
         }
     }
 }
@@ -500,9 +540,10 @@ async fn wait_for_work<S>(inner: &Inner<S>, queue: &str, waker: &QueueWaker) {
         }
     }
     tokio::select! {
+        biased;
+        _ = inner.stop_claiming.cancelled() => {}
         _ = waker.notify.notified() => {}
         _ = tokio::time::sleep(sleep.max(MIN_WAIT)) => {}
-        _ = inner.stop_claiming.cancelled() => {}
     }
 }
 

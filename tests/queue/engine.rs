@@ -550,6 +550,39 @@ async fn shutdown_releases_in_flight_jobs_after_the_grace_period() {
 }
 
 #[tokio::test]
+async fn a_claim_under_way_when_shutdown_begins_starts_no_job_and_gives_it_back() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let mut config = engine_config(5);
+    config.poll_interval = Duration::from_secs(60);
+    let engine = Engine::start(db.pool.clone(), registry(), effects.clone(), config)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, waiting for work
+    // Hold the claim up: it reads `queues` (is the queue paused?), which this lock blocks.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("lock table queues in access exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let id = enqueue(&db.pool, NewJob::of(&Count { n: 1 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the notified producer is claiming
+    let shutdown = tokio::spawn(engine.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.commit().await.unwrap(); // the claim gets its job, after shutdown began
+    tokio::time::timeout(Duration::from_secs(30), shutdown)
+        .await
+        .expect("shutdown ends")
+        .unwrap();
+    assert_eq!(effects.runs_of(id), 0, "a job started after shutdown began");
+    let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!((job.state.as_str(), job.attempt), ("available", 0));
+}
+
+#[tokio::test]
 async fn a_paused_queue_is_not_claimed_until_resumed() {
     let db = TestDb::new().await;
     let effects = Effects::default();
