@@ -278,12 +278,19 @@ impl LockedBy {
 /// [`LOCKOUT`] ([`LoginError::Locked`]; the right password does not help meanwhile). A
 /// successful login clears its name's failures, not its address's (a guesser with one account
 /// of its own could otherwise reset its count). Expired sessions are swept here.
+///
+/// A user name no operator can have ([`operators::valid_name`]) is wrong before any query, and
+/// nothing is recorded for it: a NUL or a megabyte in it would otherwise fail the database's
+/// statements (after the address's failure was already counted).
 pub async fn login(
     pool: &PgPool,
     username: &str,
     password: &str,
     from: Option<IpAddr>,
 ) -> Result<Option<NewSession>, LoginError> {
+    if !operators::valid_name(username) {
+        return Ok(None);
+    }
     let address = from.map(address_key);
     let keys = [
         (LockedBy::Address, address.as_deref()),

@@ -439,3 +439,102 @@ async fn many_names_guessed_from_one_address_lock_the_address() {
         "unlocked by its network, as the log names it"
     );
 }
+
+/// A user name no operator can have, posted through the real login form: a NUL in it, or a
+/// megabyte of it, used to fail the database's statements (500, an error logged per request),
+/// the megabyte after the address's failure was already counted. Both get the page every wrong
+/// login gets, 401, and nothing is recorded; the operator still logs in from that address.
+#[tokio::test]
+async fn a_user_name_no_operator_can_have_is_a_wrong_login_recording_nothing() {
+    let db = TestDb::new().await;
+    auth::operators::add(&db.pool, "ada", PASSWORD, Role::Admin)
+        .await
+        .unwrap();
+    let mut config = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+    config.http.client_address_header = "x-forwarded-for".into();
+    let state = AppState::new(
+        db.pool.clone(),
+        Arc::new(config),
+        Arc::new(Secrets::default()),
+    )
+    .unwrap();
+    let health = DbHealth::spawn(
+        db.pool.clone(),
+        Duration::from_secs(1),
+        CancellationToken::new(),
+    );
+    let app = baseaim_worker::http::router(HttpState::new(state, health));
+    let post = |username: String, password: &'static str| {
+        let app = app.clone();
+        async move {
+            let (_, form, headers) = call(
+                &app,
+                Request::get("/dashboard/login")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            let start =
+                form.find(r#"name="csrf" value=""#).unwrap() + r#"name="csrf" value=""#.len();
+            let csrf = &form[start..start + form[start..].find('"').unwrap()];
+            let cookie = headers[header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap();
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([
+                    ("csrf", csrf),
+                    ("username", &username),
+                    ("password", password),
+                ])
+                .finish();
+            let request = Request::post("/dashboard/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::COOKIE, cookie)
+                .header("x-forwarded-for", "198.51.100.7")
+                .body(Body::from(body))
+                .unwrap();
+            call(&app, request).await
+        }
+    };
+    let megabyte: String = (0..1_000_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    for username in [
+        "ada\u{0}".to_owned(),
+        "a\u{0}da".to_owned(),
+        megabyte,
+        "a d a".into(),
+    ] {
+        let (status, page, _) = post(username.clone(), "wrong password!!").await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            &page[..page.len().min(300)]
+        );
+        assert!(page.contains("Wrong user name or password."));
+        assert!(page.len() < 100_000, "the name is not shown back");
+    }
+    let recorded: i64 = sqlx::query_scalar(
+        "select (select count(*) from login_failures)
+              + (select count(*) from login_failures_by_address)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded, 0,
+        "nothing recorded for names no operator can have"
+    );
+    let (status, _, headers) = post("ada".into(), PASSWORD).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .starts_with("baw_session=")
+    );
+}

@@ -130,10 +130,16 @@ pub async fn submit(
         }
     };
     let Some(session) = session else {
+        // A name no operator can have (a megabyte, control characters) is not shown back.
+        let shown = if crate::auth::operators::valid_name(&username) {
+            username
+        } else {
+            String::new()
+        };
         return login_page(
             &state,
             StatusCode::UNAUTHORIZED,
-            username,
+            shown,
             Some("Wrong user name or password.".into()),
         );
     };
