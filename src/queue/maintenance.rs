@@ -177,11 +177,11 @@ pub async fn run(
                 }
             }
             _ = rescue.tick(), if leading => {
-                if healthy_since.is_some_and(|since| since.elapsed() >= grace) {
-                    if let Err(error) = rescue_once(&pool, None, settings.lease, 1000).await {
-                        outage.failed(&error);
-                        healthy_since = None;
-                    }
+                if healthy_since.is_some_and(|since| since.elapsed() >= grace)
+                    && let Err(error) = rescue_once(&pool, None, settings.lease, 1000).await
+                {
+                    outage.failed(&error);
+                    healthy_since = None;
                 }
                 // Bulk actions whose node went away go on here; their tasks log how they end.
                 if let Err(error) = bulk::resume_stalled(&pool, bulk::STALLED_AFTER).await {
