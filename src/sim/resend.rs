@@ -13,6 +13,8 @@
 //! - Rate limit (§C.5): a fixed one-second window per team (or per key,
 //!   [`RateLimitScope`]), default 2 req/s. Every authenticated response carries `ratelimit-limit`,
 //!   `ratelimit-remaining` and `ratelimit-reset`; a 429 `rate_limit_exceeded` adds `retry-after`.
+//! - Quotas (§C.3): [`ResendSim::set_quota_exceeded`] refuses admitted requests with 429
+//!   `daily_quota_exceeded` / `monthly_quota_exceeded` (message \[I\]) until cleared.
 //!
 //! Inferred behaviour (tagged \[I\] in the contract) is configurable: batch refusing
 //! `attachments`/`scheduled_at`, the error names for malformed bodies, the scope of the limit.
@@ -86,6 +88,15 @@ impl Default for ResendConfig {
     }
 }
 
+/// A sending quota the team has used up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    /// 429 `daily_quota_exceeded`.
+    Daily,
+    /// 429 `monthly_quota_exceeded`.
+    Monthly,
+}
+
 /// One email the simulator accepted (what a real inbox would receive).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SentEmail {
@@ -126,6 +137,8 @@ struct ResendState {
     windows: HashMap<String, (Instant, u32)>,
     idempotency: HashMap<(String, String), Idem>,
     rate_limit_hits: u64,
+    /// A used-up quota: every admitted request is refused with its 429 until cleared.
+    quota_exceeded: Option<Quota>,
 }
 
 /// A running Resend simulator. Dropping it stops the server.
@@ -146,6 +159,7 @@ impl ResendSim {
             windows: HashMap::new(),
             idempotency: HashMap::new(),
             rate_limit_hits: 0,
+            quota_exceeded: None,
         }));
         let router = Router::new()
             .route("/emails", post(send_email))
@@ -197,6 +211,12 @@ impl ResendSim {
     /// Changes the rate limit at run time.
     pub fn set_rate_limit_per_second(&self, per_second: u32) {
         lock(&self.state).config.rate_limit_per_second = per_second;
+    }
+
+    /// Uses up a sending quota (`None`: the quota reset): until then every request that passes
+    /// the rate limit is refused with 429 `daily_quota_exceeded` / `monthly_quota_exceeded`.
+    pub fn set_quota_exceeded(&self, quota: Option<Quota>) {
+        lock(&self.state).quota_exceeded = quota;
     }
 
     /// Forgets every idempotency key (as if 24 h had passed).
@@ -372,6 +392,21 @@ fn admit(
             &format!(
                 "Too many requests. You can only make {limit} requests per second. See rate limit response headers for more information. Or contact support to increase rate limit."
             ),
+        );
+        for (name, value) in rate_headers {
+            response.headers_mut().insert(name, value);
+        }
+        return Err(Box::new(response));
+    }
+    if let Some(quota) = state.quota_exceeded {
+        let (name, period) = match quota {
+            Quota::Daily => ("daily_quota_exceeded", "daily"),
+            Quota::Monthly => ("monthly_quota_exceeded", "monthly"),
+        };
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            name,
+            &format!("You have reached your {period} email sending quota."),
         );
         for (name, value) in rate_headers {
             response.headers_mut().insert(name, value);

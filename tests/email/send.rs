@@ -7,6 +7,7 @@ use baseaim_worker::jobs::{AppState, Prune};
 use baseaim_worker::queue::testing::drain;
 use baseaim_worker::queue::{NewJob, enqueue};
 use baseaim_worker::sim::fault::FaultKind;
+use baseaim_worker::sim::resend::Quota;
 use serde_json::json;
 
 use crate::common::{Env, payment_failed_data, setup};
@@ -163,6 +164,35 @@ async fn a_429_snoozes_without_spending_an_attempt() {
     assert_eq!(report.completed, 1, "{report:?}");
     assert_eq!(env.job(id).await.1, 1, "one attempt in all");
     assert_eq!(env.sim.emails().len(), 1);
+}
+
+#[tokio::test]
+async fn a_used_up_sending_quota_waits_for_the_reset_without_failing_the_email() {
+    let env = setup().await;
+    env.sim.set_quota_exceeded(Some(Quota::Daily));
+    let id = enqueue_payment_failed(&env, "jane@example.com", "in_quota").await;
+    // More refusals than the email has attempts (10).
+    for _ in 0..12 {
+        let report = env.drain().await;
+        assert_eq!(report.snoozed, 1, "{report:?}");
+        let (state, attempt, _) = env.job(id).await;
+        assert_eq!((state.as_str(), attempt), ("scheduled", 0));
+        let waits_an_hour: bool = sqlx::query_scalar(
+            "select run_at > now() + interval '50 minutes' from jobs where id = $1",
+        )
+        .bind(id)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+        assert!(waits_an_hour, "the quota is not back in a few seconds");
+        assert_eq!(env.log().await[0].status, "queued");
+        env.make_due(id).await;
+    }
+    env.sim.set_quota_exceeded(None);
+    let report = env.drain().await;
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(env.sim.emails().len(), 1);
+    assert_eq!(env.log().await[0].status, "sent");
 }
 
 #[tokio::test]

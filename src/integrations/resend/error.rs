@@ -4,6 +4,11 @@ use std::time::Duration;
 
 use crate::queue::JobError;
 
+/// How long an email waits for a daily or monthly sending quota before it is tried again. When
+/// a quota resets, and under which headers Resend says so, is not documented (PROVIDERS.md §C.5),
+/// so an email looks again every hour; a snooze, so it is never failed by the wait.
+pub const QUOTA_RECHECK: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ResendError {
     /// 429 `rate_limit_exceeded`: wait `wait` (from `retry-after` / `ratelimit-reset`) and send
@@ -17,7 +22,8 @@ pub enum ResendError {
     /// (the same key must always carry the same email); never retried.
     #[error("idempotency conflict: {message}")]
     IdempotencyConflict { message: String },
-    /// 429 daily/monthly quota: not soon; retried much later.
+    /// 429 daily/monthly quota: not soon (§C.3); waits [`QUOTA_RECHECK`] without spending an
+    /// attempt, since the email is still wanted once the quota resets.
     #[error("sending quota exceeded ({name}): {message}")]
     Quota { name: String, message: String },
     /// 5xx: Resend failed; retry with the same key.
@@ -76,10 +82,7 @@ impl From<ResendError> for JobError {
         match error {
             ResendError::RateLimited { wait } => JobError::Snooze(wait),
             ResendError::InFlight => JobError::Snooze(Duration::from_secs(5)),
-            ResendError::Quota { .. } => JobError::Retry {
-                error: error.to_string(),
-                after: Some(Duration::from_secs(3600)),
-            },
+            ResendError::Quota { .. } => JobError::Snooze(QUOTA_RECHECK),
             ResendError::Server { .. } | ResendError::Transport(_) => JobError::retry(error),
             ResendError::IdempotencyConflict { .. } | ResendError::Rejected { .. } => {
                 JobError::discard(error)
