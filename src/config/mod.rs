@@ -245,6 +245,10 @@ pub struct UploadSettings {
     /// and its connection back to the pool.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// Longest a whole upload may take, however steadily its bytes come; past it 408 and its
+    /// connection back to the pool (a client trickling a byte at a time held a slot for ever).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// The largest staged chunk: a `document_chunks` row (24-byte tuple header, document id, seq,
@@ -260,6 +264,7 @@ impl Default for UploadSettings {
             chunk_bytes: MAX_STAGED_CHUNK_BYTES,
             max_concurrent: 4,
             read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -430,6 +435,9 @@ impl Config {
         }
         if self.uploads.read_timeout.is_zero() {
             return invalid("uploads.read_timeout", "a non-zero duration");
+        }
+        if self.uploads.request_timeout.is_zero() {
+            return invalid("uploads.request_timeout", "a non-zero duration");
         }
         let granularity = 256 * 1024;
         if self.drive.upload_chunk_bytes == 0

@@ -16,13 +16,17 @@
 //!
 //! The transaction holds one pooled connection for as long as the client takes to send its file,
 //! so uploads are capped per node (`uploads.max_concurrent`: beyond it 503 with `Retry-After`,
-//! before anything is read) and a body that stalls longer than `uploads.read_timeout` is answered
-//! 408 and rolled back.
+//! before anything is read), a body that stalls longer than `uploads.read_timeout` is answered
+//! 408 and rolled back, and so is an upload not done within `uploads.request_timeout` however
+//! steadily it trickles in. Without a `Content-Length` the form's other parts (their headers and
+//! text) are counted as they come against the same allowance a declared length gets
+//! ([`FORM_OVERHEAD`]): endless small fields are 413, not a slot held for ever.
 //!
 //! Refusals, with nothing stored (the transaction is rolled back): no or a bad bearer token
 //! 401, a token without `uploads:write` 403; a declared `Content-Length` or a file over
-//! `uploads.max_bytes` 413; a media type not accepted 415; a missing field, an unknown client, an
-//! empty file or a malformed body 422/400; every upload slot taken 503; a stalled body 408.
+//! `uploads.max_bytes`, or other parts past [`FORM_OVERHEAD`], 413; a media type not accepted
+//! 415; a missing field, an unknown client, an empty file or a malformed body 422/400; every
+//! upload slot taken 503; a stalled or too slow body 408; the database unreachable 503.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +50,13 @@ use crate::jobs::DriveUpload;
 use crate::jobs::drive_upload::{Staging, StagingConn};
 use crate::queue::{self, Db, NewJob};
 
-/// Room for the form's other fields and boundaries on top of the file's own limit.
+/// Room for the form's other fields and boundaries on top of the file's own limit: what a
+/// declared `Content-Length` may exceed `uploads.max_bytes` by, and what the parts' headers and
+/// text fields may add up to as they are read.
 const FORM_OVERHEAD: u64 = 64 * 1024;
+/// A part's framing beyond its headers (the boundary line's dashes and line ends), counted with
+/// them so that even empty parts use up [`FORM_OVERHEAD`].
+const PART_FRAMING: u64 = 8;
 /// Longest `client_id` or `title` accepted.
 const MAX_TEXT_FIELD: usize = 1024;
 
@@ -87,6 +96,8 @@ enum UploadRefusal {
     Busy,
     /// The body stalled longer than `uploads.read_timeout`: 408.
     Stalled(Duration),
+    /// The whole upload took longer than `uploads.request_timeout`: 408.
+    TooSlow(Duration),
 }
 
 impl From<ApiError> for UploadRefusal {
@@ -120,6 +131,13 @@ impl IntoResponse for UploadRefusal {
                 StatusCode::REQUEST_TIMEOUT,
                 Json(json!({
                     "error": format!("the upload stalled: no bytes for {} s", after.as_secs_f64())
+                })),
+            )
+                .into_response(),
+            UploadRefusal::TooSlow(after) => (
+                StatusCode::REQUEST_TIMEOUT,
+                Json(json!({
+                    "error": format!("the upload took longer than {} s", after.as_secs_f64())
                 })),
             )
                 .into_response(),
@@ -171,6 +189,19 @@ async fn upload(
     // Checked before the body is read: a stranger's bytes are never staged.
     caller?.require("uploads:write")?;
     let _slot = slots.0.try_acquire().map_err(|_| UploadRefusal::Busy)?;
+    // Dropping `receive` at the deadline drops its transaction: nothing stays.
+    let deadline = state.app.config.uploads.request_timeout;
+    tokio::time::timeout(deadline, receive(&state, &headers, multipart))
+        .await
+        .unwrap_or(Err(UploadRefusal::TooSlow(deadline)))
+}
+
+/// Reads, stages and stores one upload (the slot is held by the caller).
+async fn receive(
+    state: &HttpState,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<Value>), UploadRefusal> {
     let settings = &state.app.config.uploads;
     let limit = settings.read_timeout;
     let declared = headers
@@ -194,10 +225,18 @@ async fn upload(
     let mut client_id = None;
     let mut title = None;
     let mut file: Option<StagedFile> = None;
+    // Bytes of the form other than the file's: its parts' headers and text fields.
+    let mut form = FormBytes(0);
     while let Some(mut field) = in_time(limit, multipart.next_field()).await? {
+        let header_bytes: u64 = field
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+            .sum();
+        form.add(header_bytes + PART_FRAMING)?;
         match field.name().unwrap_or_default() {
-            "client_id" => client_id = Some(text(field, "client_id", limit).await?),
-            "title" => title = Some(text(field, "title", limit).await?),
+            "client_id" => client_id = Some(text(field, "client_id", limit, &mut form).await?),
+            "title" => title = Some(text(field, "title", limit, &mut form).await?),
             "file" => {
                 if file.is_some() {
                     return Err(unprocessable("send one `file` per upload"));
@@ -281,9 +320,10 @@ async fn upload(
         .execute(&mut *tx)
         .await?;
     let job = NewJob::of(&DriveUpload { document_id }).map_err(|e| ApiError::Internal(e.into()))?;
+    // Database trouble here is a 503 like anywhere else (a dropped connection was a 500).
     let enqueued = queue::enqueue(Db::Conn(&mut tx), job)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(super::api::enqueue_error)?;
     tx.commit().await?;
     tracing::info!(%document_id, client_id, size = file.size, "document accepted for Drive");
     Ok((
@@ -300,10 +340,30 @@ async fn upload(
     ))
 }
 
-/// A short text field, read with a cap.
-async fn text(mut field: Field<'_>, name: &str, limit: Duration) -> Result<String, UploadRefusal> {
+/// The running count of a form's bytes other than the file's, against [`FORM_OVERHEAD`].
+struct FormBytes(u64);
+
+impl FormBytes {
+    /// Counts `n` more bytes; 413 once past the allowance.
+    fn add(&mut self, n: u64) -> Result<(), UploadRefusal> {
+        self.0 += n;
+        if self.0 > FORM_OVERHEAD {
+            return Err(ApiError::PayloadTooLarge.into());
+        }
+        Ok(())
+    }
+}
+
+/// A short text field, read with a cap, its bytes counted in `form`.
+async fn text(
+    mut field: Field<'_>,
+    name: &str,
+    limit: Duration,
+    form: &mut FormBytes,
+) -> Result<String, UploadRefusal> {
     let mut raw = Vec::new();
     while let Some(bytes) = in_time(limit, field.chunk()).await? {
+        form.add(bytes.len() as u64)?;
         raw.extend_from_slice(&bytes);
         if raw.len() > MAX_TEXT_FIELD {
             return Err(unprocessable(format!(

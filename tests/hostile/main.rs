@@ -43,8 +43,13 @@ pub struct App {
 
 impl App {
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// With more configuration (`BAW__...` pairs) on top of the hostile node's.
+    pub async fn start_with(more: Vec<(String, String)>) -> Self {
         let db = TestDb::new().await;
-        let env = vec![
+        let mut env = vec![
             (
                 "BAW__STRIPE__WEBHOOK_BODY_LIMIT".to_string(),
                 BODY_LIMIT.to_string(),
@@ -55,6 +60,7 @@ impl App {
                 BODY_LIMIT.to_string(),
             ),
         ];
+        env.extend(more);
         let config = Config::load_from(None, env).expect("config");
         let secrets = Secrets {
             stripe_webhook_secret: Some(SecretString::from(WEBHOOK_SECRET)),

@@ -6,6 +6,7 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request};
+use futures::StreamExt;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -287,4 +288,126 @@ fn a_nul_byte_in_a_text_field_is_refused() {
             assert!(status.is_client_error(), "{status} {body}");
         }
     });
+}
+
+/// An app for one upload test: the known client and an `uploads:write` token.
+async fn upload_app(env: Vec<(String, String)>) -> (App, String) {
+    let app = App::start_with(env).await;
+    sqlx::query("insert into clients (id, name, email) values ($1, 'Hostile', 'h@example.com')")
+        .bind(CLIENT)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let token = baseaim_worker::auth::tokens::create(&app.db.pool, "up", &["uploads:write"])
+        .await
+        .unwrap();
+    (app, token)
+}
+
+async fn upload_rows(app: &App) -> i64 {
+    sqlx::query_scalar(
+        "select (select count(*) from documents) + (select count(*) from document_chunks)
+              + (select count(*) from jobs)",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+fn upload(token: &str, body: Body) -> Request<Body> {
+    Request::post("/v1/uploads")
+        .header("content-type", form_ct().unwrap())
+        .header("authorization", bearer(token).unwrap())
+        .body(body)
+        .unwrap()
+}
+
+/// Without a `Content-Length` only the file's bytes were counted: a form of endless small text
+/// fields (each under the 1 KiB a field may hold) held an upload slot for as long as it came.
+/// The parts other than the file, headers included, now count against the same 64 KiB a
+/// declared length may add: past it 413, nothing stored; a form with a few fields still goes in.
+#[tokio::test]
+async fn endless_small_fields_are_413_and_store_nothing() {
+    let (app, token) = upload_app(Vec::new()).await;
+    let title = |text: &str| -> Part { ("title".into(), None, None, text.as_bytes().to_vec()) };
+    let file = file_part("text/plain", b"quarterly numbers\n".to_vec());
+    let empty_titles: Vec<Part> = std::iter::once(client_part(CLIENT))
+        .chain(std::iter::repeat_n(title(""), 3000))
+        .chain([file.clone()])
+        .collect();
+    let full_titles: Vec<Part> = std::iter::once(client_part(CLIENT))
+        .chain(std::iter::repeat_n(title(&"t".repeat(1000)), 100))
+        .chain([file.clone()])
+        .collect();
+    for (what, parts) in [
+        ("3,000 empty fields", empty_titles),
+        ("100 KB of titles", full_titles),
+    ] {
+        let (status, body) = app.send(upload(&token, Body::from(form(&parts)))).await;
+        assert_eq!(status.as_u16(), 413, "{what}: {body}");
+        assert_eq!(upload_rows(&app).await, 0, "{what}: stored rows");
+    }
+    let few: Vec<Part> = vec![
+        client_part(CLIENT),
+        title("first"),
+        title(&"t".repeat(1000)),
+        title("last"),
+        file,
+    ];
+    let (status, body) = app.send(upload(&token, Body::from(form(&few)))).await;
+    assert_eq!(status.as_u16(), 202, "{body}");
+}
+
+/// A body that never stalls long enough for `uploads.read_timeout` but never ends either (a
+/// byte every 100 ms) held its upload slot until it chose to stop. `uploads.request_timeout`
+/// ends it: 408, nothing stored, and the slot serves the next upload.
+#[tokio::test]
+async fn an_upload_trickling_past_the_request_timeout_is_408_and_frees_its_slot() {
+    let (app, token) = upload_app(vec![
+        ("BAW__UPLOADS__REQUEST_TIMEOUT".into(), "1s".into()),
+        ("BAW__UPLOADS__MAX_CONCURRENT".into(), "1".into()),
+    ])
+    .await;
+    let whole = form(&[client_part(CLIENT), file_part("text/plain", vec![b'x'; 40])]);
+    // Everything up to the file's bytes at once, then the rest a byte every 100 ms (4 s or more).
+    let head = whole.len() - 40 - format!("\r\n--{BOUNDARY}--\r\n").len();
+    let mut pieces: Vec<Vec<u8>> = vec![whole[..head].to_vec()];
+    pieces.extend(whole[head..].chunks(1).map(<[u8]>::to_vec));
+    let trickle =
+        futures::stream::iter(pieces.into_iter().enumerate()).then(|(i, piece)| async move {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(piece))
+        });
+    let (status, body) = app.send(upload(&token, Body::from_stream(trickle))).await;
+    assert_eq!(status.as_u16(), 408, "{body}");
+    assert!(body.contains("took longer than 1 s"), "{body}");
+    assert_eq!(
+        upload_rows(&app).await,
+        0,
+        "the trickled upload stored rows"
+    );
+    let (status, body) = app.send(upload(&token, Body::from(good_form()))).await;
+    assert_eq!(status.as_u16(), 202, "the slot is free again: {body}");
+}
+
+/// The connection lost while the job is enqueued (the last statement before the commit): the
+/// database is unavailable, so 503 like any other database outage (it was a 500), and nothing
+/// of the upload is stored.
+#[tokio::test]
+async fn a_connection_lost_at_enqueue_is_503_and_stores_nothing() {
+    let (app, token) = upload_app(Vec::new()).await;
+    sqlx::raw_sql(
+        "create function cut_at_enqueue() returns trigger language plpgsql as $$
+         begin perform pg_terminate_backend(pg_backend_pid()); return new; end $$;
+         create trigger cut_at_enqueue before insert on jobs
+             for each row execute function cut_at_enqueue();",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let (status, body) = app.send(upload(&token, Body::from(good_form()))).await;
+    assert_eq!(status.as_u16(), 503, "{body}");
+    assert_eq!(upload_rows(&app).await, 0, "nothing of the upload stored");
 }
