@@ -234,10 +234,14 @@ pub async fn enqueue_email<'c>(
     Ok(crate::queue::enqueue(db, job).await?)
 }
 
-/// The `Idempotency-Key`: from the job's unique key, else its id (at most 256 characters).
+/// The `Idempotency-Key`: from the job's unique key, else its id (at most 256 characters). A key
+/// too long, or with a character a header value cannot carry (anything but printable ASCII:
+/// `welcome:José`), is hashed, so every unique key makes a key Resend accepts.
 pub fn idempotency_key(unique_key: Option<&str>, job_id: i64) -> String {
     match unique_key {
-        Some(key) if key.len() <= 240 => format!("send_email/{key}"),
+        Some(key) if key.len() <= 240 && key.chars().all(|c| c == ' ' || c.is_ascii_graphic()) => {
+            format!("send_email/{key}")
+        }
         Some(key) => {
             let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
             let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use baseaim_worker::config::SecretString;
+use baseaim_worker::integrations::resend::{ResendClient, SendEmailRequest};
 use baseaim_worker::jobs::send_email::{EmailError, SendEmail, enqueue_email};
 use baseaim_worker::jobs::{AppState, Prune};
+use baseaim_worker::queue::JobError;
 use baseaim_worker::queue::testing::drain;
 use baseaim_worker::queue::{NewJob, enqueue};
 use baseaim_worker::sim::fault::FaultKind;
@@ -193,6 +196,64 @@ async fn a_used_up_sending_quota_waits_for_the_reset_without_failing_the_email()
     assert_eq!(report.completed, 1, "{report:?}");
     assert_eq!(env.sim.emails().len(), 1);
     assert_eq!(env.log().await[0].status, "sent");
+}
+
+#[tokio::test]
+async fn a_unique_key_with_accents_sends_once() {
+    let env = setup().await;
+    let welcome = SendEmail {
+        template: "welcome".into(),
+        to: "jose@example.com".into(),
+        data: json!({"client_name": "José", "dashboard_url": "https://app.example.com"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        reply_to: None,
+        tags: Vec::new(),
+        scheduled_at: None,
+    };
+    let id = enqueue_email(&env.db.pool, welcome, Some("welcome:José"))
+        .await
+        .unwrap()
+        .id;
+    let report = env.drain().await;
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(env.job(id).await.1, 1, "sent on the first attempt");
+    let emails = env.sim.emails();
+    assert_eq!(emails.len(), 1);
+    let key = emails[0].idempotency_key.clone().unwrap();
+    assert!(key.starts_with("send_email/sha256:"), "{key}");
+    assert_eq!(env.log().await[0].status, "sent");
+}
+
+#[tokio::test]
+async fn a_key_no_header_can_carry_is_a_permanent_error_and_nothing_is_sent() {
+    let env = setup().await;
+    let client = ResendClient::new(
+        env.sim.base_url(),
+        SecretString::from(env.sim.api_key()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let request = SendEmailRequest {
+        from: "BaseAim <notifications@baseaim.com>".into(),
+        to: vec!["jose@example.com".into()],
+        subject: "Hi".into(),
+        html: "<p>Hi</p>".into(),
+        text: "Hi".into(),
+        reply_to: None,
+        tags: Vec::new(),
+        scheduled_at: None,
+    };
+    let error = client
+        .send(&request, "send_email/line\nbreak")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(JobError::from(error.clone()), JobError::Discard(_)),
+        "{error}"
+    );
+    assert!(env.sim.calls().all().is_empty());
 }
 
 #[tokio::test]

@@ -105,11 +105,15 @@ fn error_class(error: &ResendError) -> &'static str {
         ResendError::Quota { .. } => "quota",
         ResendError::Server { .. } => "server",
         ResendError::Transport(_) => "transport",
+        ResendError::Request(_) => "request",
         ResendError::Rejected { .. } => "rejected",
     }
 }
 
 fn transport(error: reqwest::Error) -> ResendError {
+    if error.is_builder() {
+        return ResendError::Request(error.without_url().to_string());
+    }
     let what = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

@@ -37,6 +37,10 @@ pub enum ResendError {
     /// accepted; retrying with the same key is safe.
     #[error("Resend transport error: {0}")]
     Transport(String),
+    /// The request could not be built (e.g. a header value that is not one): nothing was sent,
+    /// and sending the same again fails the same way. A bug on our side; never retried.
+    #[error("the request to Resend could not be built: {0}")]
+    Request(String),
     /// Any other 4xx (validation, auth, unverified domain): permanent, with Resend's message.
     #[error("Resend rejected the email: {status} {name}: {message}")]
     Rejected {
@@ -84,9 +88,9 @@ impl From<ResendError> for JobError {
             ResendError::InFlight => JobError::Snooze(Duration::from_secs(5)),
             ResendError::Quota { .. } => JobError::Snooze(QUOTA_RECHECK),
             ResendError::Server { .. } | ResendError::Transport(_) => JobError::retry(error),
-            ResendError::IdempotencyConflict { .. } | ResendError::Rejected { .. } => {
-                JobError::discard(error)
-            }
+            ResendError::IdempotencyConflict { .. }
+            | ResendError::Request(_)
+            | ResendError::Rejected { .. } => JobError::discard(error),
         }
     }
 }
