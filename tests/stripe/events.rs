@@ -2,6 +2,7 @@
 
 use baseaim_worker::jobs::stripe_event::replay;
 use baseaim_worker::queue::{self, NewJob};
+use baseaim_worker::sim::FaultKind;
 use baseaim_worker::sim::stripe::{StripeConfig, StripeSim, WebhookSender};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -517,6 +518,27 @@ async fn reconciliation_with_our_clock_an_hour_slow_still_corrects_drift() {
     sim.set_subscription_status(&sub, "canceled").unwrap();
     reconcile(&intake).await;
     assert_eq!(subscription(&db.pool, &sub).await.unwrap().3, "canceled");
+}
+
+#[tokio::test]
+async fn a_listing_cut_mid_body_is_retried_not_discarded() {
+    let db = TestDb::new().await;
+    let (sim, intake) = skewed_stripe(&db, 0).await;
+    sim.faults().next(FaultKind::CutBody);
+    queue::enqueue(&db.pool, NewJob::raw("stripe_reconcile", json!({})))
+        .await
+        .unwrap();
+    let report = intake.drain().await;
+    assert_eq!(report.retried, 1, "{report:?}");
+    sqlx::query("update jobs set run_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(intake.drain().await.completed, 1);
+    assert_eq!(
+        count(&db.pool, "select count(*) from subscriptions").await,
+        3
+    );
 }
 
 #[tokio::test]

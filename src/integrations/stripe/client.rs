@@ -83,9 +83,13 @@ impl StripeClient {
         let status = response.status();
         if status.is_success() {
             let served_at = served_at(response.headers());
-            let mut page: List<Subscription> = response.json().await.map_err(|e| {
-                StripeError::Permanent(format!("unreadable list: {}", e.without_url()))
+            // A body cut or timed out mid-way is worth another try; one that arrived whole but
+            // does not parse is not.
+            let body = response.bytes().await.map_err(|e| {
+                StripeError::Transient(format!("reading the list: {}", e.without_url()))
             })?;
+            let mut page: List<Subscription> = serde_json::from_slice(&body)
+                .map_err(|e| StripeError::Permanent(format!("unreadable list: {e}")))?;
             page.served_at = served_at;
             return Ok(page);
         }

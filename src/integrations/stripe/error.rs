@@ -15,10 +15,11 @@ pub enum StripeError {
     /// 429: wait as long as Stripe said (or a short default).
     #[error("Stripe rate limit")]
     RateLimited(Option<Duration>),
-    /// 5xx, timeouts, connection errors: worth another try.
+    /// 5xx, timeouts, connection errors (also mid-body): worth another try.
     #[error("Stripe unavailable: {0}")]
     Transient(String),
-    /// Any other 4xx, or a body we cannot read: a bug on one side, not worth retrying at once.
+    /// Any other 4xx, or a body that arrived whole but does not parse: a bug on one side, not
+    /// worth retrying at once.
     #[error("Stripe request failed: {0}")]
     Permanent(String),
 }
