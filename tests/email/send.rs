@@ -26,6 +26,19 @@ fn payment_failed(to: &str) -> SendEmail {
     }
 }
 
+fn email_request() -> SendEmailRequest {
+    SendEmailRequest {
+        from: "BaseAim <notifications@baseaim.com>".into(),
+        to: vec!["jose@example.com".into()],
+        subject: "Hi".into(),
+        html: "<p>Hi</p>".into(),
+        text: "Hi".into(),
+        reply_to: None,
+        tags: Vec::new(),
+        scheduled_at: None,
+    }
+}
+
 async fn enqueue_payment_failed(env: &Env, to: &str, invoice: &str) -> i64 {
     let key = format!("email:payment_failed:{invoice}");
     enqueue_email(&env.db.pool, payment_failed(to), Some(&key))
@@ -235,18 +248,8 @@ async fn a_key_no_header_can_carry_is_a_permanent_error_and_nothing_is_sent() {
         Duration::from_secs(5),
     )
     .unwrap();
-    let request = SendEmailRequest {
-        from: "BaseAim <notifications@baseaim.com>".into(),
-        to: vec!["jose@example.com".into()],
-        subject: "Hi".into(),
-        html: "<p>Hi</p>".into(),
-        text: "Hi".into(),
-        reply_to: None,
-        tags: Vec::new(),
-        scheduled_at: None,
-    };
     let error = client
-        .send(&request, "send_email/line\nbreak")
+        .send(&email_request(), "send_email/line\nbreak")
         .await
         .unwrap_err();
     assert!(
@@ -254,6 +257,42 @@ async fn a_key_no_header_can_carry_is_a_permanent_error_and_nothing_is_sent() {
         "{error}"
     );
     assert!(env.sim.calls().all().is_empty());
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_is_clamped_to_a_day_instead_of_panicking() {
+    use axum::http::{HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+
+    // A Resend stand-in whose 429 says `retry-after: 1e20`.
+    let app = axum::Router::new().route(
+        "/emails",
+        axum::routing::post(|| async {
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(json!({"statusCode": 429, "name": "rate_limit_exceeded",
+                                  "message": "Too many requests."})),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1e20"));
+            response
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client =
+        ResendClient::new(&base, SecretString::from("re_key"), Duration::from_secs(5)).unwrap();
+    let error = client
+        .send(&email_request(), "send_email/clamped")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(JobError::from(error.clone()), JobError::Snooze(wait) if wait == Duration::from_secs(86_400)),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]

@@ -403,7 +403,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    crate::integrations::provider_wait(secs)
 }
 
 /// A reqwest failure as a transport error, without the URL (a session URI is a credential).

@@ -219,7 +219,7 @@ fn read_usage(headers: &HeaderMap, account: &str) -> Option<AccountUsage> {
         usage.reset_in = acc["reset_time_duration"]
             .as_f64()
             .filter(|s| *s > 0.0)
-            .map(Duration::from_secs_f64);
+            .and_then(crate::integrations::provider_wait);
     }
     if let Some(buc) = json("x-business-use-case-usage") {
         let entries = buc
@@ -234,8 +234,9 @@ fn read_usage(headers: &HeaderMap, account: &str) -> Option<AccountUsage> {
             let minutes = entry["estimated_time_to_regain_access"]
                 .as_f64()
                 .unwrap_or(0.0);
-            if minutes > 0.0 {
-                let regain = Duration::from_secs_f64(minutes * 60.0);
+            if minutes > 0.0
+                && let Some(regain) = crate::integrations::provider_wait(minutes * 60.0)
+            {
                 usage.regain_in = Some(usage.regain_in.map_or(regain, |r| r.max(regain)));
             }
         }

@@ -128,6 +128,6 @@ fn transport(error: reqwest::Error) -> ResendError {
 fn retry_wait(headers: &HeaderMap) -> Option<Duration> {
     ["retry-after", "ratelimit-reset"].iter().find_map(|name| {
         let secs: f64 = headers.get(*name)?.to_str().ok()?.trim().parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.max(0.1)))
+        crate::integrations::provider_wait(secs).map(|wait| wait.max(Duration::from_millis(100)))
     })
 }
