@@ -454,6 +454,18 @@ fn a_bulk_action_cut_short_by_shutdown_is_logged_then_resumed_where_it_stopped()
             );
             assert_eq!(retried().await, changed, "the record matches the jobs");
 
+            // The dropped runtime's connection holds the record's row lock until the server
+            // has noticed it closed, and a take-over skips a locked record.
+            crate::support::eventually(10, "the record's lock released", || async {
+                sqlx::query_scalar::<_, i64>(
+                    "select count(*) from (select id from bulk_actions for update skip locked) r",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            })
+            .await;
             // Another node's maintenance takes it over (here without waiting for STALLED_AFTER).
             let mut runs = bulk::resume_stalled(&pool, std::time::Duration::ZERO)
                 .await
