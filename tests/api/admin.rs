@@ -173,6 +173,7 @@ async fn operators_find_fix_and_clean_up_jobs_through_the_admin_api() {
         json!({"action": "retry"}),
         json!({"action": "retry", "ids": [ok1], "filter": {"kind": "noop"}}),
         json!({"action": "delete", "filter": {}}),
+        json!({"action": "delete", "filter": {"args": "{}", "error": " "}}),
         json!({"action": "explode", "ids": [ok1]}),
         json!({"action": "delete", "filter": {"state": "gone"}}),
     ] {

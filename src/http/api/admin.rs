@@ -395,9 +395,10 @@ pub async fn bulk(
         }
         (None, Some(filter)) => {
             let query = filter.into_query()?;
-            if query == JobQuery::default() {
+            if !query.has_condition() {
                 return Err(ApiError::Unprocessable(
-                    "`filter` needs at least one condition".into(),
+                    "`filter` needs at least one condition (blank fields and `args` {} are none)"
+                        .into(),
                 ));
             }
             let within = state.app.config.http.bulk_answer_within;
