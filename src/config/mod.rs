@@ -202,9 +202,10 @@ pub struct FacebookSettings {
     pub request_timeout: Duration,
     /// Rows per page (`limit`).
     pub page_size: u32,
-    /// Days re-fetched on every sync (Facebook revises recent days).
+    /// Days re-fetched on every sync (Facebook revises recent days). After a longer outage a sync
+    /// reaches back to the day before its last success instead, at most `backfill_days`.
     pub lookback_days: u32,
-    /// Days fetched for a client never synced.
+    /// Days fetched for a client never synced, and the furthest any sync reaches back.
     pub backfill_days: u32,
     /// Ad-account utilisation (percent, from `X-Ad-Account-Usage`) above which a sync waits.
     pub usage_threshold_pct: f64,
