@@ -32,9 +32,22 @@ pub fn run_again_after(wait: Duration) -> DateTime<Utc> {
     Utc::now() + wait
 }
 
-/// How long a job of a kind this node does not know waits before it is claimed again: long
-/// enough not to bounce between old nodes, short enough for a newer node to pick it up soon.
+/// How long a job of a kind this node does not know first waits before it is claimed again:
+/// long enough not to bounce between old nodes, short enough for a newer node to pick it up soon.
+/// Each give-back doubles it, up to [`UNKNOWN_KIND_MAX_WAIT`].
 pub const UNKNOWN_KIND_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest wait between two give-backs of a kind no node knows.
+pub const UNKNOWN_KIND_MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Give-backs after which a job of a kind no node knows is discarded instead: 30 (1, 2, 4, ...
+/// 32 minutes, then hourly) span about a day, longer than any rolling deploy. A kind that was
+/// removed, or never deployed, then ends where an operator sees it, instead of its job waking
+/// forever with an error entry each time.
+pub const UNKNOWN_KIND_GIVE_BACKS: i64 = 30;
+
+/// The marker of a give-back's error entry (counted to bound them).
+const UNKNOWN_KIND_ERROR: &str = "this node does not know kind";
 
 /// A row as claimed.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -150,6 +163,38 @@ pub async fn run<S: Clone + Send + Sync + 'static>(
     }
 }
 
+/// A job of a kind this node does not know. Not the job's fault: a node of another version may
+/// know the kind (a rolling deploy). Given back, the attempt not spent, with a wait that doubles
+/// per give-back; discarded once [`UNKNOWN_KIND_GIVE_BACKS`] went by without a node that knows it.
+async fn unknown_kind(pool: &PgPool, job: &ClaimedJob) -> Outcome {
+    let earlier: Result<i64, sqlx::Error> = sqlx::query_scalar(
+        "select count(*) from jobs j, jsonb_array_elements(coalesce(j.errors, '[]'::jsonb)) e
+         where j.id = $1 and starts_with(e->>'error', $2)",
+    )
+    .bind(job.id)
+    .bind(UNKNOWN_KIND_ERROR)
+    .fetch_one(pool)
+    .await;
+    // Unreadable (database trouble): counted as a first give-back; the next one counts again.
+    let earlier = earlier.unwrap_or(0);
+    if earlier >= UNKNOWN_KIND_GIVE_BACKS {
+        return Outcome::Discarded(format!(
+            "no node knew kind `{}` through {earlier} give-backs (about a day): is it still \
+             deployed? Retry the job once a node registers it",
+            job.kind
+        ));
+    }
+    let doubled = UNKNOWN_KIND_WAIT.saturating_mul(1 << earlier.clamp(0, 16));
+    Outcome::GivenBack {
+        error: format!(
+            "{UNKNOWN_KIND_ERROR} `{}` (no worker for it is registered here); given back for a \
+             node that does",
+            job.kind
+        ),
+        run_at: run_again_after(doubled.min(UNKNOWN_KIND_MAX_WAIT)),
+    }
+}
+
 async fn run_outcome<S: Clone + Send + Sync + 'static>(
     registry: &Registry<S>,
     job: ClaimedJob,
@@ -159,15 +204,7 @@ async fn run_outcome<S: Clone + Send + Sync + 'static>(
     stop: &CancellationToken,
 ) -> Outcome {
     let Some(entry) = registry.get(&job.kind) else {
-        // Not the job's fault: a node of another version may know the kind.
-        return Outcome::GivenBack {
-            error: format!(
-                "this node does not know kind `{}` (no worker for it is registered here); given \
-                 back for a node that does",
-                job.kind
-            ),
-            run_at: run_again_after(UNKNOWN_KIND_WAIT),
-        };
+        return unknown_kind(&pool, &job).await;
     };
     let policy = &entry.policy;
     if let Some(bucket) = policy.rate_limit {

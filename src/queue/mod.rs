@@ -11,7 +11,8 @@
 //!                  ├──────▶ retryable ────┘  (attempt spent; run_at = now + backoff)
 //!                  ├──────▶ scheduled        (snooze, or a kind this node does not know:
 //!                  │                          attempt given back)
-//!                  ├──────▶ discarded        (permanent error, or attempts used up)
+//!                  ├──────▶ discarded        (permanent error, attempts used up, or a kind
+//!                  │                          no node knew through a day of give-backs)
 //!                  ├──────▶ cancelled        (by the job or an operator)
 //!                  └──────▶ available        (released at shutdown: attempt given back)
 //! ```

@@ -297,6 +297,74 @@ async fn a_kind_this_node_does_not_know_is_given_back_for_a_node_that_does() {
 }
 
 #[tokio::test]
+async fn a_kind_no_node_knows_waits_longer_each_time_and_is_discarded_after_a_day() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let old_node = baseaim_worker::queue::Registry::<Effects>::new();
+    let id = enqueue(&db.pool, NewJob::of(&Count { n: 1 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let due_now = || async {
+        sqlx::query("update jobs set run_at = now() where id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    };
+    let give_back = || async {
+        due_now().await;
+        let report = drain(&db.pool, &old_node, effects.clone(), "default")
+            .await
+            .unwrap();
+        let job = admin::get(&db.pool, id).await.unwrap().unwrap();
+        (report, job)
+    };
+    let wait_of =
+        |job: &baseaim_worker::queue::admin::JobRow| (job.run_at - Utc::now()).num_seconds();
+
+    // The wait doubles: about a minute, then about two.
+    let (_, first) = give_back().await;
+    assert!((50..=60).contains(&wait_of(&first)), "{}", wait_of(&first));
+    let (_, second) = give_back().await;
+    assert!(
+        (110..=120).contains(&wait_of(&second)),
+        "{}",
+        wait_of(&second)
+    );
+    assert_eq!((second.state.as_str(), second.attempt), ("scheduled", 0));
+
+    // After about a day of give-backs (30 in all) it waits an hour between them, and the 31st
+    // meeting with a node that does not know the kind discards it, saying so.
+    for _ in 2..29 {
+        give_back().await;
+    }
+    let (_, thirtieth) = give_back().await;
+    assert_eq!(thirtieth.state, "scheduled");
+    assert!(
+        (3590..=3600).contains(&wait_of(&thirtieth)),
+        "{}",
+        wait_of(&thirtieth)
+    );
+    let (report, last) = give_back().await;
+    assert_eq!(report.discarded, 1);
+    // The give-backs spent no attempt; the discard is the first.
+    assert_eq!((last.state.as_str(), last.attempt), ("discarded", 1));
+    let errors = last.errors.unwrap();
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 31, "30 give-backs and the discard");
+    assert!(
+        errors[30]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no node knew kind `test_count` through 30 give-backs"),
+        "{}",
+        errors[30]
+    );
+    assert_eq!(effects.runs_of(id), 0);
+}
+
+#[tokio::test]
 async fn priorities_run_lower_numbers_first() {
     let db = TestDb::new().await;
     let effects = Effects::default();
