@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::helpers::{Api, email_data};
+use crate::support::noise;
 
 #[tokio::test]
 async fn bad_requests_are_refused_naming_what_was_wrong_and_store_nothing() {
@@ -250,21 +251,6 @@ async fn a_kind_key_built_from_overlong_args_is_422_naming_it_and_stores_nothing
         )
         .await;
     assert_eq!(fits.status, StatusCode::CREATED, "{}", fits.text);
-}
-
-/// `n` letters and digits that do not compress (PostgreSQL compresses a long index entry, so a
-/// repeated letter would fit where real ids do not).
-fn noise(n: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
-        })
-        .collect()
 }
 
 /// What the caller sent is repeated in a refusal shortened: an unknown kind, template or state

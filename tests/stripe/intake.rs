@@ -5,7 +5,7 @@ use std::time::Duration;
 use baseaim_worker::sim::stripe::{Signing, WebhookSender};
 use sqlx::postgres::PgPoolOptions;
 
-use crate::support::{PgProxy, TestDb};
+use crate::support::{PgProxy, TestDb, noise};
 use crate::{Intake, SECRET, count, envelope, post, sample_object, signed};
 
 async fn stored(pool: &sqlx::PgPool) -> (i64, i64) {
@@ -360,21 +360,6 @@ async fn post_signed(url: &str, payload: &str) -> (u16, String) {
         .await
         .unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// `n` letters and digits that do not compress (PostgreSQL compresses long index entries, so a
-/// repeated letter would fit where a random id does not).
-fn noise(n: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
-        })
-        .collect()
 }
 
 /// Validly signed envelopes the database cannot store, or whose id is no Stripe event id: each

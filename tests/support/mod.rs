@@ -200,3 +200,18 @@ impl std::io::Write for CapturedLog {
         Ok(())
     }
 }
+
+/// `n` letters and digits that do not compress: PostgreSQL compresses a long index entry, so a
+/// repeated letter fits where a random id of the same length does not.
+pub fn noise(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
