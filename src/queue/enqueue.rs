@@ -97,8 +97,15 @@ impl NewJob {
         self
     }
 
+    /// Runs `delay` from now. A delay the clock cannot add (millennia) is cut to the end of
+    /// year 9999, which PostgreSQL can still store, instead of panicking.
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.run_at = Some(Utc::now() + delay);
+        let last =
+            DateTime::<Utc>::from_timestamp(253_402_300_799, 0).expect("9999-12-31T23:59:59Z");
+        let at = chrono::TimeDelta::from_std(delay)
+            .ok()
+            .and_then(|delay| Utc::now().checked_add_signed(delay));
+        self.run_at = Some(at.map_or(last, |at| at.min(last)));
         self
     }
 
@@ -272,4 +279,27 @@ async fn insert_many(
         .into_iter()
         .map(|r| r.ok_or_else(|| EnqueueError::Invalid("unique key kept changing hands".into())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Nothing;
+
+    impl JobArgs for Nothing {
+        const KIND: &'static str = "nothing";
+    }
+
+    #[test]
+    fn a_delay_the_clock_cannot_add_is_cut_to_the_end_of_year_9999() {
+        let job = NewJob::of(&Nothing).unwrap();
+        let hour = job.clone().delay(Duration::from_secs(3600)).run_at.unwrap();
+        assert!((hour - Utc::now()).num_seconds().abs_diff(3600) < 5);
+        for huge in [Duration::from_secs(1 << 50), Duration::MAX] {
+            let at = job.clone().delay(huge).run_at.unwrap();
+            assert_eq!(at.to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        }
+    }
 }
