@@ -144,7 +144,7 @@ async fn a_job_is_enqueued_with_its_options_and_a_unique_key_answers_the_first_j
         ("api_q", 3, 2)
     );
     assert_eq!(row.tags, vec!["client:42".to_string(), "from-api".into()]);
-    assert_eq!(row.unique_key.as_deref(), Some("api-test-1"));
+    assert_eq!(row.unique_key.as_deref(), Some("api:api-test-1"));
     assert_eq!(row.state, "scheduled");
     let delay = (row.run_at - Utc::now()).num_seconds();
     assert!((55..=60).contains(&delay), "run_at {delay}s ahead");
@@ -177,6 +177,35 @@ async fn a_job_is_enqueued_with_its_options_and_a_unique_key_answers_the_first_j
     let report = api.drain("email").await;
     assert_eq!(report.completed, 1, "{report:?}");
     assert_eq!(api.sim.emails().len(), 1);
+}
+
+/// A caller's key lives apart from the daemon's own (schedule ticks, kinds' keys): taking the key
+/// of a coming tick does not keep the tick's job from being enqueued.
+#[tokio::test]
+async fn a_callers_unique_key_cannot_hold_one_of_the_daemons_own() {
+    let api = Api::new().await;
+    let token = api.token(&["jobs:write"]).await;
+    let tick_key = "schedule:stripe_reconcile:2026-07-01T03:00:00+00:00";
+    let taken = api
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&token),
+            Some(json!({"kind": "noop", "unique_key": tick_key, "run_at": Utc::now() + chrono::Duration::days(300)})),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text);
+    let tick: i64 = sqlx::query_scalar("select enqueue_job('noop', '{}', unique_key => $1)")
+        .bind(tick_key)
+        .fetch_one(&api.db.pool)
+        .await
+        .unwrap();
+    assert_ne!(
+        Some(tick),
+        taken.body["id"].as_i64(),
+        "the tick gets a job of its own"
+    );
+    assert_eq!(api.job_count().await, 2);
 }
 
 #[tokio::test]

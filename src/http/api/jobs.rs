@@ -25,6 +25,9 @@ use crate::queue::{JobArgs, NewJob};
 const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The longest unique key a job may hold, the kind's own included: the unique index on
+/// What a caller's `unique_key` is stored under (see [`EnqueueJob::unique_key`]).
+pub const CALLER_KEY_PREFIX: &str = "api:";
+
 /// `jobs.unique_key` holds the whole key, and PostgreSQL refuses index entries past 2704 bytes
 /// (512 characters are at most 2048 bytes).
 const MAX_UNIQUE_KEY: usize = 512;
@@ -55,7 +58,9 @@ pub struct EnqueueJob {
     #[serde(default)]
     pub tags: Vec<String>,
     /// While a job with this key is unfinished, enqueueing again answers that job (200).
-    /// Default: the kind's own key, if it has one.
+    /// Default: the kind's own key, if it has one. Stored as `api:<unique_key>`, apart from the
+    /// keys the daemon makes itself (schedule ticks, a kind's own key): a caller's key cannot
+    /// hold one of those and so keep the daemon's own job from being enqueued.
     pub unique_key: Option<String>,
 }
 
@@ -168,7 +173,7 @@ impl EnqueueJob {
         }
         if let Some(key) = self.unique_key {
             check_text("unique_key", &key, 255)?;
-            job = job.unique_key(key);
+            job = job.unique_key(format!("{CALLER_KEY_PREFIX}{key}"));
         }
         // A kind's own key is built from its args (`stripe_event:<event_id>`): long ids in the
         // args make a key the database's unique index cannot hold.
