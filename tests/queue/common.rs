@@ -8,7 +8,7 @@ use baseaim_worker::config::RateLimitConfig;
 use baseaim_worker::queue::admin_query::JobQuery;
 use baseaim_worker::queue::maintenance::MaintenanceSettings;
 use baseaim_worker::queue::{
-    Backoff, EngineConfig, Job, JobArgs, JobContext, JobError, JobResult, Policy, Registry,
+    Backoff, Engine, EngineConfig, Job, JobArgs, JobContext, JobError, JobResult, Policy, Registry,
 };
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +255,26 @@ pub async fn jobs_in_state(pool: &sqlx::PgPool, state: &str) -> i64 {
     sqlx::query_scalar("select count(*) from jobs where state = $1")
         .bind(state)
         .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Makes job `id` due now, as if its wait had passed.
+pub async fn make_due(pool: &sqlx::PgPool, id: i64) {
+    sqlx::query("update jobs set run_at = now() where id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// An engine on `pool` running [`registry`]'s kinds, recording into `effects`.
+pub async fn start_engine(
+    pool: &sqlx::PgPool,
+    effects: &Effects,
+    config: EngineConfig,
+) -> Engine<Effects> {
+    Engine::start(pool.clone(), registry(), effects.clone(), config)
         .await
         .unwrap()
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use baseaim_worker::queue::maintenance::rescue_once;
 use baseaim_worker::queue::testing::{JobFactory, insert_job};
-use baseaim_worker::queue::{Engine, NewJob, admin, enqueue, enqueue_many};
+use baseaim_worker::queue::{NewJob, admin, enqueue, enqueue_many};
 use chrono::Utc;
 use sqlx::PgPool;
 
@@ -23,22 +23,8 @@ async fn count_in(pool: &PgPool, state: &str) -> i64 {
 async fn two_engines_never_run_the_same_job_twice() {
     let db = TestDb::new().await;
     let effects = Effects::default();
-    let a = Engine::start(
-        db.pool.clone(),
-        registry(),
-        effects.clone(),
-        engine_config(20),
-    )
-    .await
-    .unwrap();
-    let b = Engine::start(
-        db.pool.clone(),
-        registry(),
-        effects.clone(),
-        engine_config(20),
-    )
-    .await
-    .unwrap();
+    let a = start_engine(&db.pool, &effects, engine_config(20)).await;
+    let b = start_engine(&db.pool, &effects, engine_config(20)).await;
     let jobs: Vec<NewJob> = (0..3000)
         .map(|n| NewJob::of(&Count { n }).unwrap())
         .collect();
@@ -73,9 +59,7 @@ async fn an_idle_engine_starts_a_new_job_at_once_and_a_scheduled_one_at_its_time
     let effects = Effects::default();
     let mut config = engine_config(5);
     config.poll_interval = Duration::from_secs(60); // only NOTIFY and the due-time timer can wake it
-    let engine = Engine::start(db.pool.clone(), registry(), effects.clone(), config)
-        .await
-        .unwrap();
+    let engine = start_engine(&db.pool, &effects, config).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let t0 = Instant::now();
@@ -121,9 +105,7 @@ async fn a_snoozed_job_comes_back_on_time_without_spending_an_attempt() {
     let effects = Effects::default();
     let mut config = engine_config(5);
     config.poll_interval = Duration::from_secs(60);
-    let engine = Engine::start(db.pool.clone(), registry(), effects.clone(), config)
-        .await
-        .unwrap();
+    let engine = start_engine(&db.pool, &effects, config).await;
     let id = enqueue(&db.pool, NewJob::of(&SnoozeOnce { secs: 1 }).unwrap())
         .await
         .unwrap()
@@ -142,14 +124,7 @@ async fn a_snoozed_job_comes_back_on_time_without_spending_an_attempt() {
 async fn a_snooze_of_millions_of_years_is_cut_to_a_month_and_leaves_nothing_running() {
     let db = TestDb::new().await;
     let effects = Effects::default();
-    let engine = Engine::start(
-        db.pool.clone(),
-        registry(),
-        effects.clone(),
-        engine_config(5),
-    )
-    .await
-    .unwrap();
+    let engine = start_engine(&db.pool, &effects, engine_config(5)).await;
     let id = enqueue(&db.pool, NewJob::of(&SnoozeOnce { secs: 1 << 50 }).unwrap())
         .await
         .unwrap()
@@ -243,11 +218,7 @@ async fn an_expired_lease_is_rescued_exactly_once_and_the_old_node_is_fenced() {
 
     // The rescued job runs again elsewhere once its backoff has passed; the dead node waking up
     // cannot overwrite it.
-    sqlx::query("update jobs set run_at = now() where id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    make_due(&db.pool, id).await;
     let effects = Effects::default();
     baseaim_worker::queue::testing::drain(&db.pool, &registry(), effects.clone(), "default")
         .await
@@ -325,13 +296,12 @@ async fn a_node_that_dies_has_its_jobs_rescued_by_the_leader_and_run_again() {
         .await
         .unwrap()
         .id;
-    let doomed = Engine::start(db.pool.clone(), registry(), effects.clone(), {
+    let doomed = start_engine(&db.pool, &effects, {
         let mut c = short.clone();
         c.maintenance = None;
         c
     })
-    .await
-    .unwrap();
+    .await;
     let doomed_node = doomed.node().to_string();
     eventually(5, "claimed", || async {
         state_of(&db.pool, id).await == "running"
@@ -345,14 +315,13 @@ async fn a_node_that_dies_has_its_jobs_rescued_by_the_leader_and_run_again() {
         .await
         .unwrap();
     // A healthy leader rescues it; it is runnable again (retryable, attempt counted).
-    let leader = Engine::start(db.pool.clone(), registry(), effects.clone(), {
+    let leader = start_engine(&db.pool, &effects, {
         let mut c = short.clone();
         c.node = "test-leader".into(); // a different node (configs are cloned)
         c.queues.clear();
         c
     })
-    .await
-    .unwrap();
+    .await;
     eventually(10, "rescued", || async {
         state_of(&db.pool, id).await == "retryable"
     })
@@ -408,9 +377,7 @@ async fn after_an_outage_the_rescuer_leaves_live_nodes_time_to_heartbeat_again()
     config.lease = lease;
     config.heartbeat = Duration::from_millis(300);
     config.maintenance.as_mut().unwrap().lease = lease;
-    let leader = Engine::start(db.pool.clone(), registry(), Effects::default(), config)
-        .await
-        .unwrap();
+    let leader = start_engine(&db.pool, &Effects::default(), config).await;
     let node = leader.node().to_string();
     eventually(10, "the node leads", || async {
         baseaim_worker::queue::maintenance::leader_of(&db.pool, "maintenance")
@@ -449,22 +416,8 @@ async fn a_rate_limit_holds_across_two_engines() {
     let db = TestDb::new().await;
     let effects = Effects::default();
     // `tight`: 10 per second, burst 1.
-    let a = Engine::start(
-        db.pool.clone(),
-        registry(),
-        effects.clone(),
-        engine_config(10),
-    )
-    .await
-    .unwrap();
-    let b = Engine::start(
-        db.pool.clone(),
-        registry(),
-        effects.clone(),
-        engine_config(10),
-    )
-    .await
-    .unwrap();
+    let a = start_engine(&db.pool, &effects, engine_config(10)).await;
+    let b = start_engine(&db.pool, &effects, engine_config(10)).await;
     let jobs: Vec<NewJob> = (0..25).map(|_| NewJob::of(&Limited {}).unwrap()).collect();
     enqueue_many(&db.pool, jobs).await.unwrap();
     eventually(30, "all limited jobs completed", || async {
@@ -512,9 +465,7 @@ async fn shutdown_releases_in_flight_jobs_after_the_grace_period() {
     let effects = Effects::default();
     let mut config = engine_config(5);
     config.shutdown_grace = Duration::from_millis(300);
-    let engine = Engine::start(db.pool.clone(), registry(), effects.clone(), config)
-        .await
-        .unwrap();
+    let engine = start_engine(&db.pool, &effects, config).await;
     let slow = enqueue(&db.pool, NewJob::of(&Sleep { ms: 60_000 }).unwrap())
         .await
         .unwrap()
@@ -555,9 +506,7 @@ async fn a_claim_under_way_when_shutdown_begins_starts_no_job_and_gives_it_back(
     let effects = Effects::default();
     let mut config = engine_config(5);
     config.poll_interval = Duration::from_secs(60);
-    let engine = Engine::start(db.pool.clone(), registry(), effects.clone(), config)
-        .await
-        .unwrap();
+    let engine = start_engine(&db.pool, &effects, config).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // idle, waiting for work
     // Hold the claim up: it reads `queues` (is the queue paused?), which this lock blocks.
     let mut blocker = db.pool.begin().await.unwrap();
@@ -587,14 +536,7 @@ async fn a_paused_queue_is_not_claimed_until_resumed() {
     let db = TestDb::new().await;
     let effects = Effects::default();
     admin::pause(&db.pool, "default").await.unwrap();
-    let engine = Engine::start(
-        db.pool.clone(),
-        registry(),
-        effects.clone(),
-        engine_config(5),
-    )
-    .await
-    .unwrap();
+    let engine = start_engine(&db.pool, &effects, engine_config(5)).await;
     let id = enqueue(&db.pool, NewJob::of(&Count { n: 1 }).unwrap())
         .await
         .unwrap()
@@ -632,9 +574,7 @@ async fn a_paused_queue_with_a_job_past_due_leaves_its_producer_idle() {
     .await;
     let mut config = engine_config(5);
     config.poll_interval = Duration::from_secs(60); // only the resume notification wakes it
-    let engine = Engine::start(db.pool.clone(), registry(), effects.clone(), config)
-        .await
-        .unwrap();
+    let engine = start_engine(&db.pool, &effects, config).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = engine.claims();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -656,14 +596,7 @@ async fn a_paused_queue_with_a_job_past_due_leaves_its_producer_idle() {
 async fn cancelling_a_running_job_stops_it() {
     let db = TestDb::new().await;
     let effects = Effects::default();
-    let engine = Engine::start(
-        db.pool.clone(),
-        registry(),
-        effects.clone(),
-        engine_config(5),
-    )
-    .await
-    .unwrap();
+    let engine = start_engine(&db.pool, &effects, engine_config(5)).await;
     let id = enqueue(&db.pool, NewJob::of(&Sleep { ms: 60_000 }).unwrap())
         .await
         .unwrap()
@@ -696,14 +629,13 @@ async fn losing_the_database_mid_run_loses_no_job_and_leaves_none_running() {
         .await
         .unwrap();
     let effects = Effects::default();
-    let engine = Engine::start(pool.clone(), registry(), effects.clone(), {
+    let engine = start_engine(&pool, &effects, {
         let mut config = engine_config(10);
         // A claim whose answer is lost with the connection is given back after a lease.
         config.lease = Duration::from_secs(3);
         config
     })
-    .await
-    .unwrap();
+    .await;
     let jobs: Vec<NewJob> = (0..400)
         .map(|_| NewJob::of(&Sleep { ms: 5 }).unwrap())
         .collect();

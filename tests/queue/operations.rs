@@ -547,7 +547,6 @@ async fn a_bulk_action_taken_over_while_running_acts_on_each_job_once() {
 /// runtime torn down after the first batches, its record then a minute silent) and finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_maintenance_leader_finishes_a_bulk_action_whose_node_died() {
-    use baseaim_worker::queue::Engine;
     use baseaim_worker::queue::bulk::{self, BulkAction, BulkRun};
     const JOBS: i64 = 30_000;
     let db = TestDb::new().await;
@@ -588,14 +587,7 @@ async fn the_maintenance_leader_finishes_a_bulk_action_whose_node_died() {
         "stalled"
     );
 
-    let engine = Engine::start(
-        db.pool.clone(),
-        registry(),
-        Effects::default(),
-        engine_config(1),
-    )
-    .await
-    .unwrap();
+    let engine = start_engine(&db.pool, &Effects::default(), engine_config(1)).await;
     let pool = db.pool.clone();
     crate::support::eventually(120, "the bulk action finished by the leader", || {
         let pool = pool.clone();

@@ -78,11 +78,7 @@ async fn a_failure_spends_an_attempt_and_backs_off_then_discards() {
 
     // Once due, it runs; on its last attempt the failure discards it.
     for expected_attempt in [2, 3] {
-        sqlx::query("update jobs set run_at = now() where id = $1")
-            .bind(id)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        make_due(&db.pool, id).await;
         drain(&db.pool, &registry(), effects.clone(), "default")
             .await
             .unwrap();
@@ -113,11 +109,7 @@ async fn a_snooze_gives_the_attempt_back() {
     assert!(job.errors.is_none(), "a snooze is not an error");
     assert!(job.run_at > Utc::now() + chrono::Duration::seconds(55));
 
-    sqlx::query("update jobs set run_at = now() where id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    make_due(&db.pool, id).await;
     drain(&db.pool, &registry(), effects.clone(), "default")
         .await
         .unwrap();
@@ -254,16 +246,22 @@ async fn bad_args_are_discarded_with_a_clear_error() {
     );
 }
 
-#[tokio::test]
-async fn a_kind_this_node_does_not_know_is_given_back_for_a_node_that_does() {
-    let db = TestDb::new().await;
-    let effects = Effects::default();
-    // An older node, during a rolling deploy: it knows none of the kinds.
-    let old_node = baseaim_worker::queue::Registry::<Effects>::new();
+/// A job of kind `test_count`, and an older node of a rolling deploy, which knows no kind.
+async fn job_and_a_node_not_knowing_its_kind(
+    db: &TestDb,
+) -> (i64, baseaim_worker::queue::Registry<Effects>) {
     let id = enqueue(&db.pool, NewJob::of(&Count { n: 1 }).unwrap())
         .await
         .unwrap()
         .id;
+    (id, baseaim_worker::queue::Registry::new())
+}
+
+#[tokio::test]
+async fn a_kind_this_node_does_not_know_is_given_back_for_a_node_that_does() {
+    let db = TestDb::new().await;
+    let effects = Effects::default();
+    let (id, old_node) = job_and_a_node_not_knowing_its_kind(&db).await;
     let report = drain(&db.pool, &old_node, effects.clone(), "default")
         .await
         .unwrap();
@@ -282,11 +280,7 @@ async fn a_kind_this_node_does_not_know_is_given_back_for_a_node_that_does() {
             .contains("does not know kind `test_count`")
     );
     // Its wait over, a node that knows the kind runs it.
-    sqlx::query("update jobs set run_at = now() where id = $1")
-        .bind(id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    make_due(&db.pool, id).await;
     let report = drain(&db.pool, &registry(), effects.clone(), "default")
         .await
         .unwrap();
@@ -300,20 +294,9 @@ async fn a_kind_this_node_does_not_know_is_given_back_for_a_node_that_does() {
 async fn a_kind_no_node_knows_waits_longer_each_time_and_is_discarded_after_a_day() {
     let db = TestDb::new().await;
     let effects = Effects::default();
-    let old_node = baseaim_worker::queue::Registry::<Effects>::new();
-    let id = enqueue(&db.pool, NewJob::of(&Count { n: 1 }).unwrap())
-        .await
-        .unwrap()
-        .id;
-    let due_now = || async {
-        sqlx::query("update jobs set run_at = now() where id = $1")
-            .bind(id)
-            .execute(&db.pool)
-            .await
-            .unwrap();
-    };
+    let (id, old_node) = job_and_a_node_not_knowing_its_kind(&db).await;
     let give_back = || async {
-        due_now().await;
+        make_due(&db.pool, id).await;
         let report = drain(&db.pool, &old_node, effects.clone(), "default")
             .await
             .unwrap();

@@ -367,17 +367,14 @@ async fn an_unreadable_object_of_a_known_type_is_kept_as_ignored() {
 #[tokio::test]
 async fn reconciliation_fixes_a_drifted_subscription() {
     let db = TestDb::new().await;
-    let sim = StripeSim::start(StripeConfig {
-        customers: 150, // more than one page of 100
-        ..StripeConfig::default()
-    })
-    .await
-    .unwrap();
-    let env = vec![(
-        "BAW__STRIPE__API_BASE".to_string(),
-        sim.base_url().to_string(),
-    )];
-    let intake = Intake::start(db.pool.clone(), env).await;
+    let (sim, intake) = stripe_and_intake(
+        &db,
+        StripeConfig {
+            customers: 150, // more than one page of 100
+            ..StripeConfig::default()
+        },
+    )
+    .await;
     let run = || async {
         queue::enqueue(&db.pool, NewJob::raw("stripe_reconcile", json!({})))
             .await
@@ -440,12 +437,16 @@ async fn reconciliation_fixes_a_drifted_subscription() {
 
 /// Starts the simulator with its clock `offset` seconds ahead of ours, and an intake using it.
 async fn skewed_stripe(db: &TestDb, offset: i64) -> (StripeSim, Intake) {
-    let sim = StripeSim::start(StripeConfig {
+    let config = StripeConfig {
         clock_offset: chrono::Duration::seconds(offset),
         ..StripeConfig::default()
-    })
-    .await
-    .unwrap();
+    };
+    stripe_and_intake(db, config).await
+}
+
+/// Starts the simulator with `config`, and an intake whose Stripe API is that simulator.
+async fn stripe_and_intake(db: &TestDb, config: StripeConfig) -> (StripeSim, Intake) {
+    let sim = StripeSim::start(config).await.unwrap();
     let env = vec![(
         "BAW__STRIPE__API_BASE".to_string(),
         sim.base_url().to_string(),
