@@ -157,18 +157,7 @@ async fn operators_find_fix_and_clean_up_jobs_through_the_admin_api() {
     );
 
     // Bulk: by ids, by filter; refused without exactly one of them or with an empty filter.
-    let bulk = |body: Value| {
-        let (api, admin) = (&api, admin.clone());
-        async move {
-            api.call(
-                Method::POST,
-                "/v1/admin/jobs/bulk",
-                Some(&admin),
-                Some(body),
-            )
-            .await
-        }
-    };
+    let bulk = |body: Value| api.bulk(&admin, body);
     for body in [
         json!({"action": "retry"}),
         json!({"action": "retry", "ids": [ok1], "filter": {"kind": "noop"}}),
@@ -405,11 +394,9 @@ async fn a_long_bulk_action_by_filter_answers_in_time_and_finishes_in_the_backgr
         .await
         .unwrap();
     let answer = api
-        .call(
-            Method::POST,
-            "/v1/admin/jobs/bulk",
-            Some(&admin),
-            Some(json!({"action": "cancel", "filter": {"tag": "long"}})),
+        .bulk(
+            &admin,
+            json!({"action": "cancel", "filter": {"tag": "long"}}),
         )
         .await;
     let cancelled_then = cancelled_jobs(&api).await;
@@ -501,11 +488,9 @@ async fn a_bulk_action_by_filter_can_be_stopped_and_stays_stopped() {
     let reader = api.token(&["admin:read"]).await;
     tagged_jobs(&api, "halt", 50_000).await;
     let answer = api
-        .call(
-            Method::POST,
-            "/v1/admin/jobs/bulk",
-            Some(&admin),
-            Some(json!({"action": "cancel", "filter": {"tag": "halt"}})),
+        .bulk(
+            &admin,
+            json!({"action": "cancel", "filter": {"tag": "halt"}}),
         )
         .await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
@@ -600,11 +585,9 @@ async fn a_bulk_action_by_filter_finishes_after_its_request_goes_away() {
     let api = Api::new().await;
     let admin = api.token(&["admin:write"]).await;
     tagged_jobs(&api, "abandoned", 50_000).await;
-    let request = api.call(
-        Method::POST,
-        "/v1/admin/jobs/bulk",
-        Some(&admin),
-        Some(json!({"action": "cancel", "filter": {"tag": "abandoned"}})),
+    let request = api.bulk(
+        &admin,
+        json!({"action": "cancel", "filter": {"tag": "abandoned"}}),
     );
     // Fifty batches of 1,000 take far longer than the client waits.
     let answered = tokio::time::timeout(std::time::Duration::from_millis(30), request).await;
@@ -641,12 +624,7 @@ async fn a_filter_time_outside_years_1_to_9999_is_422_naming_it() {
         );
         assert!(answer.text.contains(field), "{path}: {}", answer.text);
         let bulk = api
-            .call(
-                Method::POST,
-                "/v1/admin/jobs/bulk",
-                Some(&admin),
-                Some(json!({"action": "cancel", "filter": {field: time}})),
-            )
+            .bulk(&admin, json!({"action": "cancel", "filter": {field: time}}))
             .await;
         assert_eq!(
             bulk.status,
@@ -705,11 +683,9 @@ async fn a_nul_escape_in_an_args_filter_is_422_naming_it() {
         );
         assert!(answer.text.contains("`args`"), "{args}: {}", answer.text);
         let bulk = api
-            .call(
-                Method::POST,
-                "/v1/admin/jobs/bulk",
-                Some(&admin),
-                Some(json!({"action": "cancel", "filter": {"args": args}})),
+            .bulk(
+                &admin,
+                json!({"action": "cancel", "filter": {"args": args}}),
             )
             .await;
         assert_eq!(

@@ -111,6 +111,12 @@ impl Api {
         self.call_with(method, path, token, body, &[]).await
     }
 
+    /// `POST /v1/admin/jobs/bulk` with `body`, as `token`.
+    pub async fn bulk(&self, token: &str, body: Value) -> Answer {
+        self.call(Method::POST, "/v1/admin/jobs/bulk", Some(token), Some(body))
+            .await
+    }
+
     pub async fn call_with(
         &self,
         method: Method,
