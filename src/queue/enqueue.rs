@@ -26,6 +26,10 @@ pub struct NewJob {
     pub tags: Vec<String>,
 }
 
+/// The longest unique key a job may hold: the unique index on `jobs.unique_key` holds the whole
+/// key, and PostgreSQL refuses index entries past 2704 bytes (512 characters are at most 2048).
+pub const MAX_UNIQUE_KEY: usize = 512;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
     #[error("cannot serialize the args of `{kind}`: {source}")]
@@ -135,6 +139,14 @@ impl NewJob {
             return Err(EnqueueError::Invalid(
                 "max_attempts must be at least 1".into(),
             ));
+        }
+        if let Some(key) = &self.unique_key {
+            let length = key.chars().count();
+            if length > MAX_UNIQUE_KEY {
+                return Err(EnqueueError::Invalid(format!(
+                    "unique key of {length} characters (at most {MAX_UNIQUE_KEY})"
+                )));
+            }
         }
         Ok(())
     }
@@ -290,6 +302,22 @@ mod tests {
 
     impl JobArgs for Nothing {
         const KIND: &'static str = "nothing";
+    }
+
+    #[test]
+    fn a_unique_key_the_index_cannot_hold_is_refused() {
+        let keyed = |n| {
+            NewJob::of(&Nothing)
+                .unwrap()
+                .unique_key("k".repeat(n))
+                .validate()
+        };
+        assert!(keyed(MAX_UNIQUE_KEY).is_ok());
+        let refused = keyed(MAX_UNIQUE_KEY + 1).unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "invalid job: unique key of 513 characters (at most 512)"
+        );
     }
 
     #[test]

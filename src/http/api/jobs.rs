@@ -19,18 +19,14 @@ use crate::config::Config;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::jobs::SendEmail;
+use crate::queue::enqueue::MAX_UNIQUE_KEY;
 use crate::queue::{JobArgs, NewJob};
 
 /// The longest `delay_seconds` (a year): later is a mistake, not a plan.
 const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// The longest unique key a job may hold, the kind's own included: the unique index on
 /// What a caller's `unique_key` is stored under (see [`EnqueueJob::unique_key`]).
 pub const CALLER_KEY_PREFIX: &str = "api:";
-
-/// `jobs.unique_key` holds the whole key, and PostgreSQL refuses index entries past 2704 bytes
-/// (512 characters are at most 2048 bytes).
-const MAX_UNIQUE_KEY: usize = 512;
 
 /// A job to enqueue. Unknown fields are refused (a typo must not silently drop an option).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -176,7 +172,8 @@ impl EnqueueJob {
             job = job.unique_key(format!("{CALLER_KEY_PREFIX}{key}"));
         }
         // A kind's own key is built from its args (`stripe_event:<event_id>`): long ids in the
-        // args make a key the database's unique index cannot hold.
+        // args make a key the database's unique index cannot hold. The enqueue refuses it too;
+        // here the answer can say where it came from.
         if let Some(key) = &job.unique_key {
             let length = key.chars().count();
             if length > MAX_UNIQUE_KEY {
