@@ -48,6 +48,11 @@ pub enum AdminError {
         "unknown state `{0}` (expected one of scheduled, available, running, retryable, completed, discarded, cancelled)"
     )]
     UnknownState(String),
+    /// A filter value PostgreSQL would refuse (see [`JobQuery::check_values`]).
+    ///
+    /// [`JobQuery::check_values`]: super::admin_query::JobQuery::check_values
+    #[error(transparent)]
+    Filter(#[from] super::admin_query::FilterError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }

@@ -67,9 +67,8 @@ pub const FILTER_YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
 
 impl JobQuery {
     /// Values PostgreSQL cannot take: NUL in text (`22021`), `\u0000` in the args' JSON (jsonb
-    /// refuses it, `22P05`), a time outside [`FILTER_YEARS`] (`22008` near its limits). The
-    /// dashboard, the admin API and the CLI check a query with this (and [`validate`]) before
-    /// using it, so a typo is the caller's error, not a database failure.
+    /// refuses it, `22P05`), a time outside [`FILTER_YEARS`] (`22008` near its limits): a typo
+    /// is the caller's error, not a database failure. Part of [`validate`].
     ///
     /// [`validate`]: Self::validate
     pub fn check_values(&self) -> Result<(), FilterError> {
@@ -108,8 +107,13 @@ impl JobQuery {
         Ok(())
     }
 
-    /// An unknown state is refused rather than matching nothing.
+    /// An unknown state is refused rather than matching nothing, and so are values PostgreSQL
+    /// cannot take ([`check_values`], which a front-end may call first to name a field as its
+    /// caller typed it). Every listing, count and bulk action validates its query.
+    ///
+    /// [`check_values`]: Self::check_values
     pub fn validate(&self) -> Result<(), AdminError> {
+        self.check_values()?;
         match &self.state {
             Some(state) if !STATES.contains(&state.as_str()) => {
                 Err(AdminError::UnknownState(state.clone()))
@@ -689,6 +693,10 @@ mod tests {
             kind: Some("a\0b".into()),
             ..JobQuery::default()
         };
+        assert!(
+            matches!(nul_kind.validate(), Err(AdminError::Filter(ref e)) if e.field == "kind"),
+            "every listing, count and bulk action refuses it too"
+        );
         assert_eq!(field(nul_kind), Err("kind"));
         for args in [r#"{"a": "\u0000"}"#, r#"{"a": [{"\u0000": 1}]}"#] {
             let q = JobQuery {

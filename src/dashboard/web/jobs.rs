@@ -72,9 +72,7 @@ impl Filter {
                 .map(|v| parse_time("to", v))
                 .transpose()?,
         };
-        query
-            .validate()
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        // Values first, to name the fields as this form does; then the state.
         query.check_values().map_err(|e| {
             let field = match e.field {
                 "created_from" => "from",
@@ -83,6 +81,9 @@ impl Filter {
             };
             ApiError::BadRequest(format!("`{field}` {}", e.problem))
         })?;
+        query
+            .validate()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(query)
     }
 

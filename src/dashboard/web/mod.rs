@@ -219,7 +219,9 @@ impl IntoResponse for WebError {
 /// A queue admin error as the page's error: an unknown state is the request's fault.
 pub fn admin_error(e: AdminError) -> WebError {
     match e {
-        AdminError::UnknownState(_) => WebError(ApiError::BadRequest(e.to_string())),
+        AdminError::UnknownState(_) | AdminError::Filter(_) => {
+            WebError(ApiError::BadRequest(e.to_string()))
+        }
         AdminError::Database(e) => WebError(e.into()),
     }
 }

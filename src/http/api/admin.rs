@@ -31,6 +31,7 @@ impl From<AdminError> for ApiError {
                 super::shown(&state),
                 admin::STATES.join(", ")
             )),
+            AdminError::Filter(e) => ApiError::Unprocessable(e.to_string()),
             AdminError::Database(e) => e.into(),
         }
     }
@@ -110,10 +111,9 @@ pub struct JobFilter {
 }
 
 impl JobFilter {
-    /// The query, checked: values PostgreSQL cannot take (NUL in text, `\u0000` in an args
-    /// object bound as jsonb, a year outside 1 to 9999: each a 500 once) by the rule the
-    /// dashboard and the CLI share ([`JobQuery::check_values`]), then the state; 422 naming the
-    /// field.
+    /// The query, checked by [`JobQuery::validate`]: values PostgreSQL cannot take (NUL in text,
+    /// `\u0000` in an args object bound as jsonb, a year outside 1 to 9999: each a 500 once),
+    /// then the state; 422 naming the field.
     fn into_query(self) -> Result<JobQuery, ApiError> {
         let query = JobQuery {
             state: self.state,
@@ -125,9 +125,6 @@ impl JobFilter {
             created_from: self.created_from,
             created_to: self.created_to,
         };
-        query
-            .check_values()
-            .map_err(|e| ApiError::Unprocessable(format!("`{}` {}", e.field, e.problem)))?;
         query.validate()?;
         Ok(query)
     }
