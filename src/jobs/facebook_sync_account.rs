@@ -9,7 +9,10 @@
 //!
 //! Pacing: each call takes a token from the cluster-wide `[rate_limits.facebook]` bucket; above
 //! `usage_threshold_pct` ad-account utilisation, or when Graph throttles, the job snoozes until
-//! the usage would be low (no attempt spent). A snoozed or retried sync resumes where it stopped:
+//! the usage would be low (no attempt spent). A throttle whose answer carries no usage hint
+//! (`estimated_time_to_regain_access`, `reset_time_duration`) snoozes 1, 2, 4, ... up to 15
+//! minutes, plus jitter (PROVIDERS.md §A.8), counting the throttles in a row in the checkpoint;
+//! a page fetched resets the count. A snoozed or retried sync resumes where it stopped:
 //! the rows fetched so far are stored, then a checkpoint (ranges left, next cursor) keyed by the
 //! job id in `facebook_sync_checkpoints`. A too-much-data answer halves the date range and goes
 //! on.
@@ -22,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::AppState;
-use crate::integrations::facebook::{FacebookClient, FacebookError, InsightRow};
+use crate::integrations::facebook::{FacebookClient, FacebookError, InsightRow, throttle_backoff};
 use crate::queue::{Backoff, Job, JobArgs, JobContext, JobError, JobResult, Policy, rate_limit};
 
 /// The `[rate_limits.*]` bucket every Graph call takes a token from.
@@ -113,6 +116,10 @@ struct Checkpoint {
     until: NaiveDate,
     ranges: Vec<(NaiveDate, NaiveDate)>,
     after: Option<String>,
+    /// Throttles in a row since the last page fetched: the exponent of the backoff when Graph
+    /// says nothing about when access is back (so a long throttle is not polled every minute).
+    #[serde(default)]
+    throttles: u32,
 }
 
 /// What one attempt did, for `facebook_sync_runs`.
@@ -208,6 +215,7 @@ impl FacebookSyncAccount {
                     until,
                     ranges: vec![(since, until)],
                     after: None,
+                    throttles: 0,
                 }
             }
         };
@@ -227,6 +235,7 @@ impl FacebookSyncAccount {
             };
             match fetched {
                 Ok(page) => {
+                    checkpoint.throttles = 0;
                     for row in page.rows {
                         batch.insert((row.campaign_id.clone(), row.date), row);
                     }
@@ -256,6 +265,14 @@ impl FacebookSyncAccount {
                         "client {} ({name}), ad account {}: {error}; issue a new FACEBOOK_ACCESS_TOKEN",
                         self.client_id, self.ad_account_id
                     )));
+                }
+                Err(FacebookError::Throttled { code, wait }) => {
+                    let n = checkpoint.throttles;
+                    checkpoint.throttles = n.saturating_add(1);
+                    let wait = wait.unwrap_or_else(|| throttle_backoff(n));
+                    tracing::info!(account = %self.ad_account_id, code, throttles = n + 1, ?wait, "facebook: throttled, waiting");
+                    self.save(ctx, &mut batch, &checkpoint, progress).await?;
+                    return Err(JobError::Snooze(wait));
                 }
                 Err(error) => {
                     self.save(ctx, &mut batch, &checkpoint, progress).await?;

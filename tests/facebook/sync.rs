@@ -366,3 +366,55 @@ async fn an_empty_cluster_wide_bucket_snoozes_the_sync_without_spending_an_attem
     assert_eq!((state.as_str(), attempt), ("scheduled", 0));
     assert_eq!(h.stored(&account.id).await.len(), 80);
 }
+
+/// How long the account's sync waits from now (its `run_at`), in seconds.
+async fn sync_waits(h: &Harness) -> i64 {
+    let run_at: chrono::DateTime<Utc> =
+        sqlx::query_scalar("select run_at from jobs where kind = 'facebook_sync_account'")
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    (run_at - Utc::now()).num_seconds()
+}
+
+#[tokio::test]
+async fn throttles_without_a_usage_hint_back_off_exponentially_and_a_page_fetched_resets_it() {
+    use baseaim_worker::sim::FaultKind;
+    let mut h = Harness::start(sim(1), &[]).await;
+    let account = h.accounts()[0].clone();
+    h.tick().await;
+    // The fan-out, then the sync's first call: throttled by the fault layer, which sends no
+    // usage headers, so Graph says nothing about when access is back.
+    h.sim.faults().next(FaultKind::Throttled);
+    h.drain().await;
+    let mut waits = vec![sync_waits(&h).await];
+    for _ in 0..3 {
+        h.sim.faults().next(FaultKind::Throttled);
+        h.make_due().await;
+        let report = h.drain().await;
+        assert_eq!(report.snoozed, 1, "{report:?}");
+        waits.push(sync_waits(&h).await);
+    }
+    // 60 s doubling, plus at most a tenth of jitter (a second lost to the clock).
+    for (wait, base) in waits.iter().zip([60, 120, 240, 480]) {
+        assert!(
+            (base - 1..=base + base / 10).contains(wait),
+            "waits {waits:?}, expected about {base} s"
+        );
+    }
+    // A page comes through, then Graph throttles again: back to a minute.
+    h.sim.faults().script([None, Some(FaultKind::Throttled)]);
+    h.make_due().await;
+    assert_eq!(h.drain().await.snoozed, 1);
+    let wait = sync_waits(&h).await;
+    assert!((59..=66).contains(&wait), "after a page fetched: {wait} s");
+
+    h.make_due().await;
+    h.drain_until_done(3, Duration::ZERO).await;
+    assert_eq!(h.stored(&account.id).await, h.expected(&account, 90));
+    for (kind, state, attempt, _) in h.job_states().await {
+        assert_eq!((state.as_str(), attempt), ("completed", 1), "{kind}");
+    }
+    let outcomes: Vec<String> = runs(&h).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(outcomes.iter().filter(|o| *o == "snoozed").count(), 5);
+}

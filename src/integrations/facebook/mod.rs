@@ -9,5 +9,5 @@ pub mod error;
 pub mod types;
 
 pub use client::{AccountUsage, FacebookClient, InsightsPage};
-pub use error::FacebookError;
+pub use error::{FacebookError, throttle_backoff};
 pub use types::InsightRow;
