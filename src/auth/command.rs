@@ -35,7 +35,8 @@ pub enum TokensCommand {
         /// Who or what uses it, e.g. "dashboard-app".
         #[arg(long)]
         name: String,
-        /// jobs:write, emails:send, uploads:write, admin:read or admin:write (repeatable).
+        /// jobs:write, jobs:write:<kind> (that kind only), emails:send, uploads:write, admin:read
+        /// or admin:write (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },

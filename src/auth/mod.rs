@@ -27,7 +27,7 @@ use crate::http::error::ApiError;
 pub use operators::Role;
 pub use session::{Operator, SESSION_COOKIE};
 
-/// The scopes a bearer token can carry.
+/// The scopes a bearer token can carry, besides one [`KIND_SCOPE`] per job kind.
 pub const SCOPES: [(&str, &str); 5] = [
     (
         "jobs:write",
@@ -47,6 +47,39 @@ pub const SCOPES: [(&str, &str); 5] = [
         "act through the admin API (retry, cancel, pause, run schedules)",
     ),
 ];
+
+/// `jobs:write:<kind>`: enqueue only that kind through `POST /v1/jobs`. A program that needs one
+/// kind should not be able to enqueue `send_email` without `emails:send`'s checks, or replay a
+/// Stripe event.
+pub const KIND_SCOPE: &str = "jobs:write:";
+
+/// Whether a token may carry `scope`: one of [`SCOPES`], or [`KIND_SCOPE`] and a kind this binary
+/// runs. Err names what is wrong and what is known.
+pub fn check_scope(scope: &str) -> Result<(), String> {
+    if SCOPES.iter().any(|(s, _)| *s == scope) {
+        return Ok(());
+    }
+    if let Some(kind) = scope.strip_prefix(KIND_SCOPE) {
+        let registry = crate::http::api::registry();
+        if registry.get(kind).is_some() {
+            return Ok(());
+        }
+        let kinds: Vec<&str> = registry.kinds().collect();
+        return Err(format!(
+            "unknown scope `{scope}`: no job kind `{kind}`; kinds: {}",
+            kinds.join(", ")
+        ));
+    }
+    Err(format!(
+        "unknown scope `{scope}`; known: {}",
+        known_scopes()
+    ))
+}
+
+/// The scopes a token can carry, for messages.
+pub fn known_scopes() -> String {
+    format!("{}, {KIND_SCOPE}<kind>", SCOPES.map(|(s, _)| s).join(", "))
+}
 
 /// A program that presented a valid bearer token.
 #[derive(Clone, Debug)]
@@ -70,6 +103,40 @@ impl ApiCaller {
                 "this token lacks the `{scope}` scope"
             )))
         }
+    }
+
+    /// Ok when the token may enqueue some kind (`jobs:write`, or a `jobs:write:<kind>`), so a
+    /// token that may not is refused before its body is read; [`Self::require_kind`] decides
+    /// once the kind is known.
+    pub fn require_enqueue(&self) -> Result<(), ApiError> {
+        if self.scopes.iter().any(|s| s.starts_with(KIND_SCOPE)) {
+            Ok(())
+        } else {
+            self.require("jobs:write")
+        }
+    }
+
+    /// Ok when the token may enqueue `kind`: `jobs:write`, or `jobs:write:<kind>`. 403 naming the
+    /// kinds it may enqueue otherwise.
+    pub fn require_kind(&self, kind: &str) -> Result<(), ApiError> {
+        let allowed: Vec<&str> = self
+            .scopes
+            .iter()
+            .filter_map(|s| s.strip_prefix(KIND_SCOPE))
+            .collect();
+        if allowed.contains(&kind) || self.scopes.iter().any(|s| s == "jobs:write") {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(format!(
+            "this token may enqueue only {}: kind `{}` needs `jobs:write` or `{KIND_SCOPE}{}`",
+            allowed
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            crate::http::api::shown(kind),
+            crate::http::api::shown(kind),
+        )))
     }
 }
 

@@ -5,24 +5,26 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::{ApiCaller, SCOPES, random_token, token_hash};
+use super::{ApiCaller, check_scope, known_scopes, random_token, token_hash};
 
 /// Every token starts with this, so a leaked one is recognisable by secret scanners.
 pub const PREFIX: &str = "baw_";
 
 /// Creates a token named `name` with `scopes` and returns it in the clear: the only time it is.
-/// An unknown scope is an error naming it and the known ones.
+/// An unknown scope (or a `jobs:write:<kind>` of a kind this binary does not run) is an error
+/// naming it and the known ones.
 pub async fn create(pool: &PgPool, name: &str, scopes: &[&str]) -> anyhow::Result<String> {
     if name.trim().is_empty() || name.len() > 200 {
         anyhow::bail!("a token name must be 1 to 200 characters");
     }
     if scopes.is_empty() {
-        anyhow::bail!("a token needs at least one --scope; known: {}", known());
+        anyhow::bail!(
+            "a token needs at least one --scope; known: {}",
+            known_scopes()
+        );
     }
     for scope in scopes {
-        if !SCOPES.iter().any(|(s, _)| s == scope) {
-            anyhow::bail!("unknown scope `{scope}`; known: {}", known());
-        }
+        check_scope(scope).map_err(anyhow::Error::msg)?;
     }
     let token = random_token(PREFIX);
     let mut scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
@@ -35,10 +37,6 @@ pub async fn create(pool: &PgPool, name: &str, scopes: &[&str]) -> anyhow::Resul
         .execute(pool)
         .await?;
     Ok(token)
-}
-
-fn known() -> String {
-    SCOPES.map(|(s, _)| s).join(", ")
 }
 
 /// The caller `token` identifies, if it is a live token.

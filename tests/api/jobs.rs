@@ -182,6 +182,65 @@ async fn a_job_is_enqueued_with_its_options_and_a_unique_key_answers_the_first_j
 /// A caller's key lives apart from the daemon's own (schedule ticks, kinds' keys): taking the key
 /// of a coming tick does not keep the tick's job from being enqueued.
 #[tokio::test]
+async fn a_kind_scoped_token_enqueues_its_kind_and_nothing_else() {
+    let api = Api::new().await;
+    let token = api.token(&["jobs:write:noop"]).await;
+    let answer = api
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&token),
+            Some(json!({"kind": "noop"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+    // A kind it was not given, however valid the request: 403 naming what it may do, and nothing
+    // stored. `send_email` through here would skip `emails:send`'s checks.
+    let email = json!({"kind": "send_email", "args": {
+        "template": "welcome", "to": "jane@example.com", "data": {"client_name": "Jane"}}});
+    for request in [
+        email,
+        json!({"kind": "prune"}),
+        json!({"kind": "no_such_kind"}),
+    ] {
+        let answer = api
+            .call(
+                Method::POST,
+                "/v1/jobs",
+                Some(&token),
+                Some(request.clone()),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{request}: {}",
+            answer.text
+        );
+        let kind = request["kind"].as_str().unwrap();
+        assert_eq!(
+            answer.body["error"],
+            format!(
+                "this token may enqueue only `noop`: kind `{kind}` needs `jobs:write` or \
+                 `jobs:write:{kind}`"
+            )
+        );
+    }
+    assert_eq!(api.job_count().await, 1);
+    // `jobs:write` still means every kind.
+    let all = api.token(&["jobs:write"]).await;
+    let answer = api
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&all),
+            Some(json!({"kind": "prune"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+}
+
+#[tokio::test]
 async fn a_callers_unique_key_cannot_hold_one_of_the_daemons_own() {
     let api = Api::new().await;
     let token = api.token(&["jobs:write"]).await;

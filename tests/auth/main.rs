@@ -133,6 +133,16 @@ async fn a_token_needs_known_scopes_and_a_name() {
         .to_string();
     assert!(error.contains("unknown scope `jobs:delete`"), "{error}");
     assert!(error.contains("emails:send"), "{error}");
+    assert!(error.contains("jobs:write:<kind>"), "{error}");
+    // One kind: a kind this binary runs, named; an unknown one is refused listing the kinds.
+    let error = auth::tokens::create(&db.pool, "x", &["jobs:write:send_emial"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("no job kind `send_emial`") && error.contains("send_email"),
+        "{error}"
+    );
     assert!(auth::tokens::create(&db.pool, "x", &[]).await.is_err());
     assert!(
         auth::tokens::create(&db.pool, " ", &["jobs:write"])
@@ -144,6 +154,9 @@ async fn a_token_needs_known_scopes_and_a_name() {
         .await
         .unwrap();
     assert_eq!(count, 0);
+    auth::tokens::create(&db.pool, "x", &["jobs:write:facebook_sync"])
+        .await
+        .unwrap();
 }
 
 fn act(cookie: Option<&str>, body: &str) -> Request<Body> {

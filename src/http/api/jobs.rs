@@ -1,6 +1,6 @@
-//! `POST /v1/jobs` (scope `jobs:write`): enqueue any registered kind with options. The args are
-//! checked by deserialising them into the kind's struct, and the kind's policy (queue, priority,
-//! attempts) and unique key apply unless the request overrides them. 201 with the new job's id;
+//! `POST /v1/jobs` (scope `jobs:write`, or `jobs:write:<kind>` for one kind): enqueue a registered
+//! kind with options. The args are checked by deserialising them into the kind's struct, and the
+//! kind's policy (queue, priority, attempts) and unique key apply unless the request overrides them. 201 with the new job's id;
 //! 200 with the holder's id when `unique_key` is held by an unfinished job (nothing inserted).
 
 use std::time::Duration;
@@ -200,7 +200,7 @@ impl EnqueueJob {
         (status = 200, description = "The unique key is held by an unfinished job: its id, nothing inserted", body = EnqueuedJob),
         (status = 400, description = "Not JSON", body = super::ErrorBody),
         (status = 401, description = "No valid bearer token", body = super::ErrorBody),
-        (status = 403, description = "The token lacks `jobs:write`", body = super::ErrorBody),
+        (status = 403, description = "The token lacks `jobs:write` (or `jobs:write:<kind>` for the kind asked)", body = super::ErrorBody),
         (status = 422, description = "Unknown kind, args that do not fit it, or a bad option (named)", body = super::ErrorBody),
     )
 )]
@@ -209,8 +209,9 @@ pub async fn enqueue(
     caller: ApiCaller,
     body: Result<Json<EnqueueJob>, JsonRejection>,
 ) -> Result<(StatusCode, Json<EnqueuedJob>), ApiError> {
-    caller.require("jobs:write")?;
+    caller.require_enqueue()?;
     let Json(request) = body.map_err(json_error)?;
+    caller.require_kind(&request.kind)?;
     let job = request.into_job(&state.app.config)?;
     let kind = job.kind.clone();
     let enqueued = crate::queue::enqueue(&state.pool, job)

@@ -62,7 +62,8 @@ impl Modify for BearerScheme {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "A token from `baseaim-worker tokens create`; scopes: jobs:write, \
-                         emails:send, uploads:write, admin:read, admin:write",
+                         jobs:write:<kind> (one kind), emails:send, uploads:write, admin:read, \
+                         admin:write",
                     ))
                     .build(),
             ),
