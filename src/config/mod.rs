@@ -316,6 +316,14 @@ pub struct EmailSettings {
     /// `email_log` rows (recipients are personal data) older than this are deleted by `prune`.
     #[serde(with = "humantime_serde")]
     pub log_retention: Duration,
+    /// An email whose first attempt that may have reached Resend unanswered is older than this is
+    /// not sent again (Resend forgets the Idempotency-Key after 24 h): `send_email`.
+    #[serde(with = "humantime_serde", default = "unknown_outcome_window")]
+    pub unknown_outcome_window: Duration,
+}
+
+fn unknown_outcome_window() -> Duration {
+    crate::jobs::send_email::UNKNOWN_OUTCOME_WINDOW
 }
 
 impl Default for EmailSettings {
@@ -323,6 +331,7 @@ impl Default for EmailSettings {
         EmailSettings {
             from: "BaseAim <notifications@baseaim.com>".into(),
             log_retention: Duration::from_secs(90 * 86400),
+            unknown_outcome_window: unknown_outcome_window(),
         }
     }
 }

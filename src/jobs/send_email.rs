@@ -10,6 +10,17 @@
 //! `email_log` keeps one row per key; a row already `sent` is not sent again even after Resend
 //! forgot the key (24 h). Errors are classified in `integrations::resend::error`: 429 snoozes
 //! (no attempt spent), 5xx and transport errors retry, other 4xx discard with Resend's message.
+//!
+//! The key protects only for 24 h, and retries (21 h of backoff, nearly 23 h with jitter) plus
+//! snoozes (a used-up quota waits an hour at a time, without limit) can outlast it. So before each
+//! send the row's `unknown_since` is set, on the database's clock, unless an earlier attempt
+//! already set it; a refusal Resend answered (4xx, 429) or a connection never made takes it back,
+//! while a timeout, a cut connection, a 5xx or a node lost mid-send leave it: the email may have
+//! been accepted then. Once `unknown_since` is [`UNKNOWN_OUTCOME_WINDOW`] old
+//! (`email.unknown_outcome_window`), whatever brought the job back (a retry, a snooze, an
+//! operator), it does not send: the row becomes `unknown` and the job is discarded saying why. An
+//! operator then looks the key up in Resend and, if the email never went out, sends it again by
+//! hand (under another unique key).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -25,6 +36,11 @@ use crate::queue::{
     Backoff, Db, EnqueueError, Enqueued, Job, JobArgs, JobContext, JobError, JobResult, NewJob,
     Policy,
 };
+
+/// How long after the first attempt whose outcome is unknown an email may still be sent: Resend
+/// keeps an `Idempotency-Key` 24 h (PROVIDERS.md §C.4); the hour left covers the rate-limit wait,
+/// the request itself and the clocks. The default of `email.unknown_outcome_window`.
+pub const UNKNOWN_OUTCOME_WINDOW: Duration = Duration::from_secs(23 * 3600);
 
 /// The templates this binary can send.
 pub const TEMPLATES: [&str; 4] = [
@@ -266,22 +282,35 @@ impl Job<AppState> for SendEmail {
     async fn perform(self, ctx: JobContext<AppState>) -> JobResult {
         let key = idempotency_key(ctx.unique_key.as_deref(), ctx.id);
         let to = mask_address(&self.to);
-        let rendered = match render(&self.template, &self.data) {
+        let rendered = render(&self.template, &self.data);
+        let subject = rendered.as_ref().map_or("", |r| r.subject.as_str());
+        let begun = email_log_begin(&ctx, &key, &self, subject).await?;
+        if begun.status == "sent" {
+            tracing::info!(job = ctx.id, %to, template = %self.template, "already sent; not sending again");
+            return Ok(Some(
+                serde_json::json!({ "resend_id": begun.resend_id, "already_sent": true }),
+            ));
+        }
+        if let (UNKNOWN, Some(since)) = (begun.status.as_str(), begun.unknown_since) {
+            let reason = format!(
+                "not sent again: an attempt at {since} may have reached Resend without an answer, \
+                 and Resend keeps the Idempotency-Key only 24 h, so sending now could deliver the \
+                 email twice; an operator must check in Resend whether key {key} was sent and, if \
+                 not, send the email again by hand"
+            );
+            tracing::error!(job = ctx.id, %to, template = %self.template, %key, %since,
+                "email outcome unknown past the idempotency window; not sending");
+            email_log_note(&ctx.pool, &key, &reason).await?;
+            return Err(JobError::Discard(reason));
+        }
+        let rendered = match rendered {
             Ok(rendered) => rendered,
             Err(error) => {
                 let reason = error.to_string();
-                email_log_begin(&ctx, &key, &self, "").await?;
                 email_log_failed(&ctx.pool, &key, &reason).await?;
                 return Err(JobError::Discard(reason));
             }
         };
-        let (status, resend_id) = email_log_begin(&ctx, &key, &self, &rendered.subject).await?;
-        if status == "sent" {
-            tracing::info!(job = ctx.id, %to, template = %self.template, "already sent; not sending again");
-            return Ok(Some(
-                serde_json::json!({ "resend_id": resend_id, "already_sent": true }),
-            ));
-        }
         let Some(client) = ctx.state.resend.as_ref() else {
             let reason = "RESEND_API_KEY is not set: cannot send email";
             email_log_failed(&ctx.pool, &key, reason).await?;
@@ -299,6 +328,11 @@ impl Job<AppState> for SendEmail {
                 .scheduled_at
                 .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         };
+        // From here until Resend answers, the email may be accepted without our learning it.
+        let marked: Option<DateTime<Utc>> = sqlx::query_scalar(EMAIL_LOG_SENDING)
+            .bind(&key)
+            .fetch_optional(&ctx.pool)
+            .await?;
         match client.send(&request, &key).await {
             Ok(sent) => {
                 sqlx::query(EMAIL_LOG_SENT)
@@ -311,6 +345,16 @@ impl Job<AppState> for SendEmail {
             }
             Err(error) => {
                 let message = error.to_string();
+                if let (false, None, Some(marked)) =
+                    (error.may_have_been_accepted(), begun.unknown_since, marked)
+                {
+                    // Refused before anything was accepted: this attempt does not count.
+                    sqlx::query(EMAIL_LOG_REFUSED)
+                        .bind(&key)
+                        .bind(marked)
+                        .execute(&ctx.pool)
+                        .await?;
+                }
                 if let ResendError::IdempotencyConflict { .. } = &error {
                     tracing::error!(job = ctx.id, %key, %message,
                         "BUG: the same idempotency key was sent with another email; discarding");
@@ -329,19 +373,40 @@ impl Job<AppState> for SendEmail {
     }
 }
 
+/// The `email_log` status of an email not sent because an earlier attempt's outcome is unknown
+/// and Resend may have forgotten its key: for an operator to check.
+pub const UNKNOWN: &str = "unknown";
+
 /// Creates the row of this email, or takes it up again (a retry, a snooze, a rescue): answers its
-/// status and Resend id. `attempts` is the job's attempt (a snooze gives it back).
+/// status, Resend id and `unknown_since`. `attempts` is the job's attempt (a snooze gives it
+/// back). A row not sent whose `unknown_since` is older than the window ($7, seconds) becomes
+/// `unknown` (and stays so).
 const EMAIL_LOG_BEGIN: &str = "
 insert into email_log (idempotency_key, job_id, template, recipient, subject, attempts)
 values ($1, $2, $3, $4, $5, $6)
 on conflict (idempotency_key) do update
     set job_id = excluded.job_id,
-        status = case when email_log.status = 'sent' then 'sent' else 'queued' end,
+        status = case when email_log.status = 'sent' then 'sent'
+                      when email_log.unknown_since <= now() - make_interval(secs => $7)
+                          then 'unknown'
+                      else 'queued' end,
         attempts = case when email_log.status = 'sent' then email_log.attempts
                         else excluded.attempts end,
         subject = case when excluded.subject = '' then email_log.subject else excluded.subject end,
         updated_at = now()
-returning status, resend_id";
+returning status, resend_id, unknown_since";
+
+/// Just before a request leaves: the first attempt that may reach Resend starts the window.
+/// Answers `unknown_since`.
+const EMAIL_LOG_SENDING: &str = "
+update email_log set unknown_since = coalesce(unknown_since, now()), updated_at = now()
+ where idempotency_key = $1
+returning unknown_since";
+
+/// Resend refused the attempt that set `unknown_since` ($2): it does not count.
+const EMAIL_LOG_REFUSED: &str = "
+update email_log set unknown_since = null
+ where idempotency_key = $1 and unknown_since = $2";
 
 const EMAIL_LOG_SENT: &str = "
 update email_log
@@ -361,12 +426,22 @@ const EMAIL_LOG_PRUNE: &str = "
 delete from email_log
  where id in (select id from email_log where created_at < $1 order by id limit $2)";
 
+/// An email's row as [`EMAIL_LOG_BEGIN`] leaves it.
+#[derive(sqlx::FromRow)]
+struct Begun {
+    status: String,
+    resend_id: Option<String>,
+    /// When the first attempt that may have reached Resend unanswered started.
+    unknown_since: Option<DateTime<Utc>>,
+}
+
 async fn email_log_begin(
     ctx: &JobContext<AppState>,
     key: &str,
     email: &SendEmail,
     subject: &str,
-) -> Result<(String, Option<String>), sqlx::Error> {
+) -> Result<Begun, sqlx::Error> {
+    let window = ctx.state.config.email.unknown_outcome_window;
     sqlx::query_as(EMAIL_LOG_BEGIN)
         .bind(key)
         .bind(ctx.id)
@@ -374,6 +449,7 @@ async fn email_log_begin(
         .bind(&email.to)
         .bind(subject)
         .bind(ctx.attempt)
+        .bind(window.as_secs_f64())
         .fetch_one(&ctx.pool)
         .await
 }

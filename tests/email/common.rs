@@ -36,13 +36,35 @@ pub fn secrets_for(sim: &ResendSim) -> Secrets {
 /// A simulator with a generous rate limit and a bucket to match, so drained tests are not paced;
 /// the rate tests use the defaults instead.
 pub async fn setup() -> Env {
+    setup_with_sim(ResendConfig::default(), |_| {}).await
+}
+
+/// [`setup`] with Resend forgetting idempotency keys after `key_ttl` and the job not sending again
+/// `unknown_outcome_window` after an attempt whose outcome it did not learn (24 h and 23 h
+/// in production).
+pub async fn setup_with_key_ttl(
+    key_ttl: std::time::Duration,
+    unknown_outcome_window: std::time::Duration,
+) -> Env {
+    let sim = ResendConfig {
+        idempotency_ttl: key_ttl,
+        ..ResendConfig::default()
+    };
+    setup_with_sim(sim, |config| {
+        config.email.unknown_outcome_window = unknown_outcome_window;
+    })
+    .await
+}
+
+async fn setup_with_sim(sim: ResendConfig, adjust: impl FnOnce(&mut Config)) -> Env {
     let sim = ResendSim::start(ResendConfig {
         rate_limit_per_second: 1000,
-        ..ResendConfig::default()
+        ..sim
     })
     .await
     .expect("start the Resend simulator");
     let mut config = config_for(&sim);
+    adjust(&mut config);
     config.rate_limits.insert(
         "resend".into(),
         RateLimitConfig {

@@ -9,3 +9,4 @@ mod common;
 mod rate;
 mod send;
 mod templates;
+mod unknown_outcome;

@@ -38,7 +38,8 @@ struct ErrorBody {
 
 impl ResendClient {
     /// `timeout` bounds a whole request; a request still unanswered then is a transport error
-    /// (retried with the same key, so an email accepted meanwhile is not sent twice).
+    /// (retried with the same key, so an email accepted meanwhile is not sent twice, as long as
+    /// Resend still remembers the key: 24 h).
     pub fn new(
         api_base: &str,
         api_key: SecretString,
@@ -104,7 +105,7 @@ fn error_class(error: &ResendError) -> &'static str {
         ResendError::IdempotencyConflict { .. } => "idempotency_conflict",
         ResendError::Quota { .. } => "quota",
         ResendError::Server { .. } => "server",
-        ResendError::Transport(_) => "transport",
+        ResendError::Transport(_) | ResendError::Unreached(_) => "transport",
         ResendError::Request(_) => "request",
         ResendError::Rejected { .. } => "rejected",
     }
@@ -114,10 +115,11 @@ fn transport(error: reqwest::Error) -> ResendError {
     if error.is_builder() {
         return ResendError::Request(error.without_url().to_string());
     }
+    if error.is_connect() {
+        return ResendError::Unreached(format!("could not connect: {}", error.without_url()));
+    }
     let what = if error.is_timeout() {
         "timed out"
-    } else if error.is_connect() {
-        "could not connect"
     } else {
         "request failed"
     };

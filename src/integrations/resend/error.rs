@@ -6,7 +6,9 @@ use crate::queue::JobError;
 
 /// How long an email waits for a daily or monthly sending quota before it is tried again. When
 /// a quota resets, and under which headers Resend says so, is not documented (PROVIDERS.md §C.5),
-/// so an email looks again every hour; a snooze, so it is never failed by the wait.
+/// so an email looks again every hour; a snooze, so it is never failed by the wait (except one
+/// whose earlier attempt may have been accepted: the `send_email` job will not send it again once
+/// Resend may have forgotten its key, see `jobs::send_email`).
 pub const QUOTA_RECHECK: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,10 +35,14 @@ pub enum ResendError {
         name: String,
         message: String,
     },
-    /// Timeout, refused or cut connection, unreadable body: the email may or may not have been
-    /// accepted; retrying with the same key is safe.
+    /// Timeout, cut connection, unreadable body: the email may or may not have been accepted;
+    /// retrying with the same key is safe while Resend remembers the key (24 h, §C.4).
     #[error("Resend transport error: {0}")]
     Transport(String),
+    /// No connection could be made (refused, DNS, TLS handshake): the request never left, so
+    /// nothing was accepted; retried like [`ResendError::Transport`].
+    #[error("Resend transport error: {0}")]
+    Unreached(String),
     /// The request could not be built (e.g. a header value that is not one): nothing was sent,
     /// and sending the same again fails the same way. A bug on our side; never retried.
     #[error("the request to Resend could not be built: {0}")]
@@ -51,6 +57,14 @@ pub enum ResendError {
 }
 
 impl ResendError {
+    /// Whether Resend may have accepted the email although the call failed: a timeout, a cut
+    /// connection or answer, a 5xx. A retry is then safe only with the same key and within the
+    /// key's 24 hours. Every other error is an answer Resend gave before accepting (4xx, 429),
+    /// or a request that never left.
+    pub fn may_have_been_accepted(&self) -> bool {
+        matches!(self, ResendError::Server { .. } | ResendError::Transport(_))
+    }
+
     /// Classifies a non-2xx answer from its status, Resend's error `name` and the headers' wait.
     pub(crate) fn from_response(
         status: u16,
@@ -87,7 +101,9 @@ impl From<ResendError> for JobError {
             ResendError::RateLimited { wait } => JobError::Snooze(wait),
             ResendError::InFlight => JobError::Snooze(Duration::from_secs(5)),
             ResendError::Quota { .. } => JobError::Snooze(QUOTA_RECHECK),
-            ResendError::Server { .. } | ResendError::Transport(_) => JobError::retry(error),
+            ResendError::Server { .. } | ResendError::Transport(_) | ResendError::Unreached(_) => {
+                JobError::retry(error)
+            }
             ResendError::IdempotencyConflict { .. }
             | ResendError::Request(_)
             | ResendError::Rejected { .. } => JobError::discard(error),
