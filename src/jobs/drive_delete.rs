@@ -4,8 +4,9 @@
 //!
 //! The file is the one named by `drive_file_id` (in the args, or on the row). A document whose
 //! upload never recorded a file id is looked up by its `appProperties` key, in case an upload
-//! created it before dying. Rate limits snooze, 5xx and cut connections retry, other 4xx discard
-//! (classified in `integrations::drive::error`).
+//! created it before dying. Rate limits snooze with the Drive jobs' doubling wait (counted on
+//! the document while its row is there, see `drive_upload::throttled`), 5xx and cut connections
+//! retry, other 4xx discard (classified in `integrations::drive::error`).
 
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
-use super::drive_upload::{APP_PROPERTY, drive_client};
+use super::drive_upload::{APP_PROPERTY, drive_client, forget_throttles, throttled};
+use crate::integrations::drive::DriveError;
 use crate::queue::{Job, JobArgs, JobContext, JobError, JobResult, Policy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,8 +53,42 @@ impl JobArgs for DriveDelete {
 const DOCUMENT_FILE: &str = "select drive_file_id from documents where id = $1";
 const DOCUMENT_DELETE: &str = "delete from documents where id = $1";
 
+/// Why a delete stopped: Drive's refusal (a rate limit is counted before the job snoozes), or
+/// anything else, already the job's answer.
+enum Stop {
+    Drive(DriveError),
+    Job(JobError),
+}
+
+impl From<DriveError> for Stop {
+    fn from(error: DriveError) -> Self {
+        Stop::Drive(error)
+    }
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(error: sqlx::Error) -> Self {
+        Stop::Job(error.into())
+    }
+}
+
 impl Job<AppState> for DriveDelete {
     async fn perform(self, ctx: JobContext<AppState>) -> JobResult {
+        let result = match self.delete(&ctx).await {
+            Err(Stop::Drive(DriveError::RateLimited { wait, reason })) => {
+                return throttled(&ctx, self.document_id, wait, &reason).await;
+            }
+            Ok(done) => Ok(Some(done)),
+            Err(Stop::Drive(error)) => Err(error.into()),
+            Err(Stop::Job(error)) => Err(error),
+        };
+        forget_throttles(ctx.id);
+        result
+    }
+}
+
+impl DriveDelete {
+    async fn delete(&self, ctx: &JobContext<AppState>) -> Result<serde_json::Value, Stop> {
         let pool = &ctx.state.pool;
         let drive = drive_client(&ctx.state)?;
         let mut file_id = self.drive_file_id.clone();
@@ -75,7 +111,9 @@ impl Job<AppState> for DriveDelete {
         let existed = match &file_id {
             Some(id) => drive.delete(id).await?,
             None if self.document_id.is_none() => {
-                return Err(JobError::discard("give a document_id or a drive_file_id"));
+                return Err(Stop::Job(JobError::discard(
+                    "give a document_id or a drive_file_id",
+                )));
             }
             None => false,
         };
@@ -85,6 +123,6 @@ impl Job<AppState> for DriveDelete {
                 .execute(pool)
                 .await?;
         }
-        Ok(Some(json!({"drive_file_id": file_id, "existed": existed})))
+        Ok(json!({"drive_file_id": file_id, "existed": existed}))
     }
 }

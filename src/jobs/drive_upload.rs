@@ -38,13 +38,13 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::integrations::drive::{DriveClient, DriveError, DriveFile, NewFile, UploadProgress};
+use crate::integrations::drive::{
+    DriveClient, DriveError, DriveFile, NewFile, UploadProgress, throttle_wait,
+};
 use crate::queue::{Backoff, Job, JobArgs, JobContext, JobError, JobResult, Policy};
 
 /// The `appProperties` key that tags a file with its document id.
 pub const APP_PROPERTY: &str = "baseaim_document_id";
-/// Longest snooze after repeated rate-limit refusals (Google's maximum backoff, §D.7).
-const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(64);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -543,14 +543,7 @@ pub(crate) async fn finish(
     };
     match error {
         UploadError::Drive(DriveError::RateLimited { wait, reason }) => {
-            let n: i32 = sqlx::query_scalar(DOCUMENT_THROTTLED)
-                .bind(document_id)
-                .fetch_optional(pool)
-                .await?
-                .unwrap_or(1);
-            let wait = wait.unwrap_or_else(|| throttle_wait(n));
-            tracing::info!(%document_id, reason, ?wait, "Drive rate limit: snoozing the upload");
-            Err(JobError::Snooze(wait))
+            throttled(ctx, Some(document_id), wait, &reason).await
         }
         UploadError::Drive(error) if error.is_permanent() => {
             let reason = error.to_string();
@@ -586,10 +579,48 @@ async fn fail(pool: &PgPool, document_id: Uuid, reason: &str) -> Result<(), sqlx
     Ok(())
 }
 
-/// `min(2^n, 64) s` plus up to a second of jitter (Google's truncated exponential backoff).
-fn throttle_wait(n: i32) -> Duration {
-    let base = Duration::from_secs(1u64 << n.clamp(0, 6) as u32).min(MAX_THROTTLE_WAIT);
-    base + Duration::from_millis(rand::random_range(0..1000))
+/// Rate-limit refusals in a row of Drive jobs that have no document row to count them on (a
+/// `drive_delete` of a file whose row is gone), by job id. Per node: a job claimed next by
+/// another node starts counting again there, which only shortens its wait.
+static THROTTLES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<i64, i32>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Every Drive job's answer to a rate-limit refusal (§D.7): a snooze (no attempt spent) of
+/// Drive's `Retry-After` when it sent one, else of [`throttle_wait`] of the refusals in a row,
+/// so the wait doubles up to 64 s. Counted on the document (`throttle_count`, reset by upload
+/// progress), or in this node's memory for a job without one ([`forget_throttles`] resets it).
+pub(crate) async fn throttled(
+    ctx: &JobContext<AppState>,
+    document_id: Option<Uuid>,
+    wait: Option<Duration>,
+    reason: &str,
+) -> JobResult {
+    let counted: Option<i32> = match document_id {
+        Some(id) => {
+            sqlx::query_scalar(DOCUMENT_THROTTLED)
+                .bind(id)
+                .fetch_optional(&ctx.state.pool)
+                .await?
+        }
+        None => None,
+    };
+    let n = counted.unwrap_or_else(|| {
+        let mut counts = THROTTLES.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ctx.id).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    });
+    let wait = wait.unwrap_or_else(|| throttle_wait(n));
+    tracing::info!(kind = %ctx.kind, document_id = ?document_id, reason, throttles = n, ?wait, "Drive rate limit: snoozing");
+    Err(JobError::Snooze(wait))
+}
+
+/// Forgets job `id`'s refusals counted in memory: it got past the rate limit, or gave up.
+pub(crate) fn forget_throttles(id: i64) {
+    THROTTLES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
 }
 
 /// Uploads a staged document (resuming its session if it has one) and records it `UPLOADED`.

@@ -359,3 +359,82 @@ async fn jobs_waiting_for_a_hung_token_request_share_its_timeout() {
     assert_eq!(env.sim.calls().matching("/token").len(), 1);
     assert!(drive.tokens().token().await.is_ok());
 }
+
+/// How long the latest job of `kind` waits from now, in milliseconds.
+async fn waits_ms(env: &crate::Env, kind: &str) -> i64 {
+    let run_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select run_at from jobs where kind = $1 order by id desc limit 1")
+            .bind(kind)
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    (run_at - chrono::Utc::now()).num_milliseconds()
+}
+
+/// Runs the snoozed delete again `times` times while Drive's quota refuses everything; returns
+/// each wait it snoozed for (ms).
+async fn delete_waits(env: &crate::Env, times: usize) -> Vec<i64> {
+    let mut waits = Vec::new();
+    for _ in 0..times {
+        let report = env.drain().await;
+        assert_eq!(report.snoozed, 1, "{report:?}");
+        assert_eq!(env.job("drive_delete").await, ("scheduled".into(), 0));
+        waits.push(waits_ms(env, "drive_delete").await);
+        env.make_due().await;
+    }
+    waits
+}
+
+/// 2 s, 4 s, 8 s, ... plus up to a second of jitter (less the time the test took to look).
+fn assert_doubling(waits: &[i64]) {
+    for (i, wait) in waits.iter().enumerate() {
+        let base = 2_000_i64 << i;
+        assert!(
+            (base - 500..base + 1_000).contains(wait),
+            "waits {waits:?} ms: expected about {base} ms at {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limited_drive_delete_snoozes_longer_each_time_then_deletes() {
+    let env = setup().await;
+    let id = env.upload_pdf(&random_bytes(3000, 24)).await;
+    let other = env.upload_pdf(&random_bytes(3000, 25)).await;
+    assert_eq!(env.drain().await.completed, 2);
+    let file_id = env.document(id).await.drive_file_id.unwrap();
+    let other_file = env.document(other).await.drive_file_id.unwrap();
+
+    // Drive's quota refuses every call: 403 userRateLimitExceeded, without Retry-After.
+    env.sim.set_quota_units_per_minute(0);
+    env.enqueue_delete(DriveDelete {
+        document_id: Some(id),
+        drive_file_id: None,
+    })
+    .await;
+    let waits = delete_waits(&env, 4).await;
+    assert_doubling(&waits);
+    assert_eq!(
+        env.document(id).await.throttle_count,
+        4,
+        "counted on the row"
+    );
+
+    env.sim.set_quota_units_per_minute(325_000);
+    assert_eq!(env.drain().await.completed, 1);
+    assert!(env.sim.file(&file_id).is_none());
+    assert_eq!(env.count("select count(*) from documents").await, 1);
+
+    // A file whose row is gone: counted by the job itself.
+    env.sim.set_quota_units_per_minute(0);
+    env.enqueue_delete(DriveDelete {
+        document_id: None,
+        drive_file_id: Some(other_file.clone()),
+    })
+    .await;
+    let waits = delete_waits(&env, 3).await;
+    assert_doubling(&waits);
+    env.sim.set_quota_units_per_minute(325_000);
+    assert_eq!(env.drain().await.completed, 1);
+    assert!(env.sim.file(&other_file).is_none());
+}

@@ -4,6 +4,17 @@ use std::time::Duration;
 
 use crate::queue::JobError;
 
+/// Longest wait after repeated rate-limit refusals (Google's maximum backoff, §D.7).
+pub const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(64);
+
+/// The wait after the `n`-th rate-limit refusal in a row (1-based) when Drive sent no
+/// `Retry-After`: `min(2^n, 64) s` plus up to a second of jitter (Google's truncated exponential
+/// backoff, §D.7). Every Drive job snoozes by this; each counts its own refusals.
+pub fn throttle_wait(n: i32) -> Duration {
+    let base = Duration::from_secs(1u64 << n.clamp(0, 6) as u32).min(MAX_THROTTLE_WAIT);
+    base + Duration::from_millis(rand::random_range(0..1000))
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DriveError {
     /// 403 `userRateLimitExceeded` / `rateLimitExceeded`, or 429: back off and try again; not a
@@ -79,8 +90,10 @@ impl DriveError {
 impl From<DriveError> for JobError {
     fn from(error: DriveError) -> Self {
         match error {
+            // The first refusal's wait: a job that counts refusals in a row snoozes by
+            // `throttle_wait` of its count instead (`jobs::drive_upload::throttled`).
             DriveError::RateLimited { wait, .. } => {
-                JobError::Snooze(wait.unwrap_or(Duration::from_secs(5)))
+                JobError::Snooze(wait.unwrap_or_else(|| throttle_wait(1)))
             }
             DriveError::Server { .. } | DriveError::Transport(_) | DriveError::SessionExpired => {
                 JobError::retry(error)
@@ -125,5 +138,17 @@ mod tests {
             JobError::from(rate(400, "badRequest")),
             JobError::Discard(_)
         ));
+    }
+
+    #[test]
+    fn the_throttle_wait_doubles_up_to_64_seconds() {
+        for (n, secs) in [(1, 2), (2, 4), (3, 8), (6, 64), (7, 64), (40, 64)] {
+            let wait = throttle_wait(n);
+            let base = Duration::from_secs(secs);
+            assert!(
+                wait >= base && wait < base + Duration::from_secs(1),
+                "{n}: {wait:?}"
+            );
+        }
     }
 }

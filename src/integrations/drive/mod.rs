@@ -17,7 +17,7 @@ pub mod types;
 
 pub use auth::{ServiceAccountKey, TokenSource};
 pub use client::{DriveClient, NewFile, UploadProgress};
-pub use error::DriveError;
+pub use error::{DriveError, throttle_wait};
 pub use types::DriveFile;
 
 /// Resumable chunks other than the last must be multiples of this (256 KiB, §D.3).
