@@ -33,8 +33,9 @@
 //!
 //! No leader is needed for correctness and a node's death costs nothing: the survivors keep
 //! evaluating. A node whose clock is set back cannot repeat a tick either: the watermark only
-//! moves forward. Clock skew between nodes only changes which node enqueues a tick, not whether: the
-//! tick's identity is the schedule's time, not the evaluating node's.
+//! moves forward. Clock skew between nodes only changes which node enqueues a tick, not whether:
+//! the tick's identity is the schedule's time, not the evaluating node's, and no node may move a
+//! watermark past the *database's* clock (see "The clock").
 //!
 //! # Catch-up after downtime
 //!
@@ -76,6 +77,16 @@
 //! [`MAX_SLEEP`], so a changed system clock is noticed), and logs a database error once and
 //! retries with backoff instead of dying.
 //!
+//! Because the watermark only moves forward, a node whose clock ran ahead could otherwise
+//! silence a schedule everywhere: a node a day ahead would enqueue tomorrow's tick and move the
+//! watermark there, and no node (itself included, once its clock is fixed) would enqueue anything
+//! until real time caught up. So the database's clock is the bound: no watermark is written
+//! later than the database's `now()` plus [`CLOCK_SKEW_GRACE`] (the compare-and-set and the
+//! first-sight insert both say so), a node whose `now` is further ahead enqueues nothing and logs
+//! a warning naming the skew, and [`Scheduler::run`] reads the database's clock each pass and,
+//! when the node's disagrees with it by more than the grace (ahead or behind), evaluates on the
+//! database's instead, saying so. A skew within the grace only moves a tick by that much.
+//!
 //! # Parts
 //! - [`config`](mod@config): the config section.
 //! - [`scheduler`]: evaluation, the compare-and-set, the loop.
@@ -108,6 +119,11 @@ pub const MISFIRE_GRACE: Duration = Duration::from_secs(60);
 
 /// The production loop re-evaluates at least this often, whatever the next tick.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// How far ahead of the database's clock a node may deal with ticks. A node whose clock is
+/// further ahead enqueues nothing (its ticks would be in everyone's future), and the production
+/// loop evaluates on the database's clock instead of a node clock this far off.
+pub const CLOCK_SKEW_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {

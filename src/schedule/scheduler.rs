@@ -2,15 +2,27 @@
 //! enqueue it, and the loop that does this on the real clock. See the module essay in
 //! [`super`] for why this is exactly once.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::{CatchUp, MAX_SLEEP, MISFIRE_GRACE, Schedule, ScheduleError, sql};
+use super::{CLOCK_SKEW_GRACE, CatchUp, MAX_SLEEP, MISFIRE_GRACE, Schedule, ScheduleError, sql};
 use crate::queue::worker::Outage;
 
-type LastTick = Option<DateTime<Utc>>;
-type NextTick = Option<DateTime<Utc>>;
+/// Whether the row exists, its watermark, its recorded next tick, the database's clock.
+type Row = (
+    bool,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+);
+
+/// A problem that lasts is logged again at most this often.
+const REPEAT_LOG: Duration = Duration::from_secs(600);
 
 /// What one [`Scheduler::run_once`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,12 +40,19 @@ pub struct RunReport {
 pub struct Scheduler {
     pool: PgPool,
     schedules: Vec<Schedule>,
+    /// Problems being logged (a clock ahead of the database's), so each is logged when it
+    /// starts, now and then while it lasts, and when it ends; not on every pass.
+    troubles: Troubles,
 }
 
 impl Scheduler {
     /// A scheduler for `schedules` (disabled ones are kept for nothing but are never evaluated).
     pub fn new(pool: PgPool, schedules: Vec<Schedule>) -> Self {
-        Scheduler { pool, schedules }
+        Scheduler {
+            pool,
+            schedules,
+            troubles: Troubles::default(),
+        }
     }
 
     pub fn schedules(&self) -> &[Schedule] {
@@ -67,21 +86,38 @@ impl Scheduler {
         let Some(due) = schedule.latest_at_or_before(now) else {
             return Ok(()); // has never fired yet: nothing can be due
         };
-        let row: Option<(LastTick, NextTick)> = sqlx::query_as(sql::SCHEDULE_GET)
+        let (exists, last_tick, recorded_next, db_now): Row = sqlx::query_as(sql::SCHEDULE_GET)
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        let Some((last_tick, recorded_next)) = row else {
+        // A node whose clock is ahead must not deal with ticks the database's clock has not
+        // reached: the watermark only moves forward, so every node would then wait for real time
+        // to catch up (see "The clock"). The statements refuse it too; this names the skew.
+        let skew = now - db_now;
+        if skew.to_std().is_ok_and(|ahead| ahead > CLOCK_SKEW_GRACE) {
+            if let Some(times) = self.troubles.occurred("clock") {
+                tracing::warn!(schedule = name, ahead = %humantime::format_duration(skew.to_std().unwrap_or_default()),
+                    evaluated_at = %now, database_now = %db_now, times,
+                    "this node's clock is ahead of the database's by more than the allowed skew; it enqueues no tick until its clock is right");
+            }
+            return Ok(());
+        }
+        if let Some(times) = self.troubles.resolved("clock") {
+            tracing::info!(times, "this node's clock agrees with the database's again");
+        }
+        let grace = CLOCK_SKEW_GRACE.as_secs_f64();
+        if !exists {
             // First sight: the schedule starts with its next tick (see "Catch-up").
             sqlx::query(sql::SCHEDULE_CREATE)
                 .bind(name)
                 .bind(due)
                 .bind(next)
+                .bind(grace)
                 .execute(&self.pool)
                 .await?;
             tracing::info!(schedule = name, next = ?next, "new schedule; it starts with its next tick");
             return Ok(());
-        };
+        }
         if last_tick.is_some_and(|last| due <= last) {
             if recorded_next != next {
                 sqlx::query(sql::SCHEDULE_SET_NEXT)
@@ -106,10 +142,12 @@ impl Scheduler {
             .bind(name)
             .bind(due)
             .bind(next)
+            .bind(grace)
             .fetch_optional(&mut *tx)
             .await?;
         if won.is_none() {
-            // Another node dealt with this tick (or a later one) first.
+            // Another node dealt with this tick (or a later one) first, or the database's clock
+            // fell behind this node's since the row was read.
             tx.rollback().await?;
             return Ok(());
         }
@@ -151,7 +189,9 @@ impl Scheduler {
     }
 
     /// The production loop: evaluates on the real clock, sleeps until the earliest next tick (at
-    /// most [`MAX_SLEEP`]), logs a failing database once and backs off, until `stop`.
+    /// most [`MAX_SLEEP`]), logs a failing database once and backs off, until `stop`. Each pass
+    /// compares this node's clock with the database's and, when they disagree by more than
+    /// [`CLOCK_SKEW_GRACE`], evaluates on the database's (saying so).
     pub async fn run(self, stop: CancellationToken) {
         let enabled = self.schedules.iter().filter(|s| s.enabled).count();
         if enabled == 0 {
@@ -161,13 +201,22 @@ impl Scheduler {
         tracing::info!(schedules = enabled, "scheduler started");
         let mut outage = Outage::new("the scheduler");
         loop {
-            let wait = match self.run_once(Utc::now()).await {
-                Ok(report) => {
+            let pass = async {
+                let now = self.clock().await?;
+                let started = Instant::now();
+                let report = self.run_once(now).await?;
+                Ok::<_, ScheduleError>((now, started, report))
+            };
+            let wait = match pass.await {
+                Ok((now, started, report)) => {
                     outage.recovered();
-                    // A few milliseconds past the tick, so the wall clock has surely reached it.
+                    // A few milliseconds past the tick, so the clock has surely reached it.
                     match report.next_tick {
-                        Some(tick) => ((tick - Utc::now()).to_std().unwrap_or_default()
-                            + std::time::Duration::from_millis(5))
+                        Some(tick) => ((tick - now)
+                            .to_std()
+                            .unwrap_or_default()
+                            .saturating_sub(started.elapsed())
+                            + Duration::from_millis(5))
                         .min(MAX_SLEEP),
                         None => MAX_SLEEP,
                     }
@@ -180,5 +229,123 @@ impl Scheduler {
             }
         }
         tracing::info!("scheduler stopped");
+    }
+
+    /// The time to evaluate at: this node's clock, or the database's when the two disagree by
+    /// more than [`CLOCK_SKEW_GRACE`] (logged when it starts, every [`REPEAT_LOG`] while it
+    /// lasts, and when it ends). Ticks are the database's business: its clock is the one every
+    /// node shares.
+    async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error> {
+        let before = Utc::now();
+        let db_now: DateTime<Utc> = sqlx::query_scalar(sql::DB_NOW)
+            .fetch_one(&self.pool)
+            .await?;
+        let after = Utc::now();
+        let (now, skew) = evaluation_time(before, after, db_now);
+        match skew {
+            Some(skew) => {
+                if let Some(times) = self.troubles.occurred("node clock") {
+                    let (by, way) = match skew.to_std() {
+                        Ok(ahead) => (ahead, "ahead of"),
+                        Err(_) => ((-skew).to_std().unwrap_or_default(), "behind"),
+                    };
+                    tracing::warn!(by = %humantime::format_duration(by), times,
+                        "this node's clock is {way} the database's by more than the allowed skew; schedules are evaluated on the database's clock");
+                }
+            }
+            None => {
+                if let Some(times) = self.troubles.resolved("node clock") {
+                    tracing::info!(times, "this node's clock agrees with the database's again");
+                }
+            }
+        }
+        Ok(now)
+    }
+}
+
+/// The time to evaluate at, from this node's clock read `before` and `after` the database
+/// answered `db_now`: the node's own (`after`) unless the two disagree by more than
+/// [`CLOCK_SKEW_GRACE`]; then the database's, moved on by the time its answer took to arrive
+/// (half the round trip), with the skew.
+fn evaluation_time(
+    before: DateTime<Utc>,
+    after: DateTime<Utc>,
+    db_now: DateTime<Utc>,
+) -> (DateTime<Utc>, Option<chrono::Duration>) {
+    let half_trip = (after - before) / 2;
+    let skew = (before + half_trip) - db_now;
+    let grace = chrono::Duration::from_std(CLOCK_SKEW_GRACE).expect("a small duration");
+    if skew.abs() > grace {
+        (db_now + half_trip, Some(skew))
+    } else {
+        (after, None)
+    }
+}
+
+/// Problems that last, by key, each logged when it starts, at most every [`REPEAT_LOG`] while
+/// it lasts, and when it ends: a problem that lasts hours is neither silent nor a flood.
+#[derive(Default)]
+struct Troubles(Mutex<HashMap<String, Trouble>>);
+
+struct Trouble {
+    /// How many times it happened since it started.
+    times: u64,
+    logged_at: Instant,
+}
+
+impl Troubles {
+    /// Counts one occurrence of `key`. Some(times so far) when it is to be logged now.
+    fn occurred(&self, key: &str) -> Option<u64> {
+        let mut troubles = self.0.lock().expect("troubles lock");
+        match troubles.get_mut(key) {
+            None => {
+                troubles.insert(
+                    key.into(),
+                    Trouble {
+                        times: 1,
+                        logged_at: Instant::now(),
+                    },
+                );
+                Some(1)
+            }
+            Some(trouble) => {
+                trouble.times += 1;
+                (trouble.logged_at.elapsed() >= REPEAT_LOG).then(|| {
+                    trouble.logged_at = Instant::now();
+                    trouble.times
+                })
+            }
+        }
+    }
+
+    /// `key` did not happen this time. Some(how many times it had) when it had started.
+    fn resolved(&self, key: &str) -> Option<u64> {
+        let mut troubles = self.0.lock().expect("troubles lock");
+        troubles.remove(key).map(|t| t.times)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_node_clock_far_from_the_database_s_is_replaced_by_it() {
+        let db = at("2026-01-01T12:00:00Z");
+        let trip = chrono::Duration::milliseconds(20);
+        // Within the allowed skew: the node's own clock.
+        let node = db + chrono::Duration::seconds(3);
+        assert_eq!(evaluation_time(node, node + trip, db), (node + trip, None));
+        // A day ahead, or an hour behind: the database's, plus half the round trip.
+        for skew in [chrono::Duration::days(1), chrono::Duration::hours(-1)] {
+            let node = db + skew;
+            let (now, seen) = evaluation_time(node, node + trip, db);
+            assert_eq!(now, db + trip / 2);
+            assert_eq!(seen, Some(skew + trip / 2));
+        }
     }
 }

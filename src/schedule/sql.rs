@@ -1,22 +1,39 @@
 //! The schedule's statements, named noun_verb. `$1` is always the schedule's name.
 
-/// The watermark and the recorded next tick of one schedule.
-pub const SCHEDULE_GET: &str = "select last_tick_at, next_tick_at from schedules where name = $1";
+/// The database's clock, for a node to compare its own with.
+pub const DB_NOW: &str = "select now()";
+
+/// The database's clock, and the schedule's row if it has one: whether it exists, its watermark
+/// and its recorded next tick. Always one row (the left join from a one-row relation), so the
+/// evaluation learns the database's time without a round trip of its own.
+pub const SCHEDULE_GET: &str = r#"
+select s.name is not null, s.last_tick_at, s.next_tick_at, now()
+from (values (1)) as one (x)
+left join schedules s on s.name = $1
+"#;
 
 /// Creates a schedule's row the first time any node sees it, with the tick before now as its
 /// watermark (a new schedule starts with its next tick). A concurrent creator wins harmlessly.
+/// Not with a watermark later than the database's clock plus $4 seconds of allowed skew: a node
+/// whose clock is ahead must not start the schedule in its future.
 pub const SCHEDULE_CREATE: &str = r#"
-insert into schedules (name, last_tick_at, next_tick_at) values ($1, $2, $3)
+insert into schedules (name, last_tick_at, next_tick_at)
+select $1, $2, $3
+where $2 <= now() + make_interval(secs => $4)
 on conflict (name) do nothing
 "#;
 
 /// The compare-and-set: moves the watermark to tick $2 only if it is behind it. Returns a row
 /// only for the one node whose evaluation counts. Under READ COMMITTED a node blocked on the row
 /// lock re-checks the `where` against the winner's committed row and updates nothing.
+/// Never past the database's clock plus $4 seconds of allowed skew: the watermark only moves
+/// forward, so a node whose clock is ahead would otherwise silence the schedule on every node
+/// until real time caught up with it.
 pub const SCHEDULE_ADVANCE: &str = r#"
 update schedules
 set last_tick_at = $2, next_tick_at = $3, updated_at = now()
 where name = $1 and (last_tick_at is null or last_tick_at < $2)
+  and $2 <= now() + make_interval(secs => $4)
 returning name
 "#;
 

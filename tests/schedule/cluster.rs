@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use baseaim_worker::schedule::{CatchUp, Scheduler};
+use chrono::{DateTime, Utc};
 
 use super::support::TestDb;
 use super::{at, complete_all, expected, keys_of, schedule};
@@ -137,5 +138,60 @@ async fn a_node_that_loses_the_race_does_not_repeat_a_tick_whose_job_already_fin
     assert_eq!(
         keys_of(&db.pool, "m").await,
         expected("m", &["2025-06-01T12:01:00Z"])
+    );
+}
+
+#[tokio::test]
+async fn a_node_whose_clock_is_a_day_ahead_neither_enqueues_nor_silences_the_others() {
+    let db = TestDb::new().await;
+    let seen = schedule("seen", "* * * * * *", "UTC", CatchUp::Latest);
+    let fresh = schedule("fresh", "* * * * * *", "UTC", CatchUp::Latest);
+    let t0: DateTime<Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // Node B (clock right) has seen `seen`; nobody has seen `fresh` yet.
+    let b = Scheduler::new(db.pool.clone(), vec![seen.clone()]);
+    b.run_once(t0).await.unwrap();
+    let watermark = |name: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+                "select last_tick_at from schedules where name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten()
+        }
+    };
+    let before = watermark("seen").await;
+    assert!(before.is_some_and(|w| w <= t0));
+
+    // Node A's clock is a day ahead: it enqueues nothing and moves no watermark into its future.
+    let a = Scheduler::new(db.pool.clone(), vec![seen.clone(), fresh.clone()]);
+    let report = a.run_once(t0 + chrono::Duration::days(1)).await.unwrap();
+    assert!(report.enqueued.is_empty(), "{report:?}");
+    assert_eq!(watermark("seen").await, before);
+    assert!(watermark("fresh").await.is_none_or(|w| w <= t0));
+
+    // Node B goes on with the next ticks as if A did not exist.
+    let b = Scheduler::new(db.pool.clone(), vec![seen.clone(), fresh.clone()]);
+    let next = seen.next_after(t0).unwrap();
+    b.run_once(next).await.unwrap();
+    b.run_once(next + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    let key = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let second = next + chrono::Duration::seconds(1);
+    assert_eq!(
+        keys_of(&db.pool, "seen").await,
+        expected("seen", &[&key(next), &key(second)])
+    );
+    // `fresh` was first seen by B at `next`: it starts with the tick after.
+    assert_eq!(
+        keys_of(&db.pool, "fresh").await,
+        expected("fresh", &[&key(second)])
     );
 }
