@@ -22,7 +22,8 @@
 //! the file size. The staged rows are deleted after the document is recorded `UPLOADED`.
 //!
 //! Errors (PROVIDERS.md §D.7, classified in `integrations::drive::error`): rate limits snooze with
-//! a doubling wait (no attempt spent); 5xx and cut connections retry; 401 refreshes the token once
+//! a doubling wait (no attempt spent); 5xx, cut connections and a token refused for this host's
+//! clock (`invalid_grant` about `iat`/`exp`) retry; 401 refreshes the token once
 //! (in the client); other 4xx, a missing folder or key discard and mark the document `FAILED`
 //! with the reason, as does the last failed attempt.
 

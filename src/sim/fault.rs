@@ -188,6 +188,12 @@ pub trait FaultResponder: Send + Sync + 'static {
     fn server_error(&self, status: StatusCode) -> Response;
     fn too_many_requests(&self) -> Response;
     fn throttled(&self) -> Response;
+
+    /// Who words the faults injected on `path`, when an endpoint of the provider answers errors
+    /// in another shape than the rest (Drive's OAuth token endpoint); `None`: this responder.
+    fn for_path(&self, _path: &str) -> Option<&dyn FaultResponder> {
+        None
+    }
 }
 
 #[derive(Clone)]
@@ -219,12 +225,13 @@ async fn fault_layer(State(state): State<LayerState>, request: Request, next: Ne
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let responder = state.responder.for_path(&path).unwrap_or(&*state.responder);
     let response = match kind {
-        Some(FaultKind::ServerError(status)) => state.responder.server_error(
+        Some(FaultKind::ServerError(status)) => responder.server_error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         ),
-        Some(FaultKind::TooManyRequests) => state.responder.too_many_requests(),
-        Some(FaultKind::Throttled) => state.responder.throttled(),
+        Some(FaultKind::TooManyRequests) => responder.too_many_requests(),
+        Some(FaultKind::Throttled) => responder.throttled(),
         Some(FaultKind::Hang) | Some(FaultKind::CutBody) | None => next.run(request).await,
     };
     state.calls.push(RecordedCall {

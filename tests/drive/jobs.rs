@@ -246,17 +246,80 @@ async fn documents_import_moves_old_files_into_drive_in_place() {
 #[tokio::test]
 async fn a_throttled_token_request_snoozes_the_upload_instead_of_failing_it() {
     let env = setup().await;
+    // The token endpoint's throttling is an OAuth answer, not Drive's: 429 {"error", ...}.
+    env.sim.faults().next(FaultKind::Throttled);
+    let refused = reqwest::Client::new()
+        .post(env.sim.token_uri())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limit_exceeded", "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
+
     let bytes = random_bytes(40_000, 20);
     let id = env.upload_pdf(&bytes).await;
-    // The first request the job makes is the token's: Drive's 403 usageLimits answers it.
+    // The first request the job makes is the token's: a 429 answers it.
     env.sim.faults().next(FaultKind::Throttled);
     let report = env.drain().await;
     assert_eq!(report.snoozed, 1, "{report:?}");
     assert_eq!(env.job("drive_upload").await, ("scheduled".into(), 0));
     assert_eq!(env.document(id).await.status, "PENDING");
+    // Then a 503 from it: retried, not given up.
+    env.sim.faults().next(FaultKind::ServerError(503));
+    env.make_due().await;
+    let report = env.drain().await;
+    assert_eq!(report.retried, 1, "{report:?}");
+    assert_eq!(env.document(id).await.status, "PENDING");
+    let tokens: Vec<u16> = env
+        .sim
+        .calls()
+        .matching("/token")
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(tokens, [429, 429, 503]);
     env.make_due().await;
     assert_eq!(env.drain().await.completed, 1);
     assert_eq!(env.sim.files()[0].content, bytes);
+}
+
+#[tokio::test]
+async fn a_clock_skew_refusal_from_the_token_endpoint_is_retried_but_a_deleted_key_fails() {
+    let env = setup().await;
+    let bytes = random_bytes(40_000, 26);
+    let id = env.upload_pdf(&bytes).await;
+    // This host's clock was off once: Google refuses the assertion's iat/exp.
+    env.sim.refuse_next_token(
+        "invalid_grant",
+        "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.",
+    );
+    let report = env.drain().await;
+    assert_eq!(report.retried, 1, "{report:?}");
+    assert_eq!(env.job("drive_upload").await, ("retryable".into(), 1));
+    let doc = env.document(id).await;
+    assert_eq!(doc.status, "PENDING", "{:?}", doc.failure_reason);
+    env.make_due().await;
+    assert_eq!(env.drain().await.completed, 1);
+    assert_eq!(env.document(id).await.status, "UPLOADED");
+    assert_eq!(env.sim.files()[0].content, bytes);
+
+    // The service account's key was deleted: no retry helps, the document fails at once.
+    let id = env.upload_pdf(&random_bytes(1000, 27)).await;
+    env.sim.expire_tokens();
+    env.sim
+        .refuse_next_token("invalid_grant", "Invalid JWT Signature.");
+    let report = env.drain().await;
+    assert_eq!(report.discarded, 1, "{report:?}");
+    let doc = env.document(id).await;
+    assert_eq!(doc.status, "FAILED");
+    let reason = doc.failure_reason.unwrap();
+    assert!(
+        reason.contains("invalid_grant") && reason.contains("Signature"),
+        "{reason}"
+    );
+    assert_eq!(env.sim.files().len(), 1);
 }
 
 #[tokio::test]

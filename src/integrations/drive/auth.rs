@@ -9,6 +9,12 @@
 //! answer is a few hundred bytes), a timeout is a transport error (transient: the job retries),
 //! and the jobs that waited for a mint that failed get its error instead of queueing for
 //! another, so a hung endpoint costs them one timeout together, not one each.
+//!
+//! The endpoint's refusals are OAuth bodies `{"error","error_description"}` (§D.1 \[I\]): 429 and
+//! 5xx are overload (wait and try again, as for the API); a 400 `invalid_grant` about the
+//! assertion's `iat`/`exp` means this host's clock is off, which may pass (NTP catching up), so
+//! it is retried within the job's attempts with a log line saying so; any other refusal (a
+//! deleted key or service account, a bad scope) needs an operator and is permanent.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -269,29 +275,97 @@ impl TokenSource {
             error: String::new(),
             error_description: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
         });
-        if status >= 500 {
-            return Err(DriveError::Server {
-                status,
-                message: refusal.error_description,
-            });
+        Err(refused(status, refusal))
+    }
+}
+
+/// Classifies the token endpoint's refusal (see the module's notes).
+fn refused(status: u16, refusal: TokenRefusal) -> DriveError {
+    let TokenRefusal {
+        error,
+        error_description: description,
+    } = refusal;
+    if status >= 500 {
+        return DriveError::Server {
+            status,
+            message: format!("token endpoint: {error} {description}"),
+        };
+    }
+    if status == 429 {
+        // Overload: wait, as for the API; never a reason to give the upload up.
+        return DriveError::RateLimited {
+            reason: format!("token endpoint: {error}"),
+            wait: None,
+        };
+    }
+    if error == "invalid_grant" && about_the_clock(&description) {
+        tracing::warn!(
+            description,
+            "the token endpoint refused the JWT's iat/exp: this host's clock is probably off \
+             (check NTP); the job retries within its attempts"
+        );
+        return DriveError::ClockSkew(description);
+    }
+    DriveError::Auth(format!(
+        "token endpoint answered {status} {error}: {description}"
+    ))
+}
+
+/// Whether an `invalid_grant` description is about the assertion's time (`iat`/`exp`, Google's
+/// "short-lived token ... in a reasonable timeframe", a clock), not its key or account
+/// ("Invalid JWT Signature.", "account not found").
+fn about_the_clock(description: &str) -> bool {
+    let text = description.to_ascii_lowercase();
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| matches!(word, "iat" | "exp" | "clock" | "timeframe"))
+        || text.contains("short-lived")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(status: u16, error: &str, description: &str) -> DriveError {
+        refused(
+            status,
+            TokenRefusal {
+                error: error.into(),
+                error_description: description.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn token_refusals_about_time_or_overload_are_not_permanent() {
+        let skew = classify(
+            400,
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.",
+        );
+        assert!(matches!(skew, DriveError::ClockSkew(_)), "{skew}");
+        assert!(!skew.is_permanent());
+        assert!(matches!(
+            classify(429, "rate_limit_exceeded", "Rate Limit Exceeded"),
+            DriveError::RateLimited { .. }
+        ));
+        assert!(matches!(
+            classify(503, "temporarily_unavailable", ""),
+            DriveError::Server { .. }
+        ));
+        for (error, description) in [
+            ("invalid_grant", "Invalid JWT Signature."),
+            ("invalid_grant", "Invalid grant: account not found"),
+            (
+                "invalid_grant",
+                "Invalid JWT: Failed audience check. The expected value was https://oauth2.googleapis.com/token",
+            ),
+            (
+                "invalid_scope",
+                "Invalid OAuth scope or ID token audience provided.",
+            ),
+        ] {
+            let refusal = classify(400, error, description);
+            assert!(refusal.is_permanent(), "{refusal}");
         }
-        // 429, or a 403 whose Drive-style body names a rate limit (`usageLimits`): wait, as for
-        // the API; never a reason to give the upload up.
-        let text = String::from_utf8_lossy(&bytes);
-        if status == 429
-            || (status == 403
-                && ["userRateLimitExceeded", "rateLimitExceeded", "usageLimits"]
-                    .iter()
-                    .any(|r| text.contains(r)))
-        {
-            return Err(DriveError::RateLimited {
-                reason: "token endpoint".into(),
-                wait: None,
-            });
-        }
-        Err(DriveError::Auth(format!(
-            "token endpoint answered {status} {}: {}",
-            refusal.error, refusal.error_description
-        )))
     }
 }

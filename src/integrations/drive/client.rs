@@ -337,6 +337,7 @@ fn counted<T>(result: Result<T, DriveError>) -> Result<T, DriveError> {
         DriveError::Server { .. } => "server",
         DriveError::Transport(_) => "transport",
         DriveError::Auth(_) => "auth",
+        DriveError::ClockSkew(_) => "clock_skew",
         DriveError::SessionExpired => "session_expired",
         DriveError::Rejected { .. } => "rejected",
         DriveError::Unconfigured(_) => "unconfigured",

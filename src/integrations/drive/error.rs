@@ -35,6 +35,10 @@ pub enum DriveError {
     /// a fresh token): permanent until an operator fixes the key.
     #[error("Drive refused the service account: {0}")]
     Auth(String),
+    /// The token endpoint refused the assertion's `iat`/`exp` (400 `invalid_grant`): this host's
+    /// clock is off. Retried, spending attempts, in case the clock is set right meanwhile.
+    #[error("the token endpoint refused the JWT's time, is this host's clock off? ({0})")]
+    ClockSkew(String),
     /// The resumable session is gone (404/410 on the session URI): start a new one.
     #[error("the upload session expired")]
     SessionExpired,
@@ -95,9 +99,10 @@ impl From<DriveError> for JobError {
             DriveError::RateLimited { wait, .. } => {
                 JobError::Snooze(wait.unwrap_or_else(|| throttle_wait(1)))
             }
-            DriveError::Server { .. } | DriveError::Transport(_) | DriveError::SessionExpired => {
-                JobError::retry(error)
-            }
+            DriveError::Server { .. }
+            | DriveError::Transport(_)
+            | DriveError::SessionExpired
+            | DriveError::ClockSkew(_) => JobError::retry(error),
             DriveError::Auth(_) | DriveError::Rejected { .. } | DriveError::Unconfigured(_) => {
                 JobError::discard(error)
             }

@@ -100,15 +100,23 @@ impl ServiceAccount {
 // ---------------------------------------------------------------------------------------------
 // Token endpoint
 
+/// The token endpoint's refusal: 400 `{"error","error_description"}`.
 pub(super) fn oauth_error(error: &str, description: &str) -> Response {
+    oauth_error_status(StatusCode::BAD_REQUEST, error, description)
+}
+
+pub(super) fn oauth_error_status(status: StatusCode, error: &str, description: &str) -> Response {
     (
-        StatusCode::BAD_REQUEST,
+        status,
         axum::Json(json!({"error": error, "error_description": description})),
     )
         .into_response()
 }
 
 pub(super) async fn token(State(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some((error, description)) = lock(&state).token_refusals.pop_front() {
+        return oauth_error(&error, &description);
+    }
     let form: BTreeMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
     if grant != "urn:ietf:params:oauth:grant-type:jwt-bearer" {

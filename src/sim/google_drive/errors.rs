@@ -1,4 +1,5 @@
-//! Drive's error bodies, and the fault responder that dresses injected faults in them.
+//! Drive's error bodies, and the fault responder that dresses injected faults in them (in the
+//! token endpoint's OAuth shape on `/token`).
 
 use super::*;
 
@@ -93,5 +94,37 @@ impl FaultResponder for DriveFaults {
 
     fn throttled(&self) -> Response {
         rate_limited(DriveRateLimit::UserRateLimit403)
+    }
+
+    fn for_path(&self, path: &str) -> Option<&dyn FaultResponder> {
+        (path == ROUTES[0].1).then_some(&TokenFaults as &dyn FaultResponder)
+    }
+}
+
+/// Faults on the token endpoint (oauth2.googleapis.com, §D.1 \[I\]): OAuth error bodies
+/// `{"error","error_description"}`, never Drive's; overload is a 429 or a 5xx.
+struct TokenFaults;
+
+impl FaultResponder for TokenFaults {
+    fn server_error(&self, status: StatusCode) -> Response {
+        let error = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "temporarily_unavailable"
+        } else {
+            "server_error"
+        };
+        oauth_error_status(status, error, "Backend Error")
+    }
+
+    fn too_many_requests(&self) -> Response {
+        oauth_error_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "Rate Limit Exceeded",
+        )
+    }
+
+    /// The token endpoint has no throttling error of its own: a 429.
+    fn throttled(&self) -> Response {
+        self.too_many_requests()
     }
 }

@@ -4,7 +4,9 @@
 //!   the public key of a configured [`ServiceAccount`] found by `iss`; `aud` must be Google's
 //!   token URL or this simulator's `/token`; `exp - iat` at most one hour and not expired. The
 //!   default account is [`test_service_account`], whose throw-away key ships in `fixtures/`.
-//!   Answers `{"access_token","expires_in","token_type"}` or `{"error","error_description"}`.
+//!   Answers `{"access_token","expires_in","token_type"}` or `{"error","error_description"}`
+//!   (400; [`GoogleDriveSim::refuse_next_token`] scripts one, e.g. a clock-skew `invalid_grant`).
+//!   Faults injected on `/token` wear that OAuth shape too: 429 for throttling, 5xx.
 //! - The Drive methods, on the paths of the discovery document ([`ROUTES`]): `files.create`
 //!   (metadata only, and uploads on `/upload/drive/v3/files` with `uploadType=multipart`,
 //!   `media` or `resumable`; the resumable initiation also on `/resumable/upload/drive/v3/files`),
@@ -47,7 +49,7 @@ mod fields;
 mod files;
 mod upload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -244,6 +246,8 @@ struct DriveState {
     ids_issued: u64,
     tokens_issued: u64,
     rate_limit_hits: u64,
+    /// Scripted refusals (`error`, `error_description`) for the next token requests.
+    token_refusals: VecDeque<(String, String)>,
 }
 
 /// A running Drive simulator. Dropping it stops the server.
@@ -269,6 +273,7 @@ impl GoogleDriveSim {
             ids_issued: 0,
             tokens_issued: 0,
             rate_limit_hits: 0,
+            token_refusals: VecDeque::new(),
         }));
         let router = Router::new()
             .route(ROUTES[0].1, post(token))
@@ -357,6 +362,17 @@ impl GoogleDriveSim {
     /// Expires every access token: later API calls answer 401 until a new token is minted.
     pub fn expire_tokens(&self) {
         lock(&self.state).tokens.clear();
+    }
+
+    /// The next token request is refused 400 `{"error": error, "error_description":
+    /// description}`, as Google's token endpoint refuses an assertion, e.g. `invalid_grant` /
+    /// "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable
+    /// timeframe. Check your iat and exp values in the JWT claim." (a clock off by minutes) or
+    /// `invalid_grant` / "Invalid JWT Signature." (a deleted key). Calls add up, in order.
+    pub fn refuse_next_token(&self, error: &str, description: &str) {
+        lock(&self.state)
+            .token_refusals
+            .push_back((error.to_owned(), description.to_owned()));
     }
 
     pub fn tokens_issued(&self) -> u64 {
