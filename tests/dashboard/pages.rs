@@ -672,6 +672,10 @@ async fn the_overview_and_integrations_show_what_needs_an_operator() {
         "insert into email_log (idempotency_key, template, recipient, subject, status)
               values ('k1', 'welcome', 'dora@example.com', 'Welcome aboard', 'sent'),
                      ('k2', 'invoice', 'eve@example.com', 'Your invoice', 'failed')",
+        "insert into email_log (idempotency_key, template, recipient, subject, status,
+                                last_error, created_at)
+              values ('k3', 'invoice', 'fay@example.com', 'Your invoice', 'unknown',
+                      'outcome unknown past Resend''s 24 h: check Resend', now() + '1 s')",
         "insert into documents (id, client_id, title, file_name, mime_type, status,
                                 failure_reason)
               values (gen_random_uuid(), 'c1', 'Signed contract', 'contract.pdf',
@@ -693,6 +697,11 @@ async fn the_overview_and_integrations_show_what_needs_an_operator() {
     assert!(html.contains("Acme Dental"));
     assert!(html.contains("evt_9"));
     assert!(html.contains("dora@example.com"));
+    assert!(
+        html.contains("outcome unknown past Resend&#x27;s 24 h: check Resend")
+            || html.contains("outcome unknown past Resend&#39;s 24 h: check Resend"),
+        "an email left unknown is Resend's last failure: {html}"
+    );
     assert!(
         !html.contains("eve@example.com"),
         "the search narrows the email log"

@@ -32,7 +32,8 @@ pub struct Params {
 }
 
 /// Last success and failure of each provider, from the rows its jobs write. One row per
-/// provider: (provider, last success, last failure, last failure's error).
+/// provider: (provider, last success, last failure, last failure's error). An email left
+/// `unknown` (it may have gone out; an operator must check Resend) counts as a failure.
 const PROVIDER_HEALTH: &str = "
 select 'Facebook Ads' as provider,
        (select finished_at from facebook_sync_runs where outcome = 'ok' order by id desc limit 1),
@@ -53,7 +54,8 @@ select 'Resend (email)',
        (select sent_at from email_log where status = 'sent' order by created_at desc limit 1),
        f.updated_at, f.last_error
   from (select 1) one
-  left join lateral (select updated_at, last_error from email_log where status = 'failed'
+  left join lateral (select updated_at, last_error from email_log
+                      where status in ('failed', 'unknown')
                       order by created_at desc limit 1) f on true";
 
 /// The same for Google Drive, from `documents` (a separate statement: the table may be absent).
