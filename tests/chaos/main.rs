@@ -509,8 +509,9 @@ async fn three_nodes_survive_kills_a_database_outage_and_provider_faults() {
     .await
     .unwrap();
 
-    // Drive's faults include its throttling, on the token endpoint too (a 403 `usageLimits`
-    // there once discarded the upload; fixed in the Drive integration).
+    // Drive's faults include its throttling, on the token endpoint too (answered there in
+    // OAuth's shape: 429 `rate_limit_exceeded`, 5xx; a throttled token request once discarded
+    // the upload; fixed in the Drive integration).
     let drive_faults = faults(plan.seed ^ 0xD1);
     let drive = GoogleDriveSim::start(GoogleDriveConfig {
         faults: drive_faults,
