@@ -69,6 +69,16 @@
 //! No duplicate (keys are instants, and the watermark orders them) and no gap (the due tick is
 //! the zone's own answer for "the latest tick before now").
 //!
+//! Which schedules are *fixed-time* is Vixie cron's rule: those whose hour and minute fields
+//! (and seconds, if given) name times of day without `*` or a step: single values, lists and
+//! ranges (`30 2`, `0 2,14`, `15,45 2`, `0 1-3`). croner alone counts only single values as
+//! fixed-time, so such a schedule is expanded into one croner expression per (minute, hour)
+//! pair, each of which croner handles as fixed-time; the schedule's ticks are their union (the
+//! latest of their latest ticks, the earliest of their next ones). Two times of day that fall in
+//! the same spring-forward gap are both due at its end: one instant, so one run. A `*` or a step
+//! in the hour or minute (`*/30 * * * *`, `0 */2 * * *`, `* 2 * * *`, `0 0-23/6 * * *`) makes an
+//! interval schedule, as does more than one second.
+//!
 //! # The clock
 //!
 //! [`Scheduler::run_once`] takes `now` as an argument, so tests drive several schedulers over
@@ -104,8 +114,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use chrono_tz::Tz;
-use croner::Cron;
 use croner::parser::{CronParser, Seconds};
+use croner::{Cron, CronComponent, JobType};
 
 pub use command::{ScheduleCommand, ScheduleStatus, run_now, status};
 pub use config::{CatchUp, ScheduleConfig};
@@ -149,6 +159,10 @@ pub struct Schedule {
     /// The expression as configured (for display).
     pub expression: String,
     cron: Cron,
+    /// A fixed-time schedule croner would take for an interval one (lists or ranges of hours or
+    /// minutes), as one single-time expression per (minute, hour); empty: `cron` says it all.
+    /// See "Time zones and DST".
+    fixed_times: Vec<Cron>,
     pub timezone: Tz,
     pub kind: String,
     pub args: serde_json::Value,
@@ -216,6 +230,7 @@ impl Schedule {
         let schedule = Schedule {
             name: name.into(),
             expression: config.cron.clone(),
+            fixed_times: fixed_times(&cron),
             cron,
             timezone,
             kind: config.kind.clone(),
@@ -266,19 +281,29 @@ impl Schedule {
     /// The first tick strictly after `t`. None: the expression never fires again.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = t.trunc_subsecs(0).with_timezone(&self.timezone);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|tick| tick.with_timezone(&Utc))
+        let next = |cron: &Cron| {
+            cron.find_next_occurrence(&local, false)
+                .ok()
+                .map(|tick| tick.with_timezone(&Utc))
+        };
+        if self.fixed_times.is_empty() {
+            return next(&self.cron);
+        }
+        self.fixed_times.iter().filter_map(next).min()
     }
 
     /// The latest tick at or before `t`. None: the expression never fired before `t`.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = t.trunc_subsecs(0).with_timezone(&self.timezone);
-        self.cron
-            .find_previous_occurrence(&local, true)
-            .ok()
-            .map(|tick| tick.with_timezone(&Utc))
+        let latest = |cron: &Cron| {
+            cron.find_previous_occurrence(&local, true)
+                .ok()
+                .map(|tick| tick.with_timezone(&Utc))
+        };
+        if self.fixed_times.is_empty() {
+            return latest(&self.cron);
+        }
+        self.fixed_times.iter().filter_map(latest).max()
     }
 
     /// The unique key of the job of tick `tick`: `schedule:<name>:<tick in UTC, RFC 3339>`.
@@ -299,6 +324,45 @@ impl Schedule {
             .unique_key(key)
             .tags([format!("schedule:{}", self.name)])
     }
+}
+
+/// croner's `ALL_BIT` (not exported): a value the field matches without a modifier.
+const ALL_BIT: u8 = 1;
+
+/// A fixed-time schedule by Vixie cron's rule that croner would take for an interval one (see
+/// "Time zones and DST"): one expression per (minute, hour) pair, each a single time of day that
+/// croner handles as fixed-time. Empty when croner already sees a fixed time (single values) or
+/// the schedule is an interval one.
+fn fixed_times(cron: &Cron) -> Vec<Cron> {
+    let pattern = &cron.pattern;
+    let plain =
+        |field: &CronComponent| field.step == 1 && !field.from_wildcard && !field.has_modifiers();
+    if cron.determine_job_type() == JobType::FixedTime
+        || !(plain(&pattern.seconds)
+            && pattern.seconds.values().len() == 1
+            && plain(&pattern.minutes)
+            && plain(&pattern.hours))
+    {
+        return Vec::new();
+    }
+    let only = |field: &mut CronComponent, value: u16| {
+        for other in field.values().into_iter().filter(|v| *v != value) {
+            field
+                .unset_bit(other, ALL_BIT)
+                .expect("a value the field holds");
+        }
+    };
+    let mut times = Vec::new();
+    for minute in pattern.minutes.values() {
+        for hour in pattern.hours.values() {
+            let mut time = cron.clone();
+            only(&mut time.pattern.minutes, minute);
+            only(&mut time.pattern.hours, hour);
+            debug_assert_eq!(time.determine_job_type(), JobType::FixedTime);
+            times.push(time);
+        }
+    }
+    times
 }
 
 /// Every schedule of the config, checked, with its kind's policy from `registry`. Fails on the

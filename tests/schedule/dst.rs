@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use baseaim_worker::schedule::{CatchUp, Scheduler};
+use baseaim_worker::schedule::{CatchUp, Schedule, Scheduler};
 use chrono::{DateTime, Utc};
 
 use super::support::TestDb;
@@ -11,7 +11,6 @@ use super::{at, complete_all, expected, keys_of, schedule};
 
 /// Three skewed schedulers, one simulated minute per step, over [from, to].
 async fn simulate(from: &str, to: &str) -> TestDb {
-    let db = TestDb::new().await;
     let schedules = vec![
         schedule("hourly", "30 * * * *", "Europe/Berlin", CatchUp::Latest),
         schedule(
@@ -22,6 +21,31 @@ async fn simulate(from: &str, to: &str) -> TestDb {
         ),
         schedule("daily", "30 2 * * *", "Europe/Berlin", CatchUp::Latest),
     ];
+    simulate_schedules(schedules, from, to).await
+}
+
+/// Schedules whose minute and hour are lists: fixed times of day, like a single time.
+fn fixed_time_lists() -> Vec<Schedule> {
+    vec![
+        schedule("twice", "0 2,14 * * *", "Europe/Berlin", CatchUp::Latest),
+        schedule(
+            "quarters",
+            "15,45 2 * * *",
+            "Europe/Berlin",
+            CatchUp::Latest,
+        ),
+        schedule("range", "0 1-3 * * *", "Europe/Berlin", CatchUp::Latest),
+        schedule(
+            "new_york",
+            "30 1,13 * * *",
+            "America/New_York",
+            CatchUp::Latest,
+        ),
+    ]
+}
+
+async fn simulate_schedules(schedules: Vec<Schedule>, from: &str, to: &str) -> TestDb {
+    let db = TestDb::new().await;
     let nodes: Vec<Scheduler> = (0..3)
         .map(|_| Scheduler::new(db.pool.clone(), schedules.clone()))
         .collect();
@@ -122,11 +146,97 @@ async fn fall_back_neither_repeats_nor_skips() {
     );
 }
 
+#[tokio::test]
+async fn fixed_times_given_as_lists_run_once_across_spring_forward() {
+    // Berlin 2025-03-30: 02:00 CET (01:00Z) jumps to 03:00 CEST. New York 2025-03-09: 02:00 EST
+    // (07:00Z) jumps to 03:00 EDT; its 01:30 is untouched.
+    let db = simulate_schedules(
+        fixed_time_lists(),
+        "2025-03-29T23:40:00Z",
+        "2025-03-30T03:20:00Z",
+    )
+    .await;
+    // 02:00 does not exist: it runs at the first instant after the gap, 03:00 CEST (01:00Z).
+    assert_eq!(
+        keys_of(&db.pool, "twice").await,
+        expected("twice", &["2025-03-30T01:00:00Z"])
+    );
+    // 02:15 and 02:45 both fall in the gap: both are due at 03:00 CEST, one instant, one run.
+    assert_eq!(
+        keys_of(&db.pool, "quarters").await,
+        expected("quarters", &["2025-03-30T01:00:00Z"])
+    );
+    // 01:00 CET, 02:00 (in the gap: 03:00 CEST), 03:00 CEST: the last two are one instant.
+    assert_eq!(
+        keys_of(&db.pool, "range").await,
+        expected("range", &["2025-03-30T00:00:00Z", "2025-03-30T01:00:00Z"])
+    );
+    let db = simulate_schedules(
+        fixed_time_lists(),
+        "2025-03-09T05:40:00Z",
+        "2025-03-09T08:20:00Z",
+    )
+    .await;
+    assert_eq!(
+        keys_of(&db.pool, "new_york").await,
+        expected("new_york", &["2025-03-09T06:30:00Z"])
+    );
+}
+
+#[tokio::test]
+async fn fixed_times_given_as_lists_run_once_across_fall_back() {
+    // Berlin 2025-10-26: 03:00 CEST (01:00Z) goes back to 02:00 CET; 02:xx happens twice.
+    let db = simulate_schedules(
+        fixed_time_lists(),
+        "2025-10-25T23:40:00Z",
+        "2025-10-26T03:20:00Z",
+    )
+    .await;
+    // 02:00 runs once, on the first pass (CEST), not again at 02:00 CET (01:00Z).
+    assert_eq!(
+        keys_of(&db.pool, "twice").await,
+        expected("twice", &["2025-10-26T00:00:00Z"])
+    );
+    assert_eq!(
+        keys_of(&db.pool, "quarters").await,
+        expected(
+            "quarters",
+            &["2025-10-26T00:15:00Z", "2025-10-26T00:45:00Z"]
+        )
+    );
+    // (01:00 CEST was before the schedule was first seen.) 02:00 CEST, on the first pass only,
+    // then 03:00 CET.
+    assert_eq!(
+        keys_of(&db.pool, "range").await,
+        expected("range", &["2025-10-26T00:00:00Z", "2025-10-26T02:00:00Z"])
+    );
+    // New York 2025-11-02: 02:00 EDT (06:00Z) goes back to 01:00 EST; 01:30 runs once, in EDT.
+    let db = simulate_schedules(
+        fixed_time_lists(),
+        "2025-11-02T04:40:00Z",
+        "2025-11-02T07:20:00Z",
+    )
+    .await;
+    assert_eq!(
+        keys_of(&db.pool, "new_york").await,
+        expected("new_york", &["2025-11-02T05:30:00Z"])
+    );
+}
+
 #[test]
 fn ticks_found_backwards_are_ticks_found_forwards_across_both_changes() {
     // The scheduler finds the due tick backwards from `now` and the next one forwards; the two
     // searches must agree on every instant around the changes, or a tick could be doubled or lost.
-    for cron in ["30 * * * *", "*/30 * * * *", "30 2 * * *", "0 */2 * * *"] {
+    for cron in [
+        "30 * * * *",
+        "*/30 * * * *",
+        "30 2 * * *",
+        "0 */2 * * *",
+        "0 2,14 * * *",
+        "15,45 2 * * *",
+        "0 1-3 * * *",
+        "30 1,2 * * *",
+    ] {
         let s = schedule("s", cron, "Europe/Berlin", CatchUp::Latest);
         for (from, to) in [
             ("2025-03-29T22:00:00Z", "2025-03-30T04:00:00Z"),
