@@ -224,6 +224,16 @@ impl Schedule {
         if config.kind.trim().is_empty() {
             return Err(invalid("kind", "a job kind".into()));
         }
+        if config
+            .args
+            .iter()
+            .any(|(key, value)| key.contains('\0') || has_nul(value))
+        {
+            return Err(invalid(
+                "args",
+                "args without NUL characters (PostgreSQL's jsonb cannot store \\u0000)".into(),
+            ));
+        }
         if config.queue.as_deref().is_some_and(|q| q.trim().is_empty()) {
             return Err(invalid("queue", "a queue name, or no `queue` key".into()));
         }
@@ -255,14 +265,22 @@ impl Schedule {
     }
 
     /// Takes the kind's policy (queue unless configured, priority, attempts) from `registry`.
-    /// Refuses an enabled schedule whose kind the registry cannot run: its jobs would only be
-    /// discarded.
+    /// Refuses an enabled schedule whose kind the registry cannot run, and args the kind does
+    /// not accept (enabled or not, like a bad cron): their jobs would only be discarded.
     pub fn adopt_policy<S: Clone + Send + Sync + 'static>(
         &mut self,
         registry: &Registry<S>,
     ) -> Result<(), ScheduleError> {
         match registry.get(&self.kind) {
             Some(entry) => {
+                // The kind's own check: its args deserialise, as they will when each tick's job
+                // is performed.
+                entry
+                    .new_job(self.args.clone())
+                    .map_err(|error| ScheduleError::Invalid {
+                        key: format!("schedules.{}.args", self.name),
+                        expected: format!("args that kind `{}` accepts, but {error}", self.kind),
+                    })?;
                 if !self.queue_configured {
                     self.queue = entry.policy.queue.into();
                 }
@@ -323,6 +341,18 @@ impl Schedule {
             .max_attempts(self.max_attempts)
             .unique_key(key)
             .tags([format!("schedule:{}", self.name)])
+    }
+}
+
+/// Whether a JSON value holds a NUL character (in a string or a key), which jsonb refuses.
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || has_nul(value)),
+        _ => false,
     }
 }
 

@@ -90,3 +90,43 @@ fn enabling_a_schedule_whose_kind_does_not_exist_is_refused_naming_both() {
     assert!(error.contains("schedule `facebook_sync`"), "{error}");
     assert!(error.contains("kind `no_such_kind`"), "{error}");
 }
+
+/// Why `serve` would refuse to start with `config` (the schedules' check against the kinds).
+fn start_up_error(config: &Config) -> String {
+    match schedule::from_config(&config.schedules, &jobs::registry()) {
+        Ok(_) => panic!("the schedules passed the start-up check"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn args_the_kind_does_not_accept_stop_start_up_naming_the_schedule_s_args() {
+    // `olderthan` for `older_than`: every tick's job would be discarded.
+    let config = load(&[("BAW__SCHEDULES__PRUNE__ARGS__OLDERTHAN", "30d")]).unwrap();
+    let error = start_up_error(&config);
+    assert!(error.contains("`schedules.prune.args`"), "{error}");
+    assert!(error.contains("olderthan"), "{error}");
+    // Disabled, too: enabling it later must not be what breaks start-up.
+    let config = load(&[
+        ("BAW__SCHEDULES__PRUNE__ARGS__OLDER_THAN", "thirty days"),
+        ("BAW__SCHEDULES__PRUNE__ENABLED", "false"),
+    ])
+    .unwrap();
+    let error = start_up_error(&config);
+    assert!(error.contains("`schedules.prune.args`"), "{error}");
+    // Args the kind takes still load.
+    let config = load(&[("BAW__SCHEDULES__PRUNE__ARGS__OLDER_THAN", "30d")]).unwrap();
+    schedule::from_config(&config.schedules, &jobs::registry()).unwrap();
+}
+
+#[test]
+fn a_nul_in_a_schedule_s_args_stops_loading_the_config() {
+    // PostgreSQL's jsonb refuses \u0000: every tick would fail to enqueue.
+    for (key, value) in [
+        ("BAW__SCHEDULES__FACEBOOK_SYNC__ARGS__NOTE", "a\0b"),
+        ("BAW__SCHEDULES__FACEBOOK_SYNC__ARGS__A\0B", "x"),
+    ] {
+        let error = load(&[(key, value)]).unwrap_err();
+        assert!(error.contains("`schedules.facebook_sync.args`"), "{error}");
+    }
+}
