@@ -2,8 +2,11 @@
 //!
 //! `serve` brings things up in an order that survives a database outage at start: the HTTP server
 //! and health monitor first (so `/healthz` answers and `/readyz` tells the truth), then migrations
-//! and the engine, retried until the database answers. SIGTERM and Ctrl-C take the same path:
-//! stop the engine gracefully, then the HTTP server, exit 0.
+//! and the engine, retried until the database answers. `/readyz` says 503 until the engine runs.
+//! A database whose migrations disagree with this binary's (migrated by a newer release, an
+//! applied migration edited, one left dirty) is no outage: the node logs why and exits non-zero
+//! instead of waiting. SIGTERM and Ctrl-C take the same path: stop the engine gracefully, then
+//! the HTTP server, exit 0.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command, ConfigCommand, Role};
 use crate::config::{Config, Secrets};
 use crate::db::{self, DbHealth};
-use crate::http::{self, HttpState};
+use crate::http::{self, EngineStatus, HttpState};
 use crate::jobs::{self, AppState};
 use crate::queue::{Engine, EngineConfig};
 
@@ -94,10 +97,23 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(cancel_on_signal(stop.clone()));
-    let node = Node::start(config, secrets, role, migrate, stop.clone()).await?;
-    stop.cancelled().await;
-    tracing::info!("shutting down");
-    node.stop().await
+    let mut node = Node::start(config, secrets, role, migrate, stop.clone()).await?;
+    let failure = tokio::select! {
+        _ = stop.cancelled() => None,
+        error = node.failed() => Some(error),
+    };
+    match failure {
+        None => {
+            tracing::info!("shutting down");
+            node.stop().await
+        }
+        Some(error) => {
+            // `run` logs the error and exits non-zero; stop what did start first.
+            stop.cancel();
+            node.stop().await?;
+            Err(error)
+        }
+    }
 }
 
 /// A running node: its HTTP server and (once the database answered) its engine.
@@ -106,6 +122,10 @@ pub struct Node {
     stop: CancellationToken,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     engine: tokio::task::JoinHandle<Option<Engine<AppState>>>,
+    /// Whether the engine runs, for `/readyz`.
+    engine_status: EngineStatus,
+    /// Written by `start_engine` when the node cannot run at all (see [`Node::failed`]).
+    fatal: tokio::sync::oneshot::Receiver<anyhow::Error>,
     watchdog: tokio::task::JoinHandle<()>,
 }
 
@@ -129,14 +149,26 @@ impl Node {
         let health = DbHealth::spawn(pool.clone(), Duration::from_secs(1), stop.child_token());
         let config = Arc::new(config);
         let state = AppState::new(pool.clone(), config.clone(), Arc::new(secrets))?;
-        let app = http::router(HttpState::new(state.clone(), health.clone()));
+        let engine_status = EngineStatus::default();
+        let app = http::router(
+            HttpState::new(state.clone(), health.clone()).with_engine(engine_status.clone()),
+        );
         let http_stop = CancellationToken::new();
         let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())
             .await
             .with_context(|| format!("binding the HTTP server to {}", config.http.bind))?;
         tracing::info!(%addr, role = role.as_str(), "listening");
         // The HTTP server outlives the engine's graceful stop: Node::stop cancels it last.
-        let engine = tokio::spawn(start_engine(state, role, migrate, scheduler, stop.clone()));
+        let (fatal_tx, fatal) = tokio::sync::oneshot::channel();
+        let engine = tokio::spawn(start_engine(
+            state,
+            role,
+            migrate,
+            scheduler,
+            engine_status.clone(),
+            fatal_tx,
+            stop.clone(),
+        ));
         notify_systemd_ready();
         let watchdog = tokio::spawn(watchdog(stop.clone()));
         Ok(Node {
@@ -144,13 +176,25 @@ impl Node {
             stop: http_stop,
             http,
             engine,
+            engine_status,
+            fatal,
             watchdog,
         })
+    }
+
+    /// Resolves when the node cannot run at all: the database's migrations disagree with this
+    /// binary's, which no retry mends (see [`db::DbError::is_fatal`]). Pending forever otherwise.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match (&mut self.fatal).await {
+            Ok(error) => error,
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Stops the engine gracefully, then the HTTP server.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        self.engine_status.set(false);
         if let Ok(Some(engine)) = self.engine.await {
             engine.shutdown().await;
         }
@@ -165,17 +209,20 @@ impl Node {
 }
 
 /// Migrates (if asked) and starts the engine, retrying until the database answers or the node
-/// is stopped; then starts the scheduler loop, if this role runs one. None: stopped before it
-/// could start.
+/// is stopped; then starts the scheduler loop, if this role runs one, and sets `status`. None:
+/// stopped before it could start, or a migration error no retry mends (sent on `fatal`).
 async fn start_engine(
     state: AppState,
     role: Role,
     migrate: bool,
     scheduler: Option<crate::schedule::Scheduler>,
+    status: EngineStatus,
+    fatal: tokio::sync::oneshot::Sender<anyhow::Error>,
     stop: CancellationToken,
 ) -> Option<Engine<AppState>> {
     let mut wait = Duration::from_millis(200);
-    let mut logged = false;
+    // Each different error is logged once: not one line per retry, nor only the first.
+    let mut last_logged: Option<String> = None;
     loop {
         let attempt = async {
             if migrate {
@@ -209,15 +256,29 @@ async fn start_engine(
                 if let Some(scheduler) = scheduler {
                     tokio::spawn(scheduler.run(stop.child_token()));
                 }
+                status.set(true);
                 return Some(engine);
             }
+            Err(error)
+                if error
+                    .downcast_ref::<db::DbError>()
+                    .is_some_and(db::DbError::is_fatal) =>
+            {
+                let _ = fatal.send(error.context("this node cannot run on this database"));
+                return None;
+            }
             Err(error) => {
-                if !logged {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        "cannot start the engine yet; retrying until the database answers"
-                    );
-                    logged = true;
+                let text = format!("{error:#}");
+                if last_logged.as_deref() != Some(text.as_str()) {
+                    if database_unavailable(&error) {
+                        tracing::warn!(
+                            error = text,
+                            "cannot reach the database yet; retrying until it answers"
+                        );
+                    } else {
+                        tracing::error!(error = text, "cannot start the engine; retrying");
+                    }
+                    last_logged = Some(text);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -227,6 +288,19 @@ async fn start_engine(
             }
         }
     }
+}
+
+/// Whether `error` (or one of its causes) says the database could not be reached.
+fn database_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(db::database_unavailable)
+            || matches!(
+                cause.downcast_ref::<db::DbError>(),
+                Some(db::DbError::Sqlx(error)) if db::database_unavailable(error)
+            )
+    })
 }
 
 /// Cancels `stop` on SIGTERM or Ctrl-C (the same path for both).

@@ -28,6 +28,26 @@ pub enum DbError {
     Connect { url: String, source: sqlx::Error },
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database has a migration this binary does not: a newer release migrated it. This
+    /// binary must not serve that schema (its statements may no longer fit).
+    #[error(
+        "the database has migration {0}, which this binary does not know: a newer release \
+         migrated it; run that release (or a newer one), not this one"
+    )]
+    NewerSchema(i64),
+    /// An applied migration is not the one this binary carries (its checksum differs).
+    #[error(
+        "migration {0} as applied to the database differs from this binary's: an applied \
+         migration was edited, or the database belongs to another build; restore the original \
+         migration"
+    )]
+    ModifiedMigration(i64),
+    /// A migration failed part-way and left its row marked unsuccessful.
+    #[error(
+        "migration {0} failed part-way and the database is marked dirty: repair it by hand, \
+         then delete that version's row from _sqlx_migrations"
+    )]
+    Dirty(i64),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }
@@ -135,9 +155,45 @@ fn login_name() -> Option<String> {
 }
 
 /// Applies the pending migrations; a second run is a no-op.
+///
+/// sqlx's migrator takes a session-level advisory lock (`pg_advisory_lock`) before the first
+/// migration and releases it after the last, but returns early on any error in between, lock
+/// still held. On a pooled connection that lock would outlive the error: every later `migrate`,
+/// on this node or another, would wait for it forever. So the migrations run on a connection of
+/// their own that is closed afterwards, never handed back to the pool: closing it ends the
+/// session, and the lock with it, before this returns.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
+    let mut conn = pool.acquire().await?;
+    // Also if this future is dropped half-way (a node stopped while migrating).
+    conn.close_on_drop();
+    // `run` with a `&mut PgConnection` is what this is, but its `Acquire` bound makes the
+    // future not `Send` (sqlx's own `run` calls this for that reason).
+    let result = MIGRATOR.run_direct(None, &mut *conn, false).await;
+    // Bounded: a connection that hangs is dropped instead, which closes its socket.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+    result.map_err(|error| match error {
+        sqlx::migrate::MigrateError::VersionMissing(version) => DbError::NewerSchema(version),
+        sqlx::migrate::MigrateError::VersionMismatch(version) => {
+            DbError::ModifiedMigration(version)
+        }
+        sqlx::migrate::MigrateError::Dirty(version) => DbError::Dirty(version),
+        error => DbError::Migrate(error),
+    })
+}
+
+/// How long closing the migrations' connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl DbError {
+    /// Whether no retry can mend this: the database's migrations disagree with this binary's
+    /// (migrated by a newer release, an applied migration edited, or one left dirty). A node must
+    /// stop rather than wait: an operator has to act.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            DbError::NewerSchema(_) | DbError::ModifiedMigration(_) | DbError::Dirty(_)
+        )
+    }
 }
 
 /// The newest migration compiled into this binary.

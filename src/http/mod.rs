@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::db::DbHealth;
 use crate::jobs::AppState;
+pub use health::EngineStatus;
 
 /// What every handler may need.
 #[derive(Clone)]
@@ -28,6 +29,9 @@ pub struct HttpState {
     pub app: AppState,
     /// The Stripe webhook's secrets and body limit.
     pub webhooks: webhooks::WebhookSettings,
+    /// The node's engine, which `/readyz` waits for; None: no engine goes with this server
+    /// (tests and benchmarks serving a router alone), readiness is the database's.
+    pub engine: Option<EngineStatus>,
 }
 
 impl HttpState {
@@ -39,7 +43,14 @@ impl HttpState {
             health,
             app,
             webhooks,
+            engine: None,
         }
+    }
+
+    /// `/readyz` also waits for `engine` to run.
+    pub fn with_engine(mut self, engine: EngineStatus) -> Self {
+        self.engine = Some(engine);
+        self
     }
 }
 

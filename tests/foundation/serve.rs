@@ -176,14 +176,31 @@ struct Serve {
     output: tokio::task::JoinHandle<String>,
 }
 
-/// Starts `serve` as a real process with the given extra env; returns it and its port.
+/// Starts `serve` as a real process with the given extra env; returns it and its port once it
+/// answers `/readyz` 200.
 async fn spawn_serve(db: &TestDb, extra: &[(&str, &str)]) -> (Serve, u16) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (serve, port) = start_serve(db, &[], extra);
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(20, "serve answers readyz", || async {
+        status(&format!("{base}/readyz")).await == Some(200)
+    })
+    .await;
+    (serve, port)
+}
+
+/// A free port on loopback (free when this returns).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts `serve` with `args` (e.g. `--role worker`) and the extra env, bound to a free port
+/// (returned), without waiting for anything.
+fn start_serve(db: &TestDb, args: &[&str], extra: &[(&str, &str)]) -> (Serve, u16) {
+    let port = free_port();
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("serve")
+        .args(args)
         .env("DATABASE_URL", &db.url)
         .env("BAW__HTTP__BIND", format!("127.0.0.1:{port}"))
         .env_remove("RUST_LOG")
@@ -203,13 +220,7 @@ async fn spawn_serve(db: &TestDb, extra: &[(&str, &str)]) -> (Serve, u16) {
         );
         out + &err
     });
-    let serve = Serve { child, output };
-    let base = format!("http://127.0.0.1:{port}");
-    eventually(20, "serve answers readyz", || async {
-        status(&format!("{base}/readyz")).await == Some(200)
-    })
-    .await;
-    (serve, port)
+    (Serve { child, output }, port)
 }
 
 async fn sigterm_and_collect(serve: Serve) -> (std::process::ExitStatus, String) {
@@ -323,4 +334,144 @@ async fn an_invalid_config_exits_non_zero_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("queues.default.concurrency"), "{err}");
+}
+
+/// Marks `db` as migrated by a newer release: a version this binary does not know.
+async fn seed_newer_migration(db: &TestDb) {
+    sqlx::query("insert into _sqlx_migrations values (99, 'x', now(), true, '\\x00', 1)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// The advisory locks held on `db`'s server by sessions connected to `db`.
+async fn advisory_locks(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_locks l join pg_database d on d.oid = l.database
+         where l.locktype = 'advisory' and d.datname = current_database()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// sqlx's migrator returns on an error without releasing its session-level advisory lock: the
+/// failed run must not leave it held on a pooled connection, or every later `migrate` waits.
+#[tokio::test]
+async fn a_failed_migration_leaves_no_lock_behind() {
+    let db = TestDb::new().await;
+    seed_newer_migration(&db).await;
+    let error = baseaim_worker::db::migrate(&db.pool).await.unwrap_err();
+    assert!(
+        matches!(error, baseaim_worker::db::DbError::NewerSchema(99)),
+        "{error}"
+    );
+    assert!(error.is_fatal());
+    assert!(error.to_string().contains("migration 99"), "{error}");
+    assert_eq!(advisory_locks(&db).await, 0, "the migrator's lock is gone");
+    // Another node's migrate (its own pool) gets the lock and its own clear error.
+    let other = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), baseaim_worker::db::migrate(&other))
+        .await
+        .expect("a second migrate does not wait for the first one's lock");
+    assert!(matches!(
+        again,
+        Err(baseaim_worker::db::DbError::NewerSchema(99))
+    ));
+    other.close().await;
+}
+
+/// A node of an older release on a database a newer one migrated: `serve` says so and exits
+/// non-zero instead of answering ready while running nothing, and a `migrate` run at the same
+/// time returns at once.
+#[tokio::test]
+async fn serve_exits_non_zero_on_a_database_a_newer_release_migrated() {
+    let db = TestDb::new().await;
+    seed_newer_migration(&db).await;
+    let (serve, port) = start_serve(&db, &[], &[]);
+    let migrate = tokio::process::Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let Serve { mut child, output } = serve;
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let watch = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert_ne!(status(&readyz).await, Some(200), "readyz said ready");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "serve still runs 15 s after start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (exit, migrate) = tokio::join!(
+        watch,
+        tokio::time::timeout(Duration::from_secs(15), migrate)
+    );
+    let output = output.await.unwrap();
+    assert!(!exit.success(), "{output}");
+    assert!(output.contains("migration 99"), "{output}");
+    assert!(output.contains("newer release"), "{output}");
+    let migrate = migrate.expect("a concurrent migrate returns").unwrap();
+    let migrate_err = String::from_utf8_lossy(&migrate.stderr);
+    assert!(!migrate.status.success());
+    assert!(migrate_err.contains("migration 99"), "{migrate_err}");
+    // And one run afterwards.
+    let after = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(BIN)
+            .arg("migrate")
+            .env("DATABASE_URL", &db.url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("a migrate after the node returns")
+    .unwrap();
+    assert!(!after.status.success());
+    assert_eq!(advisory_locks(&db).await, 0);
+}
+
+/// `/readyz` says ready only once the engine runs: a migrated database is not enough while the
+/// node is still waiting to migrate (here, for another node's migrator lock).
+#[tokio::test]
+async fn readyz_waits_for_the_engine() {
+    use sqlx::Connection;
+    use sqlx::migrate::Migrate;
+    let db = TestDb::new().await;
+    let mut other_migrator = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    other_migrator.lock().await.unwrap();
+    let env = vec![
+        ("DATABASE_URL".to_string(), db.url.clone()),
+        ("BAW__HTTP__BIND".to_string(), "127.0.0.1:0".to_string()),
+    ];
+    let config = Config::load_from(None, env).unwrap();
+    let stop = CancellationToken::new();
+    let node = Node::start(config, Secrets::default(), Role::All, true, stop.clone())
+        .await
+        .unwrap();
+    let readyz = format!("http://{}/readyz", node.addr);
+    // The health monitor checks every second: by now it has seen the database ready.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let answer = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 503);
+    assert_eq!(answer.text().await.unwrap(), "engine not running\n");
+
+    other_migrator.unlock().await.unwrap();
+    eventually(15, "readyz 200 once the engine runs", || async {
+        status(&readyz).await == Some(200)
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), node.stop())
+        .await
+        .expect("stops in time")
+        .unwrap();
 }
