@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{CLOCK_SKEW_GRACE, CatchUp, MAX_SLEEP, MISFIRE_GRACE, Schedule, ScheduleError, sql};
+use crate::queue::EnqueueError;
 use crate::queue::worker::Outage;
 
 /// Whether the row exists, its watermark, its recorded next tick, the database's clock.
@@ -33,6 +34,9 @@ pub struct RunReport {
     pub skipped: Vec<(String, DateTime<Utc>)>,
     /// The earliest next tick of the enabled schedules: when to evaluate again.
     pub next_tick: Option<DateTime<Utc>>,
+    /// (schedule, error) for each schedule whose evaluation failed on its own (the others went
+    /// on); it is evaluated again on the next pass.
+    pub failed: Vec<(String, String)>,
 }
 
 /// Evaluates a set of schedules against the shared `schedules` table. Every node of role `all`
@@ -61,6 +65,12 @@ impl Scheduler {
 
     /// Evaluates every enabled schedule at `now`: enqueues each due tick that no node has
     /// enqueued yet (one transaction per tick) and reports what this node did.
+    ///
+    /// Each schedule on its own: one whose statements fail (a row the database refuses, say) is
+    /// logged by name (when it starts failing, every [`REPEAT_LOG`] while it does, and when it
+    /// works again), reported in [`RunReport::failed`], and the others are evaluated all the
+    /// same. Only a failure of the database itself (no connection, shutting down, read-only)
+    /// ends the pass with an error: every schedule would fail the same way.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<RunReport, ScheduleError> {
         let mut report = RunReport::default();
         for schedule in self.schedules.iter().filter(|s| s.enabled) {
@@ -70,7 +80,27 @@ impl Scheduler {
             {
                 report.next_tick = Some(next);
             }
-            self.evaluate(schedule, now, next, &mut report).await?;
+            let name = schedule.name.as_str();
+            let trouble = format!("schedule {name}");
+            match self.evaluate(schedule, now, next, &mut report).await {
+                Ok(()) => {
+                    if let Some(times) = self.troubles.resolved(&trouble) {
+                        tracing::info!(
+                            schedule = name,
+                            failures = times,
+                            "the schedule is evaluated again"
+                        );
+                    }
+                }
+                Err(error) if is_outage(&error) => return Err(error),
+                Err(error) => {
+                    if let Some(times) = self.troubles.occurred(&trouble) {
+                        tracing::error!(schedule = name, %error, failures = times,
+                            "evaluating the schedule failed; the other schedules go on, and this one is tried again each pass");
+                    }
+                    report.failed.push((name.into(), error.to_string()));
+                }
+            }
         }
         Ok(report)
     }
@@ -279,6 +309,34 @@ fn evaluation_time(
         (db_now + half_trip, Some(skew))
     } else {
         (after, None)
+    }
+}
+
+/// Whether `error` is the database failing as a whole (every schedule would fail alike: the
+/// loop's outage) rather than one schedule's statement refused.
+fn is_outage(error: &ScheduleError) -> bool {
+    let sql = match error {
+        ScheduleError::Database(error) | ScheduleError::Enqueue(EnqueueError::Database(error)) => {
+            error
+        }
+        _ => return false,
+    };
+    match sql {
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            // connection exception, insufficient resources, operator intervention (shutdown),
+            // read-only transaction (a standby after a failover)
+            ["08", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "25006"
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 

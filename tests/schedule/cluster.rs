@@ -195,3 +195,54 @@ async fn a_node_whose_clock_is_a_day_ahead_neither_enqueues_nor_silences_the_oth
         expected("fresh", &[&key(second)])
     );
 }
+
+#[tokio::test]
+async fn a_schedule_whose_statements_fail_does_not_stop_the_others() {
+    let db = TestDb::new().await;
+    // The database refuses every write of schedule `a`'s row (as a constraint or a trigger
+    // might); `b` is healthy.
+    sqlx::raw_sql(
+        "create function refuse_a() returns trigger language plpgsql as $$
+         begin
+           if new.name = 'a' then raise exception 'schedule a refused'; end if;
+           return new;
+         end $$;
+         create trigger refuse_a before insert or update on schedules
+         for each row execute function refuse_a();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let scheduler = Scheduler::new(
+        db.pool.clone(),
+        vec![
+            schedule("a", "* * * * *", "UTC", CatchUp::Latest),
+            schedule("b", "* * * * *", "UTC", CatchUp::Latest),
+        ],
+    );
+    let first = scheduler
+        .run_once(at("2025-06-01T12:00:30Z"))
+        .await
+        .expect("a failing schedule is not the pass's failure");
+    assert_eq!(first.failed.len(), 1, "{first:?}");
+    assert_eq!(first.failed[0].0, "a");
+    assert!(
+        first.failed[0].1.contains("schedule a refused"),
+        "{first:?}"
+    );
+    let report = scheduler
+        .run_once(at("2025-06-01T12:01:00Z"))
+        .await
+        .unwrap();
+    let enqueued: Vec<_> = report
+        .enqueued
+        .iter()
+        .map(|e| (e.0.as_str(), e.1))
+        .collect();
+    assert_eq!(enqueued, vec![("b", at("2025-06-01T12:01:00Z"))]);
+    assert_eq!(
+        keys_of(&db.pool, "b").await,
+        expected("b", &["2025-06-01T12:01:00Z"])
+    );
+    assert!(keys_of(&db.pool, "a").await.is_empty());
+}
