@@ -336,6 +336,13 @@ impl Default for EmailSettings {
     }
 }
 
+/// The longest duration any key accepts: cut-offs like `now - maintenance.prune_after` and ticker
+/// deadlines like `now + worker.heartbeat` stay far inside the calendar.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86400);
+
+/// How long Resend remembers an Idempotency-Key: `email.unknown_outcome_window` must be shorter.
+const IDEMPOTENCY_KEY_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
 /// A config that loaded but makes no sense, naming the key and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -402,6 +409,78 @@ impl Config {
         if self.database.max_connections < 2 {
             return invalid("database.max_connections", "at least 2");
         }
+        // Periods, timeouts and windows: zero panics a tokio interval (heartbeat, maintenance
+        // tickers), spins (poll), or fails or refuses everything (timeouts, tolerance).
+        let non_zero = [
+            ("database.acquire_timeout", self.database.acquire_timeout),
+            ("http.bulk_answer_within", self.http.bulk_answer_within),
+            ("worker.lease", self.worker.lease),
+            ("worker.heartbeat", self.worker.heartbeat),
+            ("worker.poll_interval", self.worker.poll_interval),
+            (
+                "maintenance.rescue_interval",
+                self.maintenance.rescue_interval,
+            ),
+            (
+                "maintenance.prune_interval",
+                self.maintenance.prune_interval,
+            ),
+            ("stripe.connect_timeout", self.stripe.connect_timeout),
+            ("stripe.request_timeout", self.stripe.request_timeout),
+            ("stripe.webhook_tolerance", self.stripe.webhook_tolerance),
+            ("resend.timeout", self.resend.timeout),
+            ("facebook.connect_timeout", self.facebook.connect_timeout),
+            ("facebook.request_timeout", self.facebook.request_timeout),
+            ("uploads.read_timeout", self.uploads.read_timeout),
+            ("uploads.request_timeout", self.uploads.request_timeout),
+            ("drive.connect_timeout", self.drive.connect_timeout),
+            ("drive.request_timeout", self.drive.request_timeout),
+        ];
+        for (key, value) in non_zero {
+            if value.is_zero() {
+                return invalid(key, "a non-zero duration");
+            }
+        }
+        // Every duration is added to an instant or subtracted from now somewhere (ticker
+        // deadlines, retention cut-offs): beyond the calendar those panic.
+        let bounded = non_zero.into_iter().chain([
+            ("worker.shutdown_grace", self.worker.shutdown_grace),
+            ("maintenance.leader_ttl", self.maintenance.leader_ttl),
+            ("maintenance.prune_after", self.maintenance.prune_after),
+            ("email.log_retention", self.email.log_retention),
+            (
+                "email.unknown_outcome_window",
+                self.email.unknown_outcome_window,
+            ),
+        ]);
+        for (key, value) in bounded {
+            if value > MAX_DURATION {
+                return invalid(key, "a duration of at most 100 years");
+            }
+        }
+        // Renewed every ttl/3 and written to expire 2/3 ttl later (`queue::maintenance`).
+        if self.maintenance.leader_ttl < Duration::from_secs(1) {
+            return invalid("maintenance.leader_ttl", "a duration of at least 1s");
+        }
+        // `DELETE ... LIMIT 0` deletes nothing, and the pruners delete until a batch comes short.
+        if self.maintenance.prune_batch == 0 {
+            return invalid("maintenance.prune_batch", "at least 1");
+        }
+        let window = self.email.unknown_outcome_window;
+        if window.is_zero() || window >= IDEMPOTENCY_KEY_MEMORY {
+            return invalid(
+                "email.unknown_outcome_window",
+                "a non-zero duration under 24h (Resend forgets an Idempotency-Key after 24 h)",
+            );
+        }
+        // `send_email` reads an email's row so as not to send it twice; a row pruned while its
+        // job may still run again would let it send once more after Resend forgot the key.
+        if self.email.log_retention < IDEMPOTENCY_KEY_MEMORY {
+            return invalid(
+                "email.log_retention",
+                "a duration of at least 24h (send_email relies on the rows of recent emails)",
+            );
+        }
         if self.worker.heartbeat >= self.worker.lease {
             return invalid("worker.heartbeat", "a duration shorter than worker.lease");
         }
@@ -442,12 +521,6 @@ impl Config {
         }
         if self.uploads.max_concurrent == 0 {
             return invalid("uploads.max_concurrent", "at least 1");
-        }
-        if self.uploads.read_timeout.is_zero() {
-            return invalid("uploads.read_timeout", "a non-zero duration");
-        }
-        if self.uploads.request_timeout.is_zero() {
-            return invalid("uploads.request_timeout", "a non-zero duration");
         }
         let granularity = 256 * 1024;
         if self.drive.upload_chunk_bytes == 0

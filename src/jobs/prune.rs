@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -40,16 +40,14 @@ impl Job<AppState> for Prune {
     async fn perform(self, ctx: JobContext<AppState>) -> JobResult {
         let settings = &ctx.state.config.maintenance;
         let age = self.older_than.unwrap_or(settings.prune_after);
-        let age = chrono::Duration::from_std(age).map_err(JobError::discard)?;
-        let before = Utc::now() - age;
+        let before = cut_off(age, "older_than")?;
         let pruned =
             maintenance::prune_once(&ctx.pool, before, settings.prune_batch as i64).await?;
         // The email log holds recipients (personal data): kept `email.log_retention`.
-        let retention = chrono::Duration::from_std(ctx.state.config.email.log_retention)
-            .map_err(JobError::discard)?;
+        let emails_before = cut_off(ctx.state.config.email.log_retention, "email.log_retention")?;
         let emails_pruned = super::send_email::prune_email_log(
             &ctx.pool,
-            Utc::now() - retention,
+            emails_before,
             settings.prune_batch as i64,
         )
         .await?;
@@ -61,4 +59,15 @@ impl Job<AppState> for Prune {
             "uploaded_chunks_pruned": chunks_pruned,
         })))
     }
+}
+
+/// Now less `age`; an age reaching beyond the calendar discards the job (it would panic).
+fn cut_off(age: Duration, what: &str) -> Result<DateTime<Utc>, JobError> {
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| {
+            let age = humantime::format_duration(age);
+            JobError::discard(format!("{what} = {age} reaches back beyond the calendar"))
+        })
 }

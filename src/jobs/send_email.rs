@@ -478,6 +478,8 @@ pub async fn prune_email_log(
     before: DateTime<Utc>,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
+    // `limit 0` deletes nothing and never comes short: it would loop for ever.
+    let batch = batch.max(1);
     let mut total = 0;
     loop {
         let deleted = sqlx::query(EMAIL_LOG_PRUNE)

@@ -103,6 +103,8 @@ pub async fn prune_once(
     before: DateTime<Utc>,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
+    // `limit 0` deletes nothing and never comes short: it would loop for ever.
+    let batch = batch.max(1);
     let mut total = 0;
     loop {
         let deleted = sqlx::query(sql::JOB_PRUNE)
@@ -190,11 +192,16 @@ pub async fn run(
                 }
             }
             _ = prune.tick(), if leading => {
-                let before = Utc::now() - settings.prune_after;
-                match prune_once(&pool, before, settings.prune_batch).await {
-                    Ok(0) => {}
-                    Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
-                    Err(error) => { outage.failed(&error); healthy_since = None; }
+                // An age beyond the calendar: nothing finished that long ago.
+                let before = chrono::Duration::from_std(settings.prune_after)
+                    .ok()
+                    .and_then(|age| Utc::now().checked_sub_signed(age));
+                if let Some(before) = before {
+                    match prune_once(&pool, before, settings.prune_batch).await {
+                        Ok(0) => {}
+                        Ok(pruned) => tracing::info!(pruned, "pruned finished jobs"),
+                        Err(error) => { outage.failed(&error); healthy_since = None; }
+                    }
                 }
             }
         }

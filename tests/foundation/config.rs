@@ -79,6 +79,67 @@ fn a_bad_value_names_the_key_and_what_was_expected() {
     assert!(err.to_string().contains("database.url"), "{err}");
 }
 
+/// Values that load but would hang or crash the daemon: a zero period panics a tokio interval, a
+/// zero batch loops `delete ... limit 0` for ever, an age of a million years panics `now - age`,
+/// an unknown-outcome window of a day or more lets Resend forget the key and an email go twice.
+#[test]
+fn values_that_would_hang_or_crash_the_daemon_are_refused_naming_the_key() {
+    let cases = [
+        ("maintenance.prune_batch", "0"),
+        ("worker.heartbeat", "0s"),
+        ("worker.lease", "0s"),
+        ("worker.poll_interval", "0s"),
+        ("maintenance.leader_ttl", "0s"),
+        ("maintenance.leader_ttl", "2ns"),
+        ("maintenance.rescue_interval", "0s"),
+        ("maintenance.prune_interval", "0s"),
+        ("database.acquire_timeout", "0s"),
+        ("http.bulk_answer_within", "0s"),
+        ("stripe.connect_timeout", "0s"),
+        ("stripe.request_timeout", "0s"),
+        ("stripe.webhook_tolerance", "0s"),
+        ("resend.timeout", "0s"),
+        ("facebook.connect_timeout", "0s"),
+        ("facebook.request_timeout", "0s"),
+        ("uploads.read_timeout", "0s"),
+        ("uploads.request_timeout", "0s"),
+        ("drive.connect_timeout", "0s"),
+        ("drive.request_timeout", "0s"),
+        ("maintenance.prune_after", "1000000y"),
+        ("email.log_retention", "1000000y"),
+        ("email.log_retention", "0s"),
+        ("worker.shutdown_grace", "1000000y"),
+        ("maintenance.prune_interval", "1000000y"),
+        ("email.unknown_outcome_window", "0s"),
+        ("email.unknown_outcome_window", "24h"),
+        ("email.unknown_outcome_window", "2d"),
+    ];
+    let mut wrong = Vec::new();
+    for (key, value) in cases {
+        let var = format!("BAW__{}", key.to_uppercase().replace('.', "__"));
+        match Config::load_from(None, env(&[(var.as_str(), value)])) {
+            Err(ConfigError::Invalid {
+                key: named,
+                expected,
+            }) if named == key && !expected.is_empty() => {}
+            Err(err) => wrong.push(format!("{key} = {value}: {err}")),
+            Ok(_) => wrong.push(format!("{key} = {value}: accepted")),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // The shipped defaults still load, and the window is the one send_email uses.
+    let config = Config::load_from(None, env(&[])).unwrap();
+    assert_eq!(
+        config.email.unknown_outcome_window,
+        baseaim_worker::jobs::send_email::UNKNOWN_OUTCOME_WINDOW
+    );
+    assert!(
+        baseaim_worker::config::DEFAULT_TOML.contains("unknown_outcome_window = \"23h\""),
+        "config/default.toml documents email.unknown_outcome_window"
+    );
+}
+
 #[test]
 fn an_unknown_key_in_a_file_is_refused() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -146,4 +207,44 @@ fn every_tls_client_builds_on_the_one_crypto_provider() {
     let provider =
         rustls::crypto::CryptoProvider::get_default().expect("a default provider is installed");
     assert!(!provider.cipher_suites.is_empty());
+}
+
+/// Behind `maintenance.prune_batch`'s check, for settings built in code: the pruners given a batch
+/// of 0 delete what is due and return, instead of repeating `delete ... limit 0` for ever.
+#[tokio::test]
+async fn the_pruners_given_a_batch_of_zero_prune_and_return() {
+    let db = crate::support::TestDb::new().await;
+    sqlx::query(
+        "insert into jobs (kind, state, attempt, finished_at)
+         select 'noop', 'completed', 1, now() - interval '30 days' from generate_series(1, 3)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into email_log (idempotency_key, template, recipient, subject, created_at)
+         values ('k1', 'welcome', 'a@example.com', 'Hi', now() - interval '200 days')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    let within = std::time::Duration::from_secs(10);
+
+    let jobs = tokio::time::timeout(
+        within,
+        baseaim_worker::queue::maintenance::prune_once(&db.pool, now, 0),
+    )
+    .await
+    .expect("prune_once returns with a batch of 0")
+    .unwrap();
+    assert_eq!(jobs, 3);
+    let emails = tokio::time::timeout(
+        within,
+        baseaim_worker::jobs::send_email::prune_email_log(&db.pool, now, 0),
+    )
+    .await
+    .expect("prune_email_log returns with a batch of 0")
+    .unwrap();
+    assert_eq!(emails, 1);
 }
