@@ -51,8 +51,20 @@
 //!
 //! A schedule seen for the first time (a new deployment, a new section) starts with its *next*
 //! tick: its row is created with the due tick as the watermark, so deploying never fires a daily
-//! job at a random hour. `schedules run <name>` fires one by hand. A disabled schedule is not
-//! evaluated; enabled again, it catches up per its policy.
+//! job at a random hour. `schedules run <name>` fires one by hand. So does a schedule whose cron
+//! or zone changed: the row records what its ticks were computed from (`defined_by`, e.g.
+//! `0 4 * * * UTC`), and a node configured otherwise moves the watermark to the latest tick of
+//! its own definition (never back) without enqueueing it, and logs that the schedule changed;
+//! moving a daily job from 04:00 to 09:00 at 10:00 runs it at 09:00 the next day, not at deploy
+//! time. While nodes disagree about a schedule's definition (a rolling deploy), each takes the
+//! other's writes for a change and that schedule enqueues nothing until they agree.
+//!
+//! A disabled schedule is not evaluated; enabled again, it catches up per its policy (with an
+//! unchanged definition: changed, it starts with its next tick). A schedule removed from the
+//! config keeps its row, so one added back later under the same name is the same: with the same
+//! cron and zone it catches up per its policy (under `latest`, one job at deploy time for the
+//! latest tick it missed), otherwise it starts with its next tick. To have it start afresh, set
+//! `catch_up = "skip"` or delete its row (`delete from schedules where name = '<name>'`) first.
 //!
 //! # Time zones and DST
 //!
@@ -322,6 +334,14 @@ impl Schedule {
             return latest(&self.cron);
         }
         self.fixed_times.iter().filter_map(latest).max()
+    }
+
+    /// What defines this schedule's tick times, as stored on its row (`defined_by`): the cron
+    /// expression (blanks normalised) and the zone, e.g. `0 4 * * * UTC`. A row defined
+    /// otherwise was counting another schedule's ticks (see "Catch-up").
+    pub fn definition(&self) -> String {
+        let cron: Vec<&str> = self.expression.split_whitespace().collect();
+        format!("{} {}", cron.join(" "), self.timezone.name())
     }
 
     /// The unique key of the job of tick `tick`: `schedule:<name>:<tick in UTC, RFC 3339>`.

@@ -14,11 +14,13 @@ use super::{CLOCK_SKEW_GRACE, CatchUp, MAX_SLEEP, MISFIRE_GRACE, Schedule, Sched
 use crate::queue::EnqueueError;
 use crate::queue::worker::Outage;
 
-/// Whether the row exists, its watermark, its recorded next tick, the database's clock.
+/// Whether the row exists, its watermark, its recorded next tick, its definition, the
+/// database's clock.
 type Row = (
     bool,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
     DateTime<Utc>,
 );
 
@@ -116,10 +118,11 @@ impl Scheduler {
         let Some(due) = schedule.latest_at_or_before(now) else {
             return Ok(()); // has never fired yet: nothing can be due
         };
-        let (exists, last_tick, recorded_next, db_now): Row = sqlx::query_as(sql::SCHEDULE_GET)
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
+        let (exists, last_tick, recorded_next, defined_by, db_now): Row =
+            sqlx::query_as(sql::SCHEDULE_GET)
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
         // A node whose clock is ahead must not deal with ticks the database's clock has not
         // reached: the watermark only moves forward, so every node would then wait for real time
         // to catch up (see "The clock"). The statements refuse it too; this names the skew.
@@ -136,6 +139,7 @@ impl Scheduler {
             tracing::info!(times, "this node's clock agrees with the database's again");
         }
         let grace = CLOCK_SKEW_GRACE.as_secs_f64();
+        let definition = schedule.definition();
         if !exists {
             // First sight: the schedule starts with its next tick (see "Catch-up").
             sqlx::query(sql::SCHEDULE_CREATE)
@@ -143,10 +147,40 @@ impl Scheduler {
                 .bind(due)
                 .bind(next)
                 .bind(grace)
+                .bind(&definition)
                 .execute(&self.pool)
                 .await?;
             tracing::info!(schedule = name, next = ?next, "new schedule; it starts with its next tick");
             return Ok(());
+        }
+        match defined_by {
+            // A row from before definitions were recorded: taken as this config's.
+            None => {
+                sqlx::query(sql::SCHEDULE_ADOPT_DEFINITION)
+                    .bind(name)
+                    .bind(&definition)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Some(old) if old != definition => {
+                // The cron or the zone changed: its watermark counted ticks of another
+                // definition, so the schedule starts over with its next tick, like a new one
+                // (see "Catch-up"), instead of catching up at deploy time.
+                let changed = sqlx::query(sql::SCHEDULE_REDEFINE)
+                    .bind(name)
+                    .bind(due)
+                    .bind(next)
+                    .bind(&definition)
+                    .bind(grace)
+                    .execute(&self.pool)
+                    .await?;
+                if changed.rows_affected() > 0 {
+                    tracing::info!(schedule = name, was = %old, now = %definition, next = ?next,
+                        "the schedule changed; it starts with its next tick");
+                }
+                return Ok(());
+            }
+            Some(_) => {}
         }
         if last_tick.is_some_and(|last| due <= last) {
             if recorded_next != next {
@@ -173,11 +207,13 @@ impl Scheduler {
             .bind(due)
             .bind(next)
             .bind(grace)
+            .bind(&definition)
             .fetch_optional(&mut *tx)
             .await?;
         if won.is_none() {
             // Another node dealt with this tick (or a later one) first, or the database's clock
-            // fell behind this node's since the row was read.
+            // fell behind this node's since the row was read, or another node configured
+            // otherwise redefined the schedule meanwhile.
             tx.rollback().await?;
             return Ok(());
         }

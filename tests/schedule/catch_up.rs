@@ -162,3 +162,48 @@ async fn a_new_schedule_starts_with_its_next_tick() {
         expected("daily", &["2025-06-02T04:00:00Z"])
     );
 }
+
+#[tokio::test]
+async fn a_changed_cron_starts_with_its_next_tick_instead_of_firing_at_deploy_time() {
+    let db = TestDb::new().await;
+    let at_four = Scheduler::new(
+        db.pool.clone(),
+        vec![schedule("daily", "0 4 * * *", "UTC", CatchUp::Latest)],
+    );
+    at_four.run_once(at("2025-06-01T12:00:00Z")).await.unwrap();
+    at_four.run_once(at("2025-06-02T04:00:00Z")).await.unwrap();
+    assert_eq!(
+        keys_of(&db.pool, "daily").await,
+        expected("daily", &["2025-06-02T04:00:00Z"])
+    );
+    // Deployed at 10:00 with the job moved to 09:00: this morning's 09:00 is not run now.
+    let at_nine = Scheduler::new(
+        db.pool.clone(),
+        vec![schedule("daily", "0 9 * * *", "UTC", CatchUp::Latest)],
+    );
+    let report = at_nine.run_once(at("2025-06-02T10:00:00Z")).await.unwrap();
+    assert!(report.enqueued.is_empty(), "{report:?}");
+    at_nine.run_once(at("2025-06-03T08:59:59Z")).await.unwrap();
+    at_nine.run_once(at("2025-06-03T09:00:00Z")).await.unwrap();
+    assert_eq!(
+        keys_of(&db.pool, "daily").await,
+        expected("daily", &["2025-06-02T04:00:00Z", "2025-06-03T09:00:00Z"])
+    );
+    // A changed zone is a change too: 09:00 in Berlin is 07:00Z, already past at 08:00Z.
+    let berlin = Scheduler::new(
+        db.pool.clone(),
+        vec![schedule(
+            "daily",
+            "0 9 * * *",
+            "Europe/Berlin",
+            CatchUp::Latest,
+        )],
+    );
+    let report = berlin.run_once(at("2025-06-04T08:00:00Z")).await.unwrap();
+    assert!(report.enqueued.is_empty(), "{report:?}");
+    berlin.run_once(at("2025-06-05T07:00:00Z")).await.unwrap();
+    assert_eq!(
+        keys_of(&db.pool, "daily").await.last(),
+        Some(&"schedule:daily:2025-06-05T07:00:00Z".to_string())
+    );
+}
