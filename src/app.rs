@@ -3,11 +3,16 @@
 //! `serve` brings things up in an order that survives a database outage at start: the HTTP server
 //! and health monitor first (so `/healthz` answers and `/readyz` tells the truth), then migrations
 //! and the engine, retried until the database answers. `/readyz` says 503 until the engine runs.
+//! Only the roles that run the intake (`all`, `web`) bind the HTTP server; a `worker` or
+//! `scheduler` node has no `/healthz` or `/readyz`: under systemd its watchdog pings and
+//! `STATUS=` (`waiting for the database`, `cannot start the engine; retrying`, `running`) say
+//! how it is, and it exits non-zero when it cannot run.
 //! A database whose migrations disagree with this binary's (migrated by a newer release, an
 //! applied migration edited, one left dirty) is no outage: the node logs why and exits non-zero
 //! instead of waiting. SIGTERM and Ctrl-C take the same path: stop the engine gracefully, then
 //! the HTTP server, exit 0.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,11 +121,15 @@ pub async fn serve(
     }
 }
 
-/// A running node: its HTTP server and (once the database answered) its engine.
+/// A running node: its HTTP server (if its role runs the intake) and (once the database
+/// answered) its engine.
 pub struct Node {
-    pub addr: std::net::SocketAddr,
+    /// Where the HTTP server listens. A role without one (`worker`, `scheduler`) binds nothing
+    /// and this is the unspecified address `0.0.0.0:0`; [`Node::http_addr`] says None.
+    pub addr: SocketAddr,
     stop: CancellationToken,
-    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// None: this role serves no HTTP.
+    http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     engine: tokio::task::JoinHandle<Option<Engine<AppState>>>,
     /// Whether the engine runs, for `/readyz`.
     engine_status: EngineStatus,
@@ -130,8 +139,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts everything `role` runs. Returns once the HTTP server is bound; migrations and the
-    /// engine come up in the background as soon as the database answers.
+    /// Starts everything `role` runs. Returns once the HTTP server is bound (for the roles that
+    /// run the intake: `all`, `web`); migrations and the engine come up in the background as
+    /// soon as the database answers.
     pub async fn start(
         config: Config,
         secrets: Secrets,
@@ -154,10 +164,19 @@ impl Node {
             HttpState::new(state.clone(), health.clone()).with_engine(engine_status.clone()),
         );
         let http_stop = CancellationToken::new();
-        let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())
-            .await
-            .with_context(|| format!("binding the HTTP server to {}", config.http.bind))?;
-        tracing::info!(%addr, role = role.as_str(), "listening");
+        let (addr, http) = if role.runs_http_intake() {
+            let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())
+                .await
+                .with_context(|| format!("binding the HTTP server to {}", config.http.bind))?;
+            tracing::info!(%addr, role = role.as_str(), "listening");
+            (addr, Some(http))
+        } else {
+            // A worker or scheduler shares its env file with a web node: binding the same
+            // address would stop one of them. Its health is its process: it exits non-zero when
+            // it cannot run, pings systemd's watchdog and reports STATUS=.
+            tracing::info!(role = role.as_str(), "started without an HTTP listener");
+            (SocketAddr::from(([0, 0, 0, 0], 0)), None)
+        };
         // The HTTP server outlives the engine's graceful stop: Node::stop cancels it last.
         let (fatal_tx, fatal) = tokio::sync::oneshot::channel();
         let engine = tokio::spawn(start_engine(
@@ -182,6 +201,11 @@ impl Node {
         })
     }
 
+    /// Where the HTTP server listens; None for a role without one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|_| self.addr)
+    }
+
     /// Resolves when the node cannot run at all: the database's migrations disagree with this
     /// binary's, which no retry mends (see [`db::DbError::is_fatal`]). Pending forever otherwise.
     pub async fn failed(&mut self) -> anyhow::Error {
@@ -200,10 +224,11 @@ impl Node {
         }
         self.stop.cancel();
         self.watchdog.abort();
-        self.http
-            .await
-            .context("HTTP server task")?
-            .context("HTTP server")?;
+        if let Some(http) = self.http {
+            http.await
+                .context("HTTP server task")?
+                .context("HTTP server")?;
+        }
         Ok(())
     }
 }
@@ -257,6 +282,7 @@ async fn start_engine(
                     tokio::spawn(scheduler.run(stop.child_token()));
                 }
                 status.set(true);
+                notify_systemd_status("running");
                 return Some(engine);
             }
             Err(error)
@@ -270,7 +296,13 @@ async fn start_engine(
             Err(error) => {
                 let text = format!("{error:#}");
                 if last_logged.as_deref() != Some(text.as_str()) {
-                    if database_unavailable(&error) {
+                    let unavailable = database_unavailable(&error);
+                    notify_systemd_status(if unavailable {
+                        "waiting for the database"
+                    } else {
+                        "cannot start the engine; retrying"
+                    });
+                    if unavailable {
                         tracing::warn!(
                             error = text,
                             "cannot reach the database yet; retrying until it answers"
@@ -323,6 +355,11 @@ pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
 /// `READY=1` under systemd (`Type=notify`); a no-op elsewhere.
 fn notify_systemd_ready() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+/// `STATUS=` under systemd (what `systemctl status` shows); a no-op elsewhere.
+fn notify_systemd_status(status: &str) {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
 }
 
 /// Pings systemd's watchdog at half its interval while the runtime is responsive.

@@ -475,3 +475,32 @@ async fn readyz_waits_for_the_engine() {
         .expect("stops in time")
         .unwrap();
 }
+
+/// A `--role worker` node binds no HTTP port (a web node sharing its env file binds it), and
+/// works jobs all the same.
+#[tokio::test]
+async fn a_worker_node_listens_on_nothing_and_works_jobs() {
+    let db = TestDb::new().await;
+    let (serve, port) = start_serve(&db, &["--role", "worker"], &[]);
+    let job: i64 = sqlx::query_scalar("select enqueue_job('noop')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    eventually(20, "the worker completed the job", || async {
+        sqlx::query_scalar::<_, String>("select state::text from jobs where id = $1")
+            .bind(job)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == "completed"
+    })
+    .await;
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert!(
+        connect.is_err(),
+        "nothing listens on the configured bind while the worker runs"
+    );
+    let (status, output) = sigterm_and_collect(serve).await;
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("without an HTTP listener"), "{output}");
+}
