@@ -141,7 +141,7 @@ pub async fn command<S: Clone + Send + Sync + 'static>(
             }
         }
         ScheduleCommand::Run { name } => {
-            let Some(config) = config.schedules.get(&name) else {
+            let Some(section) = config.schedules.get(&name) else {
                 return Err(ScheduleError::NotFound {
                     name,
                     known: config
@@ -153,7 +153,7 @@ pub async fn command<S: Clone + Send + Sync + 'static>(
                 }
                 .into());
             };
-            let mut schedule = Schedule::from_config(&name, config)?;
+            let mut schedule = Schedule::from_config(&name, section)?;
             // Refuse a kind nobody can run, enabled or not: the job would only be discarded.
             if registry.get(&schedule.kind).is_none() {
                 return Err(ScheduleError::UnknownKind {
@@ -163,6 +163,7 @@ pub async fn command<S: Clone + Send + Sync + 'static>(
                 .into());
             }
             schedule.adopt_policy(registry)?;
+            schedule.check_queue(config)?;
             let enqueued = run_now(&pool, &schedule)
                 .await
                 .context("enqueueing the job")?;

@@ -3,7 +3,8 @@
 //!
 //! Neighbours: [`crate::config`] holds the `[schedules.<name>]` sections ([`ScheduleConfig`]) and
 //! calls [`Schedule::from_config`] while loading, so a bad cron or zone stops start-up naming the
-//! schedule. [`crate::queue`] receives the jobs. [`crate::app`] starts [`Scheduler::run`] on nodes
+//! schedule; [`load`] checks the rest against the kinds this binary runs and the config's
+//! `[queues]` (a kind's args, a queue nobody works). [`crate::queue`] receives the jobs. [`crate::app`] starts [`Scheduler::run`] on nodes
 //! of role `all` and `scheduler`; the CLI's `schedules list|run` land in [`command`].
 //!
 //! # Why every node evaluates, and why that is safe
@@ -308,6 +309,29 @@ impl Schedule {
         }
     }
 
+    /// Refuses a queue (configured, or the kind's once [`Schedule::adopt_policy`] ran) that is
+    /// not one of `config`'s `[queues]`, naming `schedules.<name>.queue` and the queues there are
+    /// (as `POST /v1/jobs` does): its jobs would wait forever.
+    pub fn check_queue(&self, config: &crate::config::Config) -> Result<(), ScheduleError> {
+        if config.queues.contains_key(&self.queue) {
+            return Ok(());
+        }
+        let whose = if self.queue_configured {
+            "the queue"
+        } else {
+            "its kind's queue"
+        };
+        Err(ScheduleError::Invalid {
+            key: format!("schedules.{}.queue", self.name),
+            expected: format!(
+                "a queue of `[queues]` (configured: {}), but {whose} `{}` is not one: its jobs \
+                 would wait forever",
+                config.queues.keys().cloned().collect::<Vec<_>>().join(", "),
+                self.queue
+            ),
+        })
+    }
+
     /// The first tick strictly after `t`. None: the expression never fires again.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = t.trunc_subsecs(0).with_timezone(&self.timezone);
@@ -413,6 +437,20 @@ fn fixed_times(cron: &Cron) -> Vec<Cron> {
         }
     }
     times
+}
+
+/// Every schedule of `config`, checked as [`from_config`] does, and each one's queue (configured,
+/// or its kind's) one of the config's `[queues]`: a queue no node works would keep every tick's
+/// job waiting forever, most likely a typo. What a node checks before it evaluates schedules.
+pub fn load<S: Clone + Send + Sync + 'static>(
+    config: &crate::config::Config,
+    registry: &Registry<S>,
+) -> Result<Vec<Schedule>, ScheduleError> {
+    let schedules = from_config(&config.schedules, registry)?;
+    for schedule in &schedules {
+        schedule.check_queue(config)?;
+    }
+    Ok(schedules)
 }
 
 /// Every schedule of the config, checked, with its kind's policy from `registry`. Fails on the

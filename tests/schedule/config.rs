@@ -130,3 +130,28 @@ fn a_nul_in_a_schedule_s_args_stops_loading_the_config() {
         assert!(error.contains("`schedules.facebook_sync.args`"), "{error}");
     }
 }
+
+#[test]
+fn a_schedule_queue_no_node_works_is_refused_naming_the_key_and_the_queues() {
+    let config = load(&[("BAW__SCHEDULES__PRUNE__QUEUE", "reprots")]).unwrap();
+    let error = match schedule::load(&config, &jobs::registry()) {
+        Ok(_) => panic!("a queue outside [queues] passed"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("`schedules.prune.queue`"), "{error}");
+    assert!(error.contains("`reprots`"), "{error}");
+    assert!(error.contains("default, drive, email, facebook"), "{error}");
+    // A kind's own queue counts too: `facebook_sync` runs on `facebook`.
+    let config = load(&[("BAW__QUEUES__FACEBOOK__CONCURRENCY", "1")]).unwrap();
+    let mut without_facebook = config.clone();
+    without_facebook.queues.remove("facebook");
+    let error = match schedule::load(&without_facebook, &jobs::registry()) {
+        Ok(_) => panic!("a kind's queue outside [queues] passed"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("`schedules.facebook_sync.queue`"), "{error}");
+    // The shipped config loads, with a configured queue that exists as well.
+    schedule::load(&config, &jobs::registry()).unwrap();
+    let config = load(&[("BAW__SCHEDULES__PRUNE__QUEUE", "email")]).unwrap();
+    schedule::load(&config, &jobs::registry()).unwrap();
+}
