@@ -134,6 +134,7 @@ pub use command::{ScheduleCommand, ScheduleStatus, run_now, status};
 pub use config::{CatchUp, ScheduleConfig};
 pub use scheduler::{RunReport, Scheduler};
 
+use crate::queue::enqueue::MAX_UNIQUE_KEY;
 use crate::queue::{EnqueueError, NewJob, Registry};
 
 /// A tick first seen later than this after its time was missed (every node was down or cut off):
@@ -147,6 +148,11 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// further ahead enqueues nothing (its ticks would be in everyone's future), and the production
 /// loop evaluates on the database's clock instead of a node clock this far off.
 pub const CLOCK_SKEW_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest schedule name: the unique keys of its jobs must fit [`MAX_UNIQUE_KEY`], and a run
+/// by hand's, `schedule:<name>:manual:<32 hex digits>`, is longer than a tick's
+/// (`schedule:<name>:<20-character time>`).
+pub const MAX_NAME: usize = MAX_UNIQUE_KEY - "schedule::manual:".len() - 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -210,6 +216,17 @@ impl Schedule {
                 "a schedule name of lowercase letters, digits and `_` (so that \
                  BAW__SCHEDULES__<NAME>__* can address it)"
                     .into(),
+            ));
+        }
+        if name.len() > MAX_NAME {
+            return Err(invalid(
+                "",
+                format!(
+                    "a schedule name of at most {MAX_NAME} characters (its jobs' unique keys, \
+                     `schedule:<name>:manual:<id>` the longest, must fit {MAX_UNIQUE_KEY}), but \
+                     this one has {}",
+                    name.len()
+                ),
             ));
         }
         let cron = CronParser::builder()

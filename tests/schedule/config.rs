@@ -155,3 +155,35 @@ fn a_schedule_queue_no_node_works_is_refused_naming_the_key_and_the_queues() {
     let config = load(&[("BAW__SCHEDULES__PRUNE__QUEUE", "email")]).unwrap();
     schedule::load(&config, &jobs::registry()).unwrap();
 }
+
+#[test]
+fn a_schedule_name_too_long_for_its_jobs_keys_stops_loading_the_config() {
+    let named = |name: &str| {
+        let prefix = format!("BAW__SCHEDULES__{}", name.to_uppercase());
+        load(&[
+            (&format!("{prefix}__CRON"), "0 * * * *"),
+            (&format!("{prefix}__KIND"), "prune"),
+        ])
+    };
+    let longest = "a".repeat(schedule::MAX_NAME);
+    let config = named(&longest).unwrap();
+    let schedules = schedule::from_config(&config.schedules, &jobs::registry()).unwrap();
+    let s = schedules.iter().find(|s| s.name == longest).unwrap();
+    // Its tick keys fit, with room for a run by hand's `schedule:<name>:manual:<32 hex>`.
+    let tick = s.tick_key(super::at("2025-06-01T12:00:00Z"));
+    assert!(
+        tick.len() <= 512 - "manual:".len() - 32 + 20,
+        "{}",
+        tick.len()
+    );
+    assert_eq!(
+        format!("schedule:{longest}:manual:{}", "0".repeat(32)).len(),
+        512
+    );
+    let error = named(&"a".repeat(schedule::MAX_NAME + 1)).unwrap_err();
+    assert!(error.contains("`schedules.aaaa"), "{error}");
+    assert!(
+        error.contains(&format!("at most {}", schedule::MAX_NAME)),
+        "{error}"
+    );
+}
