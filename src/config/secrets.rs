@@ -80,15 +80,45 @@ impl Secrets {
     }
 }
 
-/// A URL with its password (if any) replaced by `***`, for logs and `config check`.
+/// A URL with its password (if any) replaced by `***`, for logs and `config check`: the one after
+/// the user name, and the values of query parameters that carry one (sqlx reads `?password=`;
+/// libpq also `sslpassword`). The rest of the URL is left as it was written.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
             }
+            if let Some(query) = parsed.query().map(redact_query) {
+                parsed.set_query(Some(&query));
+            }
             parsed.to_string()
         }
         Err(_) => "<unparseable url>".into(),
     }
+}
+
+/// Query parameters whose value is a secret, compared with the decoded name in lowercase.
+const SECRET_PARAMS: [&str; 2] = ["password", "sslpassword"];
+
+/// The query with the value of each [`SECRET_PARAMS`] entry replaced by `***`; other pairs are
+/// kept byte for byte. Names are compared decoded (`pass%77ord` is `password` to sqlx too).
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => {
+                let decoded: String = url::form_urlencoded::parse(name.as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .collect();
+                if SECRET_PARAMS.contains(&decoded.to_ascii_lowercase().as_str()) {
+                    format!("{name}=***")
+                } else {
+                    pair.to_owned()
+                }
+            }
+            None => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }

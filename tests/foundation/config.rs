@@ -194,6 +194,32 @@ fn redacted_config_hides_the_database_password() {
     let shown = config.to_redacted_toml();
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("postgres://app:***@db/prod"), "{shown}");
+
+    // sqlx also takes the password as a query parameter; libpq's sslpassword is a secret too.
+    let config = Config::load_from(
+        None,
+        env(&[(
+            "DATABASE_URL",
+            "postgres://app@db/prod?sslmode=require&password=hunter2sekret&application_name=w&sslpassword=keysekret",
+        )]),
+    )
+    .unwrap();
+    let shown = config.to_redacted_toml();
+    assert!(!shown.contains("sekret"), "{shown}");
+    assert!(
+        shown.contains(
+            "postgres://app@db/prod?sslmode=require&password=***&application_name=w&sslpassword=***"
+        ),
+        "{shown}"
+    );
+    for url in [
+        "postgres://app@db/prod?PASSWORD=hunter2sekret",
+        "postgres://app@db/prod?pass%77ord=hunter2sekret",
+        "postgres://app:hunter2sekret@db/prod?password=hunter2sekret",
+    ] {
+        let shown = baseaim_worker::config::redact_url(url);
+        assert!(!shown.contains("sekret"), "{url} -> {shown}");
+    }
 }
 
 #[test]
