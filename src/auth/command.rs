@@ -150,19 +150,21 @@ pub async fn tokens(config: &Config, command: TokensCommand) -> anyhow::Result<(
     Ok(())
 }
 
-/// The first line of standard input, without its line ending. A prompt goes to stderr when a
-/// person is typing.
+/// The password: typed at the terminal with echo off (prompt and input on the terminal, so it
+/// stays off the screen and out of a session's scrollback), else the first line of standard input,
+/// without its line ending (scripts and tests pipe it).
 fn read_password() -> anyhow::Result<String> {
     use std::io::IsTerminal;
-    if std::io::stdin().is_terminal() {
-        eprint!(
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!(
             "password (at least {} characters): ",
             super::password::MIN_LENGTH
-        );
-    }
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        ))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
     if password.is_empty() {
         anyhow::bail!("no password on standard input");
     }

@@ -268,6 +268,66 @@ async fn cli(db: &TestDb, args: &[&str], stdin: &str) -> (bool, String, String) 
     )
 }
 
+/// Typed at a terminal, the password is not echoed: `operators add` runs in a pseudo-terminal
+/// (`script`), the password is typed once the prompt shows, and the terminal's transcript holds
+/// the prompt and the result but not the password.
+#[tokio::test]
+async fn operators_add_at_a_terminal_does_not_echo_the_password() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let command = format!(
+        "'{}' operators add ada --role admin",
+        env!("CARGO_BIN_EXE_baseaim-worker")
+    );
+    let mut child = tokio::process::Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("DATABASE_URL", &db.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("util-linux `script` runs the command in a pseudo-terminal");
+    let mut input = child.stdin.take().unwrap();
+    let mut output = child.stdout.take().unwrap();
+    let mut transcript = Vec::new();
+    let session = async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&transcript).contains("password (at least") {
+            let n = output.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&transcript));
+            transcript.extend_from_slice(&chunk[..n]);
+        }
+        // The prompt goes out just before echo is turned off: let that happen, as a person would.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        input
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .await
+            .unwrap();
+        output.read_to_end(&mut transcript).await.unwrap();
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(30), session)
+        .await
+        .expect("operators add finishes");
+    let transcript = String::from_utf8_lossy(&transcript).into_owned();
+    assert!(status.success(), "{transcript}");
+    assert!(
+        transcript.contains("operator ada (admin) created"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains(PASSWORD),
+        "the password was echoed: {transcript}"
+    );
+    assert!(
+        auth::session::login(&db.pool, "ada", PASSWORD, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 #[tokio::test]
 async fn the_command_line_creates_operators_and_tokens() {
     let db = TestDb::new().await;
