@@ -10,7 +10,8 @@
 //! A database whose migrations disagree with this binary's (migrated by a newer release, an
 //! applied migration edited, one left dirty) is no outage: the node logs why and exits non-zero
 //! instead of waiting. SIGTERM and Ctrl-C take the same path: stop the engine gracefully, then
-//! the HTTP server, exit 0.
+//! the HTTP server, within `worker.shutdown_grace` (connections still open then are dropped),
+//! exit 0; a second signal exits at once, non-zero.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -130,6 +131,8 @@ pub struct Node {
     stop: CancellationToken,
     /// None: this role serves no HTTP.
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// `worker.shutdown_grace`: how long a stop may wait for jobs, then HTTP requests, in flight.
+    grace: Duration,
     engine: tokio::task::JoinHandle<Option<Engine<AppState>>>,
     /// Whether the engine runs, for `/readyz`.
     engine_status: EngineStatus,
@@ -194,6 +197,7 @@ impl Node {
             addr,
             stop: http_stop,
             http,
+            grace: config.worker.shutdown_grace,
             engine,
             engine_status,
             fatal,
@@ -215,8 +219,13 @@ impl Node {
         }
     }
 
-    /// Stops the engine gracefully, then the HTTP server.
+    /// Stops the engine gracefully, then the HTTP server. Both together take about
+    /// `worker.shutdown_grace`: the engine waits that long for its jobs; the HTTP server then
+    /// finishes the requests in flight until the same deadline (at least [`HTTP_DRAIN_MIN`]) and
+    /// drops whatever connection is still open (a slow or idle client, a request whose headers
+    /// never end), rather than keep the process alive for it.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.grace;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         self.engine_status.set(false);
         if let Ok(Some(engine)) = self.engine.await {
@@ -224,14 +233,26 @@ impl Node {
         }
         self.stop.cancel();
         self.watchdog.abort();
-        if let Some(http) = self.http {
-            http.await
-                .context("HTTP server task")?
-                .context("HTTP server")?;
+        if let Some(mut http) = self.http {
+            let until = deadline.max(tokio::time::Instant::now() + HTTP_DRAIN_MIN);
+            match tokio::time::timeout_at(until, &mut http).await {
+                Ok(served) => served.context("HTTP server task")?.context("HTTP server")?,
+                Err(_) => {
+                    tracing::warn!(
+                        grace = %humantime::format_duration(self.grace),
+                        "HTTP connections still open at the end of the shutdown grace; closing them"
+                    );
+                    http.abort();
+                }
+            }
         }
         Ok(())
     }
 }
+
+/// The least time a stopping node gives HTTP requests in flight, even when the engine used up
+/// the whole shutdown grace.
+pub const HTTP_DRAIN_MIN: Duration = Duration::from_secs(1);
 
 /// Migrates (if asked) and starts the engine, retrying until the database answers or the node
 /// is stopped; then starts the scheduler loop, if this role runs one, and sets `status`. None:
@@ -335,21 +356,35 @@ fn database_unavailable(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Cancels `stop` on SIGTERM or Ctrl-C (the same path for both).
+/// Cancels `stop` on SIGTERM or Ctrl-C (the same path for both). A second one while the node
+/// stops exits the process at once, non-zero (128 + the signal's number, as a shell reports a
+/// process killed by it), without waiting for jobs or requests in flight: an operator pressing
+/// Ctrl-C again means it.
 pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    #[cfg(unix)]
+    let mut next_signal = async || -> (&'static str, i32) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => ("SIGINT", 130),
+            _ = term.recv() => ("SIGTERM", 143),
         }
-    }
+    };
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    let mut next_signal = async || -> (&'static str, i32) {
+        let _ = tokio::signal::ctrl_c().await;
+        ("Ctrl-C", 130)
+    };
+    let (first, _) = next_signal().await;
+    tracing::info!(signal = first, "stopping (a second signal exits at once)");
     stop.cancel();
+    let (second, code) = next_signal().await;
+    tracing::error!(
+        signal = second,
+        "second signal while stopping: exiting now, without waiting for jobs or requests in flight"
+    );
+    std::process::exit(code);
 }
 
 /// `READY=1` under systemd (`Type=notify`); a no-op elsewhere.

@@ -71,6 +71,11 @@ pub fn router(state: HttpState) -> Router {
 
 /// Binds `addr` and serves until `stop` is cancelled; in-flight requests are finished.
 /// Returns the bound address (port 0 picks a free one) and the server's task.
+///
+/// The task waits for every open connection after `stop`, however long it takes: whoever stops
+/// it bounds that wait (a node's `Node::stop` aborts it at the end of the shutdown grace).
+/// `axum::serve` sets no header-read timeout (hyper's needs a timer axum does not give it), so a
+/// client that never finishes its headers holds its connection until then.
 pub async fn serve(
     addr: SocketAddr,
     app: Router,

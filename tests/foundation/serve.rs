@@ -504,3 +504,66 @@ async fn a_worker_node_listens_on_nothing_and_works_jobs() {
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(output.contains("without an HTTP listener"), "{output}");
 }
+
+/// Opens a connection to `port` and sends the start of a request whose headers never end.
+async fn half_a_request(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    conn
+}
+
+fn kill(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// A client that never finishes its request does not keep a stopping node alive: the HTTP
+/// server gets what is left of the shutdown grace, then its connections are dropped.
+#[tokio::test]
+async fn sigterm_stops_serve_within_the_grace_despite_a_half_sent_request() {
+    let db = TestDb::new().await;
+    let (serve, port) = spawn_serve(&db, &[("BAW__WORKER__SHUTDOWN_GRACE", "2s")]).await;
+    let _conn = half_a_request(port).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Serve { mut child, output } = serve;
+    kill(child.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(2 + 4), child.wait())
+        .await
+        .expect("exits within the grace and a few seconds")
+        .unwrap();
+    let output = output.await.unwrap();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("HTTP connections still open"), "{output}");
+}
+
+/// A second SIGTERM while the node waits for the grace exits at once, non-zero, saying so.
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let db = TestDb::new().await;
+    let (serve, port) = spawn_serve(&db, &[("BAW__WORKER__SHUTDOWN_GRACE", "60s")]).await;
+    let _conn = half_a_request(port).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Serve { mut child, output } = serve;
+    kill(child.id().unwrap(), "TERM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting for the connection"
+    );
+    kill(child.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .expect("the second signal exits at once")
+        .unwrap();
+    let output = output.await.unwrap();
+    assert_eq!(status.code(), Some(143), "{output}");
+    assert!(output.contains("second signal"), "{output}");
+}
