@@ -298,8 +298,9 @@ async fn operators_add_at_a_terminal_does_not_echo_the_password() {
             assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&transcript));
             transcript.extend_from_slice(&chunk[..n]);
         }
-        // The prompt goes out just before echo is turned off: let that happen, as a person would.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The prompt goes out just before echo is turned off (the next few system calls): let
+        // that happen, as a person would, with room for a loaded machine.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         input
             .write_all(format!("{PASSWORD}\n").as_bytes())
             .await
