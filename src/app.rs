@@ -41,6 +41,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check,
         } => {
+            // The schedules as `serve` adopts them, against the kinds this binary runs: a kind
+            // it does not know (or args it refuses) would stop `serve`, so it fails the check.
+            if let Err(error) = crate::schedule::from_config(&config.schedules, &jobs::registry()) {
+                eprintln!("baseaim-worker: invalid configuration: {error}");
+                return ExitCode::from(2);
+            }
             print!("{}", config.to_redacted_toml());
             println!("\n# secrets (from the environment)");
             print!("{}", Secrets::from_env().describe());

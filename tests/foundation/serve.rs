@@ -567,3 +567,19 @@ async fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(143), "{output}");
     assert!(output.contains("second signal"), "{output}");
 }
+
+/// `config check` adopts the schedules as `serve` does: one whose kind this binary does not run
+/// fails the check (exit 2, the configuration errors' code), naming the schedule's key.
+#[tokio::test]
+async fn config_check_refuses_a_schedule_of_an_unknown_kind() {
+    let out = tokio::process::Command::new(BIN)
+        .args(["config", "check"])
+        .env("BAW__SCHEDULES__PRUNE__KIND", "prnue")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("schedules.prune"), "{err}");
+    assert!(err.contains("prnue"), "{err}");
+}
