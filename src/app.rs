@@ -87,7 +87,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database).await?;
+    let pool = db::connect_or_create(&config.database).await?;
     db::migrate(&pool).await.context("applying migrations")?;
     tracing::info!(version = db::latest_migration(), "database is migrated");
     Ok(())
@@ -158,7 +158,7 @@ impl Node {
         migrate: bool,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let pool = db::connect(&config.database).await?;
+        let pool = db::connect_or_create(&config.database).await?;
         // Schedules are checked before anything runs: one whose kind this binary cannot run
         // stops start-up, naming it.
         let scheduler = matches!(role, Role::All | Role::Scheduler)

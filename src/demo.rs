@@ -102,7 +102,7 @@ pub async fn run(base: Config, database_url: String, bind: SocketAddr) -> anyhow
         google_drive_folder_id: Some(SecretString::from(DEMO_DRIVE_FOLDER)),
     };
 
-    let pool = crate::db::connect(&config.database).await?;
+    let pool = crate::db::connect_or_create(&config.database).await?;
     crate::db::migrate(&pool)
         .await
         .context("migrating the demo database")?;

@@ -1,5 +1,6 @@
-//! The database: the pool, the embedded migrations, creating the database when it is missing, and
-//! a health monitor that `/readyz` reads.
+//! The database: the pool, the embedded migrations, creating the database when it is missing
+//! (for `serve`, `migrate` and `demo` only: other commands refuse a database that does not exist),
+//! and a health monitor that `/readyz` reads.
 //!
 //! Migrations are plain numbered SQL files in `migrations/`, compiled into the binary; an applied
 //! migration is never edited (sqlx checks its checksum and refuses to start otherwise).
@@ -24,6 +25,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub enum DbError {
     #[error("cannot create database {url}: {source}")]
     Create { url: String, source: sqlx::Error },
+    #[error(
+        "database {url} does not exist (check DATABASE_URL or database.url; \
+         `baseaim-worker migrate` creates and migrates it)"
+    )]
+    Missing { url: String },
     #[error("cannot connect to {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
     #[error("migrations failed: {0}")]
@@ -52,11 +58,29 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
 }
 
-/// Creates the database if it does not exist (when the role may), then opens a pool.
+/// Opens a pool on the configured database, which must exist: a command given a mistyped URL
+/// says so ([`DbError::Missing`], with the hint to run `migrate`) instead of creating a database
+/// under that name. Only `serve`, `migrate` and `demo` create it ([`connect_or_create`]).
+///
+/// The pool connects lazily; when the server cannot be reached yet, the first statement says so.
+pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    crate::tls::install_crypto_provider();
+    let url = &with_default_user(&config.url);
+    let shown = redact_url(url);
+    match Postgres::database_exists(url).await {
+        Ok(true) => {}
+        Ok(false) => return Err(DbError::Missing { url: shown }),
+        Err(error) => tracing::warn!(database = %shown, %error, "cannot check the database yet"),
+    }
+    pool(config)
+}
+
+/// Creates the database if it does not exist, then opens a pool: for `serve`, `migrate` and
+/// `demo`, which migrate it next. Every other command uses [`connect`].
 ///
 /// The pool connects lazily: a node started while PostgreSQL is down comes up, reports not-ready
 /// and recovers by itself when the database returns.
-pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+pub async fn connect_or_create(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     crate::tls::install_crypto_provider();
     let url = &with_default_user(&config.url);
     let shown = redact_url(url);

@@ -583,3 +583,38 @@ async fn config_check_refuses_a_schedule_of_an_unknown_kind() {
     assert!(err.contains("schedules.prune"), "{err}");
     assert!(err.contains("prnue"), "{err}");
 }
+
+/// A command other than `serve`, `migrate` and `demo` given a database that does not exist (a
+/// mistyped URL) says so, with the hint, and creates nothing.
+#[tokio::test]
+async fn tokens_list_on_a_missing_database_creates_nothing() {
+    let name = format!("baw_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", crate::support::server_url());
+    let out = tokio::process::Command::new(BIN)
+        .args(["tokens", "list"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("{name} does not exist")), "{err}");
+    assert!(err.contains("baseaim-worker migrate"), "{err}");
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", crate::support::server_url()))
+        .await
+        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    if exists {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "drop database {name} with (force)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+    assert!(!exists, "tokens list created the database");
+}
