@@ -44,8 +44,9 @@ pub enum Command {
     },
     /// Run the whole daemon against local provider simulators, on its own database.
     Demo {
-        /// The demo's database (created if missing); never the production default.
-        #[arg(long, default_value = crate::demo::DEMO_DATABASE_URL)]
+        /// The demo's database (created if missing); never the production default, but
+        /// DATABASE_URL when set.
+        #[arg(long, env = "DATABASE_URL", default_value = crate::demo::DEMO_DATABASE_URL)]
         database_url: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: std::net::SocketAddr,

@@ -618,3 +618,34 @@ async fn tokens_list_on_a_missing_database_creates_nothing() {
     }
     assert!(!exists, "tokens list created the database");
 }
+
+/// `demo` uses DATABASE_URL when it is set (its own database otherwise), as the README says:
+/// here one on a port nothing listens on, which the demo names when it cannot reach it.
+#[tokio::test]
+async fn demo_uses_database_url() {
+    let url = format!("postgres://127.0.0.1:{}/baw_demo_elsewhere", free_port());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(BIN)
+            .args(["demo", "--bind", "127.0.0.1:0"])
+            .env("DATABASE_URL", &url)
+            .env("BAW__DATABASE__ACQUIRE_TIMEOUT", "500ms")
+            .env(
+                "BAW_DEMO_STATE",
+                std::env::temp_dir().join("baw-demo-url-test.json"),
+            )
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the demo gives up on an unreachable database")
+    .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{output}");
+    assert!(output.contains("baw_demo_elsewhere"), "{output}");
+}
