@@ -281,6 +281,10 @@ async fn start_engine(
                 db::migrate(&state.pool)
                     .await
                     .context("applying migrations")?;
+            } else {
+                db::check_migrations(&state.pool)
+                    .await
+                    .context("checking the applied migrations")?;
             }
             let mut engine_config = EngineConfig::from_config(&state.config, role.as_str());
             if !role.runs_workers() {

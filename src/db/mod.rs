@@ -205,6 +205,35 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     })
 }
 
+/// Checks, without migrating, that the database's applied migrations are ones this binary
+/// carries, unedited and complete: what `migrate` refuses ([`DbError::is_fatal`]) is refused
+/// here too, for `serve --no-migrate`. A database not migrated yet, or missing only this
+/// binary's newest migrations, passes (the engine's start says what is missing).
+pub async fn check_migrations(pool: &PgPool) -> Result<(), DbError> {
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        match sqlx::query_as("select version, checksum, success from _sqlx_migrations")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(error) => return Err(error.into()),
+        };
+    for (version, checksum, success) in applied {
+        if !success {
+            return Err(DbError::Dirty(version));
+        }
+        match MIGRATOR.iter().find(|m| m.version == version) {
+            None => return Err(DbError::NewerSchema(version)),
+            Some(known) if *known.checksum != *checksum => {
+                return Err(DbError::ModifiedMigration(version));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// How long closing the migrations' connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -649,3 +649,19 @@ async fn demo_uses_database_url() {
     assert!(!out.status.success(), "{output}");
     assert!(output.contains("baw_demo_elsewhere"), "{output}");
 }
+
+/// `serve --no-migrate` refuses a database a newer release migrated, as `serve` does.
+#[tokio::test]
+async fn serve_without_migrating_refuses_a_newer_schema_too() {
+    let db = TestDb::new().await;
+    seed_newer_migration(&db).await;
+    let (serve, _) = start_serve(&db, &["--no-migrate"], &[]);
+    let Serve { mut child, output } = serve;
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("serve --no-migrate exits")
+        .unwrap();
+    let output = output.await.unwrap();
+    assert!(!exit.success(), "{output}");
+    assert!(output.contains("migration 99"), "{output}");
+}
