@@ -7,9 +7,9 @@
 //! `scheduler` node has no `/healthz` or `/readyz`: under systemd its watchdog pings and
 //! `STATUS=` (`waiting for the database`, `cannot start the engine; retrying`, `running`) say
 //! how it is, and it exits non-zero when it cannot run.
-//! A database whose migrations disagree with this binary's (migrated by a newer release, an
-//! applied migration edited, one left dirty) is no outage: the node logs why and exits non-zero
-//! instead of waiting. SIGTERM and Ctrl-C take the same path: stop the engine gracefully, then
+//! A database whose migrations disagree with this binary's (an applied migration edited, one
+//! left dirty) is no outage: the node logs why and exits non-zero instead of waiting. One a newer
+//! release migrated is run on, with a warning (`db::migrate`: migrations only add). SIGTERM and Ctrl-C take the same path: stop the engine gracefully, then
 //! the HTTP server, within `worker.shutdown_grace` (connections still open then are dropped),
 //! exit 0; a second signal exits at once, non-zero.
 
@@ -42,8 +42,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             command: ConfigCommand::Check,
         } => {
             // The schedules as `serve` adopts them, against the kinds this binary runs: a kind
-            // it does not know (or args it refuses) would stop `serve`, so it fails the check.
-            if let Err(error) = crate::schedule::from_config(&config.schedules, &jobs::registry()) {
+            // it does not know, args it refuses or a queue no node works would stop `serve`, so
+            // it fails the check.
+            if let Err(error) = crate::schedule::load(&config, &jobs::registry()) {
                 eprintln!("baseaim-worker: invalid configuration: {error}");
                 return ExitCode::from(2);
             }
@@ -162,7 +163,7 @@ impl Node {
         // Schedules are checked before anything runs: one whose kind this binary cannot run
         // stops start-up, naming it.
         let scheduler = matches!(role, Role::All | Role::Scheduler)
-            .then(|| crate::schedule::from_config(&config.schedules, &jobs::registry()))
+            .then(|| crate::schedule::load(&config, &jobs::registry()))
             .transpose()?
             .map(|schedules| crate::schedule::Scheduler::new(pool.clone(), schedules));
         let health = DbHealth::spawn(pool.clone(), Duration::from_secs(1), stop.child_token());

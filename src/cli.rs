@@ -44,10 +44,11 @@ pub enum Command {
     },
     /// Run the whole daemon against local provider simulators, on its own database.
     Demo {
-        /// The demo's database (created if missing); never the production default, but
-        /// DATABASE_URL when set.
-        #[arg(long, env = "DATABASE_URL", default_value = crate::demo::DEMO_DATABASE_URL)]
-        database_url: String,
+        /// The demo's database (created if missing). Without it: the database
+        /// `baseaim_worker_demo` on DATABASE_URL's server when that is set (never DATABASE_URL's
+        /// own database: the demo seeds clients and prints an admin login), else on localhost.
+        #[arg(long)]
+        database_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: std::net::SocketAddr,
     },

@@ -29,6 +29,9 @@ use crate::sim::stripe::{EVENT_TYPES, WebhookSender};
 /// The demo's database unless told otherwise: never the production default.
 pub const DEMO_DATABASE_URL: &str = "postgres://localhost/baseaim_worker_demo";
 
+/// The demo database's name, on whichever server it runs.
+const DEMO_DATABASE: &str = "baseaim_worker_demo";
+
 /// The demo's dashboard account (admin); its password is new each run and printed.
 const DEMO_OPERATOR: &str = "demo";
 /// Where demo uploads land in the Drive simulator.
@@ -79,8 +82,29 @@ fn state_path() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("baseaim-worker-demo.json"))
 }
 
+/// The demo's database: `--database-url` as given, else the database `baseaim_worker_demo` on
+/// the server `DATABASE_URL` names (its own database is left alone: it may be production's), else
+/// [`DEMO_DATABASE_URL`].
+fn demo_database(flag: Option<String>, database_url: Option<String>) -> anyhow::Result<String> {
+    if let Some(url) = flag {
+        return Ok(url);
+    }
+    let Some(server) = database_url.filter(|u| !u.is_empty()) else {
+        return Ok(DEMO_DATABASE_URL.to_owned());
+    };
+    let mut url =
+        url::Url::parse(&server).map_err(|e| anyhow::anyhow!("DATABASE_URL is not a URL ({e})"))?;
+    url.set_path(&format!("/{DEMO_DATABASE}"));
+    Ok(url.to_string())
+}
+
 /// Runs the demo until Ctrl-C or SIGTERM.
-pub async fn run(base: Config, database_url: String, bind: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(
+    base: Config,
+    database_url: Option<String>,
+    bind: SocketAddr,
+) -> anyhow::Result<()> {
+    let database_url = demo_database(database_url, std::env::var("DATABASE_URL").ok())?;
     crate::telemetry::init(base.log.format, &base.log.level);
     let sims = Simulators::start()
         .await
@@ -120,7 +144,7 @@ pub async fn run(base: Config, database_url: String, bind: SocketAddr) -> anyhow
     crate::auth::operators::upsert(&pool, DEMO_OPERATOR, &password, crate::auth::Role::Admin)
         .await
         .context("creating the demo operator")?;
-    let schedules = crate::schedule::from_config(&config.schedules, &crate::jobs::registry())?;
+    let schedules = crate::schedule::load(&config, &crate::jobs::registry())?;
 
     let stop = CancellationToken::new();
     tokio::spawn(crate::app::cancel_on_signal(stop.clone()));

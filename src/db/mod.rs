@@ -8,6 +8,7 @@
 pub mod copy;
 mod health;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
@@ -18,8 +19,14 @@ pub use health::{DbHealth, DbState};
 
 use crate::config::{DatabaseConfig, redact_url};
 
-/// The migrations in `migrations/`, embedded at compile time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// The migrations in `migrations/`, embedded at compile time. Applied migrations it does not
+/// carry are ignored: a newer release migrated the database, and this one runs on it (see
+/// [`migrate`]).
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+});
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -34,13 +41,6 @@ pub enum DbError {
     Connect { url: String, source: sqlx::Error },
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The database has a migration this binary does not: a newer release migrated it. This
-    /// binary must not serve that schema (its statements may no longer fit).
-    #[error(
-        "the database has migration {0}, which this binary does not know: a newer release \
-         migrated it; run that release (or a newer one), not this one"
-    )]
-    NewerSchema(i64),
     /// An applied migration is not the one this binary carries (its checksum differs).
     #[error(
         "migration {0} as applied to the database differs from this binary's: an applied \
@@ -180,6 +180,13 @@ fn login_name() -> Option<String> {
 
 /// Applies the pending migrations; a second run is a no-op.
 ///
+/// A database a newer release migrated (migrations this binary does not carry) is run on, with
+/// a warning: migrations only add (a table, a column with a default, a looser constraint), so the
+/// release before keeps working on the newer schema. That is what a rolling deploy needs (an old
+/// node restarting mid-rollout) and what makes rolling a release back possible. An applied
+/// migration that differs from this binary's, or one left half-applied, is fatal
+/// ([`DbError::is_fatal`]).
+///
 /// sqlx's migrator takes a session-level advisory lock (`pg_advisory_lock`) before the first
 /// migration and releases it after the last, but returns early on any error in between, lock
 /// still held. On a pooled connection that lock would outlive the error: every later `migrate`,
@@ -196,19 +203,38 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     // Bounded: a connection that hangs is dropped instead, which closes its socket.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
     result.map_err(|error| match error {
-        sqlx::migrate::MigrateError::VersionMissing(version) => DbError::NewerSchema(version),
         sqlx::migrate::MigrateError::VersionMismatch(version) => {
             DbError::ModifiedMigration(version)
         }
         sqlx::migrate::MigrateError::Dirty(version) => DbError::Dirty(version),
         error => DbError::Migrate(error),
-    })
+    })?;
+    warn_if_newer(pool).await
 }
 
-/// Checks, without migrating, that the database's applied migrations are ones this binary
-/// carries, unedited and complete: what `migrate` refuses ([`DbError::is_fatal`]) is refused
-/// here too, for `serve --no-migrate`. A database not migrated yet, or missing only this
-/// binary's newest migrations, passes (the engine's start says what is missing).
+/// Logs that a newer release migrated the database, when one did.
+async fn warn_if_newer(pool: &PgPool) -> Result<(), DbError> {
+    let newest: Option<i64> =
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+            .fetch_one(pool)
+            .await?;
+    if let Some(newest) = newest.filter(|&v| v > latest_migration()) {
+        tracing::warn!(
+            database = newest,
+            binary = latest_migration(),
+            "a newer release migrated this database (migration {newest}, this binary's newest is \
+             {}); running on it, as migrations only add: finish rolling that release out",
+            latest_migration()
+        );
+    }
+    Ok(())
+}
+
+/// Checks, without migrating, that the database's applied migrations this binary carries are
+/// unedited and complete: what `migrate` refuses ([`DbError::is_fatal`]) is refused here too, for
+/// `serve --no-migrate`. A database not migrated yet, or missing only this binary's newest
+/// migrations, passes (the engine's start says what is missing); one a newer release migrated
+/// passes with the same warning as [`migrate`]'s.
 pub async fn check_migrations(pool: &PgPool) -> Result<(), DbError> {
     let applied: Vec<(i64, Vec<u8>, bool)> =
         match sqlx::query_as("select version, checksum, success from _sqlx_migrations")
@@ -216,36 +242,34 @@ pub async fn check_migrations(pool: &PgPool) -> Result<(), DbError> {
             .await
         {
             Ok(applied) => applied,
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Vec::new(),
+            // Not migrated yet.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+                return Ok(());
+            }
             Err(error) => return Err(error.into()),
         };
     for (version, checksum, success) in applied {
         if !success {
             return Err(DbError::Dirty(version));
         }
-        match MIGRATOR.iter().find(|m| m.version == version) {
-            None => return Err(DbError::NewerSchema(version)),
-            Some(known) if *known.checksum != *checksum => {
-                return Err(DbError::ModifiedMigration(version));
-            }
-            Some(_) => {}
+        if let Some(known) = MIGRATOR.iter().find(|m| m.version == version)
+            && *known.checksum != *checksum
+        {
+            return Err(DbError::ModifiedMigration(version));
         }
     }
-    Ok(())
+    warn_if_newer(pool).await
 }
 
 /// How long closing the migrations' connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl DbError {
-    /// Whether no retry can mend this: the database's migrations disagree with this binary's
-    /// (migrated by a newer release, an applied migration edited, or one left dirty). A node must
-    /// stop rather than wait: an operator has to act.
+    /// Whether no retry can mend this: the database's migrations disagree with this binary's (an
+    /// applied migration edited, or one left dirty). A node must stop rather than wait: an
+    /// operator has to act.
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            DbError::NewerSchema(_) | DbError::ModifiedMigration(_) | DbError::Dirty(_)
-        )
+        matches!(self, DbError::ModifiedMigration(_) | DbError::Dirty(_))
     }
 }
 

@@ -344,6 +344,15 @@ async fn seed_newer_migration(db: &TestDb) {
         .unwrap();
 }
 
+/// Makes `db`'s applied migration 1 differ from this binary's (its checksum), as an edited
+/// migration would.
+async fn seed_modified_migration(db: &TestDb) {
+    sqlx::query("update _sqlx_migrations set checksum = '\\x00' where version = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
 /// The advisory locks held on `db`'s server by sessions connected to `db`.
 async fn advisory_locks(db: &TestDb) -> i64 {
     sqlx::query_scalar(
@@ -360,14 +369,14 @@ async fn advisory_locks(db: &TestDb) -> i64 {
 #[tokio::test]
 async fn a_failed_migration_leaves_no_lock_behind() {
     let db = TestDb::new().await;
-    seed_newer_migration(&db).await;
+    seed_modified_migration(&db).await;
     let error = baseaim_worker::db::migrate(&db.pool).await.unwrap_err();
     assert!(
-        matches!(error, baseaim_worker::db::DbError::NewerSchema(99)),
+        matches!(error, baseaim_worker::db::DbError::ModifiedMigration(1)),
         "{error}"
     );
     assert!(error.is_fatal());
-    assert!(error.to_string().contains("migration 99"), "{error}");
+    assert!(error.to_string().contains("migration 1 "), "{error}");
     assert_eq!(advisory_locks(&db).await, 0, "the migrator's lock is gone");
     // Another node's migrate (its own pool) gets the lock and its own clear error.
     let other = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -376,18 +385,18 @@ async fn a_failed_migration_leaves_no_lock_behind() {
         .expect("a second migrate does not wait for the first one's lock");
     assert!(matches!(
         again,
-        Err(baseaim_worker::db::DbError::NewerSchema(99))
+        Err(baseaim_worker::db::DbError::ModifiedMigration(1))
     ));
     other.close().await;
 }
 
-/// A node of an older release on a database a newer one migrated: `serve` says so and exits
+/// A database whose applied migration differs from this binary's: `serve` says so and exits
 /// non-zero instead of answering ready while running nothing, and a `migrate` run at the same
 /// time returns at once.
 #[tokio::test]
-async fn serve_exits_non_zero_on_a_database_a_newer_release_migrated() {
+async fn serve_exits_non_zero_on_a_database_whose_applied_migration_differs() {
     let db = TestDb::new().await;
-    seed_newer_migration(&db).await;
+    seed_modified_migration(&db).await;
     let (serve, port) = start_serve(&db, &[], &[]);
     let migrate = tokio::process::Command::new(BIN)
         .arg("migrate")
@@ -417,12 +426,12 @@ async fn serve_exits_non_zero_on_a_database_a_newer_release_migrated() {
     );
     let output = output.await.unwrap();
     assert!(!exit.success(), "{output}");
-    assert!(output.contains("migration 99"), "{output}");
-    assert!(output.contains("newer release"), "{output}");
+    assert!(output.contains("migration 1 "), "{output}");
+    assert!(output.contains("differs from this binary"), "{output}");
     let migrate = migrate.expect("a concurrent migrate returns").unwrap();
     let migrate_err = String::from_utf8_lossy(&migrate.stderr);
     assert!(!migrate.status.success());
-    assert!(migrate_err.contains("migration 99"), "{migrate_err}");
+    assert!(migrate_err.contains("migration 1 "), "{migrate_err}");
     // And one run afterwards.
     let after = tokio::time::timeout(
         Duration::from_secs(10),
@@ -437,6 +446,33 @@ async fn serve_exits_non_zero_on_a_database_a_newer_release_migrated() {
     .unwrap();
     assert!(!after.status.success());
     assert_eq!(advisory_locks(&db).await, 0);
+}
+
+/// A node of the release before, on a database a newer release migrated (a rolling deploy, or a
+/// release rolled back): it runs on it, saying so, with or without migrating first.
+#[tokio::test]
+async fn an_older_release_runs_on_a_database_a_newer_release_migrated() {
+    let db = TestDb::new().await;
+    seed_newer_migration(&db).await;
+    baseaim_worker::db::migrate(&db.pool).await.unwrap();
+    baseaim_worker::db::check_migrations(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(advisory_locks(&db).await, 0);
+    for args in [&[][..], &["--no-migrate"][..]] {
+        let (serve, port) = start_serve(&db, args, &[]);
+        let readyz = format!("http://127.0.0.1:{port}/readyz");
+        eventually(15, "readyz 200", || async {
+            status(&readyz).await == Some(200)
+        })
+        .await;
+        let (exit, output) = sigterm_and_collect(serve).await;
+        assert!(exit.success(), "{args:?}: {output}");
+        assert!(
+            output.contains("a newer release migrated this database (migration 99"),
+            "{args:?}: {output}"
+        );
+    }
 }
 
 /// `/readyz` says ready only once the engine runs: a migrated database is not enough while the
@@ -572,16 +608,26 @@ async fn a_second_signal_exits_at_once() {
 /// fails the check (exit 2, the configuration errors' code), naming the schedule's key.
 #[tokio::test]
 async fn config_check_refuses_a_schedule_of_an_unknown_kind() {
-    let out = tokio::process::Command::new(BIN)
-        .args(["config", "check"])
-        .env("BAW__SCHEDULES__PRUNE__KIND", "prnue")
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("schedules.prune"), "{err}");
-    assert!(err.contains("prnue"), "{err}");
+    for (key, value, named) in [
+        ("BAW__SCHEDULES__PRUNE__KIND", "prnue", "prnue"),
+        // A queue no node works: serve refuses it too (its jobs would wait forever).
+        (
+            "BAW__SCHEDULES__PRUNE__QUEUE",
+            "reprots",
+            "schedules.prune.queue",
+        ),
+    ] {
+        let out = tokio::process::Command::new(BIN)
+            .args(["config", "check"])
+            .env(key, value)
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+        assert!(err.contains("schedules.prune"), "{err}");
+        assert!(err.contains(named), "{err}");
+    }
 }
 
 /// A command other than `serve`, `migrate` and `demo` given a database that does not exist (a
@@ -619,11 +665,12 @@ async fn tokens_list_on_a_missing_database_creates_nothing() {
     assert!(!exists, "tokens list created the database");
 }
 
-/// `demo` uses DATABASE_URL when it is set (its own database otherwise), as the README says:
-/// here one on a port nothing listens on, which the demo names when it cannot reach it.
+/// `demo` uses DATABASE_URL's server when it is set, as the README says, but its own database
+/// there: here a server on a port nothing listens on, which the demo names when it cannot reach it.
 #[tokio::test]
-async fn demo_uses_database_url() {
-    let url = format!("postgres://127.0.0.1:{}/baw_demo_elsewhere", free_port());
+async fn demo_uses_database_urls_server_not_its_database() {
+    let port = free_port();
+    let url = format!("postgres://127.0.0.1:{port}/baw_demo_elsewhere");
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new(BIN)
@@ -647,21 +694,10 @@ async fn demo_uses_database_url() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!out.status.success(), "{output}");
-    assert!(output.contains("baw_demo_elsewhere"), "{output}");
-}
-
-/// `serve --no-migrate` refuses a database a newer release migrated, as `serve` does.
-#[tokio::test]
-async fn serve_without_migrating_refuses_a_newer_schema_too() {
-    let db = TestDb::new().await;
-    seed_newer_migration(&db).await;
-    let (serve, _) = start_serve(&db, &["--no-migrate"], &[]);
-    let Serve { mut child, output } = serve;
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("serve --no-migrate exits")
-        .unwrap();
-    let output = output.await.unwrap();
-    assert!(!exit.success(), "{output}");
-    assert!(output.contains("migration 99"), "{output}");
+    // That server, but the demo's own database: DATABASE_URL's may be production's.
+    assert!(
+        output.contains(&format!("127.0.0.1:{port}/baseaim_worker_demo")),
+        "{output}"
+    );
+    assert!(!output.contains("baw_demo_elsewhere"), "{output}");
 }
