@@ -132,8 +132,9 @@ pub async fn serve(
 /// A running node: its HTTP server (if its role runs the intake) and (once the database
 /// answered) its engine.
 pub struct Node {
-    /// Where the HTTP server listens. A role without one (`worker`, `scheduler`) binds nothing
-    /// and this is the unspecified address `0.0.0.0:0`; [`Node::http_addr`] says None.
+    /// Where the HTTP server listens: `http.bind` for the roles that run the intake, else
+    /// `http.ops_bind` (health and metrics only). A node with neither binds nothing and this is
+    /// the unspecified address `0.0.0.0:0`; [`Node::http_addr`] says None.
     pub addr: SocketAddr,
     stop: CancellationToken,
     /// None: this role serves no HTTP.
@@ -170,22 +171,36 @@ impl Node {
         let config = Arc::new(config);
         let state = AppState::new(pool.clone(), config.clone(), Arc::new(secrets))?;
         let engine_status = EngineStatus::default();
-        let app = http::router(
-            HttpState::new(state.clone(), health.clone()).with_engine(engine_status.clone()),
-        );
+        let http_state =
+            HttpState::new(state.clone(), health.clone()).with_engine(engine_status.clone());
         let http_stop = CancellationToken::new();
-        let (addr, http) = if role.runs_http_intake() {
-            let (addr, http) = http::serve(config.http.bind, app, http_stop.clone())
-                .await
-                .with_context(|| format!("binding the HTTP server to {}", config.http.bind))?;
-            tracing::info!(%addr, role = role.as_str(), "listening");
-            (addr, Some(http))
+        // A worker or scheduler shares its env file with a web node: binding the same address
+        // would stop one of them. It serves health and metrics on `http.ops_bind` when given one;
+        // without, its health is its process: it exits non-zero when it cannot run, pings
+        // systemd's watchdog and reports STATUS=.
+        let listener = if role.runs_http_intake() {
+            Some((config.http.bind, http::router(http_state), "listening"))
         } else {
-            // A worker or scheduler shares its env file with a web node: binding the same
-            // address would stop one of them. Its health is its process: it exits non-zero when
-            // it cannot run, pings systemd's watchdog and reports STATUS=.
-            tracing::info!(role = role.as_str(), "started without an HTTP listener");
-            (SocketAddr::from(([0, 0, 0, 0], 0)), None)
+            config.http.ops_addr().map(|addr| {
+                (
+                    addr,
+                    http::ops_router(http_state),
+                    "serving health and metrics",
+                )
+            })
+        };
+        let (addr, http) = match listener {
+            Some((bind, app, what)) => {
+                let (addr, http) = http::serve(bind, app, http_stop.clone())
+                    .await
+                    .with_context(|| format!("binding the HTTP server to {bind}"))?;
+                tracing::info!(%addr, role = role.as_str(), "{what}");
+                (addr, Some(http))
+            }
+            None => {
+                tracing::info!(role = role.as_str(), "started without an HTTP listener");
+                (SocketAddr::from(([0, 0, 0, 0], 0)), None)
+            }
         };
         // The HTTP server outlives the engine's graceful stop: Node::stop cancels it last.
         let (fatal_tx, fatal) = tokio::sync::oneshot::channel();

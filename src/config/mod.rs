@@ -84,6 +84,17 @@ pub struct HttpConfig {
     /// taken), for the login lock-out per address. Empty: the TCP peer's address.
     #[serde(default)]
     pub client_address_header: String,
+    /// Where a node that does not run the intake (`--role worker|scheduler`) serves `/healthz`,
+    /// `/readyz` and `/metrics`. Empty: it binds nothing. See [`HttpConfig::ops_addr`].
+    #[serde(default)]
+    pub ops_bind: String,
+}
+
+impl HttpConfig {
+    /// `ops_bind` as an address; None when empty (validated at load).
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_bind.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -489,6 +500,12 @@ impl Config {
             return invalid(
                 "http.client_address_header",
                 "empty, or an HTTP header name such as x-forwarded-for",
+            );
+        }
+        if !self.http.ops_bind.is_empty() && self.http.ops_addr().is_none() {
+            return invalid(
+                "http.ops_bind",
+                "empty, or an address and port such as 127.0.0.1:9090",
             );
         }
         if self.worker.claim_batch == 0 {

@@ -16,9 +16,9 @@
 //!   intake's shared commits and the events in them, by path (`copy`, or `statement`);
 //! - `baw_panics_total`: panics in this process, each also logged (`telemetry::log_panics`).
 //!
-//! These are per process, so scrape every node. A `--role worker` or `--role scheduler` node has
-//! no HTTP listener, so its job and provider counters are not exported (run workers as
-//! `--role all`, or add a listener).
+//! These are per process, so scrape every node. A `--role worker` or `--role scheduler` node
+//! serves them on `http.ops_bind` (with `/healthz` and `/readyz`; [`super::ops_router`]); without
+//! it, it has no HTTP listener and they are not exported.
 //!
 //! Read from the database at scrape time (cluster-wide, any web node answers the same), with the
 //! dashboard's bounded queries (`queue::admin_query`, over the partial indexes):

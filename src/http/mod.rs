@@ -69,6 +69,15 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// What a node that does not run the intake serves on `http.ops_bind`: health and metrics only.
+pub fn ops_router(state: HttpState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(metrics::router())
+        .layer(TraceLayer::new_for_http().on_failure(()))
+        .with_state(state)
+}
+
 /// Binds `addr` and serves until `stop` is cancelled; in-flight requests are finished.
 /// Returns the bound address (port 0 picks a free one) and the server's task.
 ///

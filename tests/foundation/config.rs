@@ -95,6 +95,7 @@ fn values_that_would_hang_or_crash_the_daemon_are_refused_naming_the_key() {
         ("maintenance.prune_interval", "0s"),
         ("database.acquire_timeout", "0s"),
         ("http.bulk_answer_within", "0s"),
+        ("http.ops_bind", "localhost"),
         ("stripe.connect_timeout", "0s"),
         ("stripe.request_timeout", "0s"),
         ("stripe.webhook_tolerance", "0s"),

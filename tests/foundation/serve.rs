@@ -541,6 +541,70 @@ async fn a_worker_node_listens_on_nothing_and_works_jobs() {
     assert!(output.contains("without an HTTP listener"), "{output}");
 }
 
+/// Given `http.ops_bind`, a `--role worker` node serves its health and its own metrics there
+/// (the job counters of its process, which no web node has), and nothing else: no dashboard, no
+/// intake.
+#[tokio::test]
+async fn a_worker_node_serves_health_and_metrics_on_its_ops_bind() {
+    let db = TestDb::new().await;
+    let ops = format!("127.0.0.1:{}", free_port());
+    let (serve, port) = start_serve(
+        &db,
+        &["--role", "worker"],
+        &[("BAW__HTTP__OPS_BIND", ops.as_str())],
+    );
+    let token = baseaim_worker::auth::tokens::create(&db.pool, "prometheus", &["admin:read"])
+        .await
+        .unwrap();
+    let job: i64 = sqlx::query_scalar("select enqueue_job('noop')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    eventually(20, "readyz 200 on the ops address", || async {
+        status(&format!("http://{ops}/readyz")).await == Some(200)
+    })
+    .await;
+    eventually(20, "the worker completed the job", || async {
+        sqlx::query_scalar::<_, String>("select state::text from jobs where id = $1")
+            .bind(job)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == "completed"
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let metrics = client
+        .get(format!("http://{ops}/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("baw_jobs_total{")
+            && l.contains("noop")
+            && l.contains("completed")),
+        "{metrics}"
+    );
+    for path in ["/dashboard", "/webhooks/stripe", "/v1/jobs"] {
+        assert_eq!(
+            status(&format!("http://{ops}{path}")).await,
+            Some(404),
+            "{path} is not served on the ops address"
+        );
+    }
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    );
+    let (status, output) = sigterm_and_collect(serve).await;
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("serving health and metrics"), "{output}");
+}
+
 /// Opens a connection to `port` and sends the start of a request whose headers never end.
 async fn half_a_request(port: u16) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
