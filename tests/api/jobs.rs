@@ -179,8 +179,7 @@ async fn a_job_is_enqueued_with_its_options_and_a_unique_key_answers_the_first_j
     assert_eq!(api.sim.emails().len(), 1);
 }
 
-/// A caller's key lives apart from the daemon's own (schedule ticks, kinds' keys): taking the key
-/// of a coming tick does not keep the tick's job from being enqueued.
+/// A token scoped to one kind (`jobs:write:<kind>`) enqueues that kind and nothing else.
 #[tokio::test]
 async fn a_kind_scoped_token_enqueues_its_kind_and_nothing_else() {
     let api = Api::new().await;
@@ -240,6 +239,8 @@ async fn a_kind_scoped_token_enqueues_its_kind_and_nothing_else() {
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
 }
 
+/// A caller's key lives apart from the daemon's own (schedule ticks, kinds' keys): taking the key
+/// of a coming tick does not keep the tick's job from being enqueued.
 #[tokio::test]
 async fn a_callers_unique_key_cannot_hold_one_of_the_daemons_own() {
     let api = Api::new().await;

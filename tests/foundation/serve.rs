@@ -512,12 +512,8 @@ async fn readyz_waits_for_the_engine() {
         .unwrap();
 }
 
-/// A `--role worker` node binds no HTTP port (a web node sharing its env file binds it), and
-/// works jobs all the same.
-#[tokio::test]
-async fn a_worker_node_listens_on_nothing_and_works_jobs() {
-    let db = TestDb::new().await;
-    let (serve, port) = start_serve(&db, &["--role", "worker"], &[]);
+/// Enqueues a `noop` job and waits until a node of `db` completed it.
+async fn a_node_completes_a_job(db: &TestDb) {
     let job: i64 = sqlx::query_scalar("select enqueue_job('noop')")
         .fetch_one(&db.pool)
         .await
@@ -531,6 +527,15 @@ async fn a_worker_node_listens_on_nothing_and_works_jobs() {
             == "completed"
     })
     .await;
+}
+
+/// A `--role worker` node binds no HTTP port (a web node sharing its env file binds it), and
+/// works jobs all the same.
+#[tokio::test]
+async fn a_worker_node_listens_on_nothing_and_works_jobs() {
+    let db = TestDb::new().await;
+    let (serve, port) = start_serve(&db, &["--role", "worker"], &[]);
+    a_node_completes_a_job(&db).await;
     let connect = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
     assert!(
         connect.is_err(),
@@ -556,23 +561,11 @@ async fn a_worker_node_serves_health_and_metrics_on_its_ops_bind() {
     let token = baseaim_worker::auth::tokens::create(&db.pool, "prometheus", &["admin:read"])
         .await
         .unwrap();
-    let job: i64 = sqlx::query_scalar("select enqueue_job('noop')")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
     eventually(20, "readyz 200 on the ops address", || async {
         status(&format!("http://{ops}/readyz")).await == Some(200)
     })
     .await;
-    eventually(20, "the worker completed the job", || async {
-        sqlx::query_scalar::<_, String>("select state::text from jobs where id = $1")
-            .bind(job)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            == "completed"
-    })
-    .await;
+    a_node_completes_a_job(&db).await;
     let client = reqwest::Client::new();
     let metrics = client
         .get(format!("http://{ops}/metrics"))
@@ -605,6 +598,19 @@ async fn a_worker_node_serves_health_and_metrics_on_its_ops_bind() {
     assert!(output.contains("serving health and metrics"), "{output}");
 }
 
+/// Starts `serve` with `grace`, opens a request whose headers never end (kept open by the
+/// returned connection), then sends SIGTERM.
+async fn sigterm_with_a_request_hanging(
+    db: &TestDb,
+    grace: &str,
+) -> (Serve, tokio::net::TcpStream) {
+    let (serve, port) = spawn_serve(db, &[("BAW__WORKER__SHUTDOWN_GRACE", grace)]).await;
+    let conn = half_a_request(port).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kill(serve.child.id().unwrap(), "TERM");
+    (serve, conn)
+}
+
 /// Opens a connection to `port` and sends the start of a request whose headers never end.
 async fn half_a_request(port: u16) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
@@ -630,11 +636,7 @@ fn kill(pid: u32, name: &str) {
 #[tokio::test]
 async fn sigterm_stops_serve_within_the_grace_despite_a_half_sent_request() {
     let db = TestDb::new().await;
-    let (serve, port) = spawn_serve(&db, &[("BAW__WORKER__SHUTDOWN_GRACE", "2s")]).await;
-    let _conn = half_a_request(port).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let Serve { mut child, output } = serve;
-    kill(child.id().unwrap(), "TERM");
+    let (Serve { mut child, output }, _conn) = sigterm_with_a_request_hanging(&db, "2s").await;
     let status = tokio::time::timeout(Duration::from_secs(2 + 4), child.wait())
         .await
         .expect("exits within the grace and a few seconds")
@@ -648,11 +650,7 @@ async fn sigterm_stops_serve_within_the_grace_despite_a_half_sent_request() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let db = TestDb::new().await;
-    let (serve, port) = spawn_serve(&db, &[("BAW__WORKER__SHUTDOWN_GRACE", "60s")]).await;
-    let _conn = half_a_request(port).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let Serve { mut child, output } = serve;
-    kill(child.id().unwrap(), "TERM");
+    let (Serve { mut child, output }, _conn) = sigterm_with_a_request_hanging(&db, "60s").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
