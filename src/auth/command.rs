@@ -35,7 +35,7 @@ pub enum TokensCommand {
         /// Who or what uses it, e.g. "dashboard-app".
         #[arg(long)]
         name: String,
-        /// jobs:write, jobs:write:<kind> (that kind only), emails:send, uploads:write, admin:read
+        /// jobs:write, jobs:write:KIND (that kind only), emails:send, uploads:write, admin:read
         /// or admin:write (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
