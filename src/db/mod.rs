@@ -273,6 +273,18 @@ impl DbError {
     }
 }
 
+/// True when a string or a key anywhere in `value` holds U+0000, which PostgreSQL's text and
+/// jsonb cannot store: callers refuse such input up front, naming it, instead of failing in the
+/// database.
+pub fn json_has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(json_has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
 /// The newest migration compiled into this binary.
 pub fn latest_migration() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)

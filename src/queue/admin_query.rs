@@ -87,7 +87,11 @@ impl JobQuery {
                 });
             }
         }
-        if self.args_json().as_ref().is_some_and(json_has_nul) {
+        if self
+            .args_json()
+            .as_ref()
+            .is_some_and(crate::db::json_has_nul)
+        {
             return Err(FilterError {
                 field: "args",
                 problem: "must not contain \\u0000 (PostgreSQL's jsonb cannot hold it)",
@@ -159,16 +163,6 @@ impl JobQuery {
             Some(_) => None,
             None => self.args.as_deref().map(like_pattern),
         }
-    }
-}
-
-/// True when a string or a key anywhere in `value` holds NUL.
-fn json_has_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(json_has_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
-        _ => false,
     }
 }
 

@@ -4,8 +4,9 @@
 //! Neighbours: [`crate::config`] holds the `[schedules.<name>]` sections ([`ScheduleConfig`]) and
 //! calls [`Schedule::from_config`] while loading, so a bad cron or zone stops start-up naming the
 //! schedule; [`load`] checks the rest against the kinds this binary runs and the config's
-//! `[queues]` (a kind's args, a queue nobody works). [`crate::queue`] receives the jobs. [`crate::app`] starts [`Scheduler::run`] on nodes
-//! of role `all` and `scheduler`; the CLI's `schedules list|run` land in [`command`].
+//! `[queues]` (a kind's args, a queue nobody works). [`crate::queue`] receives the jobs.
+//! [`crate::app`] starts [`Scheduler::run`] on nodes of role `all` and `scheduler`; the CLI's
+//! `schedules list|run` land in [`command`].
 //!
 //! # Why every node evaluates, and why that is safe
 //!
@@ -254,11 +255,8 @@ impl Schedule {
         if config.kind.trim().is_empty() {
             return Err(invalid("kind", "a job kind".into()));
         }
-        if config
-            .args
-            .iter()
-            .any(|(key, value)| key.contains('\0') || has_nul(value))
-        {
+        let args = serde_json::Value::Object(config.args.clone());
+        if crate::db::json_has_nul(&args) {
             return Err(invalid(
                 "args",
                 "args without NUL characters (PostgreSQL's jsonb cannot store \\u0000)".into(),
@@ -274,7 +272,7 @@ impl Schedule {
             cron,
             timezone,
             kind: config.kind.clone(),
-            args: serde_json::Value::Object(config.args.clone()),
+            args,
             enabled: config.enabled,
             catch_up: config.catch_up,
             queue: config.queue.clone().unwrap_or_else(|| "default".into()),
@@ -402,18 +400,6 @@ impl Schedule {
             .max_attempts(self.max_attempts)
             .unique_key(key)
             .tags([format!("schedule:{}", self.name)])
-    }
-}
-
-/// Whether a JSON value holds a NUL character (in a string or a key), which jsonb refuses.
-fn has_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(has_nul),
-        serde_json::Value::Object(map) => map
-            .iter()
-            .any(|(key, value)| key.contains('\0') || has_nul(value)),
-        _ => false,
     }
 }
 

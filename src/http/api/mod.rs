@@ -174,24 +174,11 @@ pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), Api
 /// PostgreSQL cannot store U+0000 in text or jsonb: refused up front (422) instead of failing in
 /// the database (500). Checks every string and key of `value`.
 pub(crate) fn check_no_nul(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
-    let has_nul = |s: &str| s.contains('\0');
-    let found = match value {
-        serde_json::Value::String(s) => has_nul(s),
-        serde_json::Value::Array(items) => {
-            return items.iter().try_for_each(|v| check_no_nul(field, v));
-        }
-        serde_json::Value::Object(map) => {
-            for (key, v) in map {
-                if has_nul(key) {
-                    return Err(nul_error(field));
-                }
-                check_no_nul(field, v)?;
-            }
-            false
-        }
-        _ => false,
-    };
-    if found { Err(nul_error(field)) } else { Ok(()) }
+    if crate::db::json_has_nul(value) {
+        Err(nul_error(field))
+    } else {
+        Ok(())
+    }
 }
 
 /// The same for optional text fields (query parameters).
