@@ -3,15 +3,19 @@
 //! `serve` brings things up in an order that survives a database outage at start: the HTTP server
 //! and health monitor first (so `/healthz` answers and `/readyz` tells the truth), then migrations
 //! and the engine, retried until the database answers. `/readyz` says 503 until the engine runs.
-//! Only the roles that run the intake (`all`, `web`) bind the HTTP server; a `worker` or
-//! `scheduler` node has no `/healthz` or `/readyz`: under systemd its watchdog pings and
-//! `STATUS=` (`waiting for the database`, `cannot start the engine; retrying`, `running`) say
-//! how it is, and it exits non-zero when it cannot run.
+//! Only the roles that run the intake (`all`, `web`) bind `http.bind`; a `worker` or `scheduler`
+//! node serves `/healthz`, `/readyz` and `/metrics` on `http.ops_bind` when given one, and
+//! otherwise nothing: under systemd its watchdog pings and `STATUS=` (`waiting for the
+//! database`, `cannot start the engine; retrying`, `running`) say how it is, and it exits
+//! non-zero when it cannot run.
+//!
 //! A database whose migrations disagree with this binary's (an applied migration edited, one
 //! left dirty) is no outage: the node logs why and exits non-zero instead of waiting. One a newer
-//! release migrated is run on, with a warning (`db::migrate`: migrations only add). SIGTERM and Ctrl-C take the same path: stop the engine gracefully, then
-//! the HTTP server, within `worker.shutdown_grace` (connections still open then are dropped),
-//! exit 0; a second signal exits at once, non-zero.
+//! release migrated is run on, with a warning (`db::migrate`: migrations only add).
+//!
+//! SIGTERM and Ctrl-C take the same path: stop the engine gracefully, then the HTTP server,
+//! within `worker.shutdown_grace` (connections still open then are dropped), exit 0; a second
+//! signal exits at once, non-zero.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -133,9 +137,8 @@ pub async fn serve(
 /// answered) its engine.
 pub struct Node {
     /// Where the HTTP server listens: `http.bind` for the roles that run the intake, else
-    /// `http.ops_bind` (health and metrics only). A node with neither binds nothing and this is
-    /// the unspecified address `0.0.0.0:0`; [`Node::http_addr`] says None.
-    pub addr: SocketAddr,
+    /// `http.ops_bind` (health and metrics only). None: a node with neither binds nothing.
+    pub addr: Option<SocketAddr>,
     stop: CancellationToken,
     /// None: this role serves no HTTP.
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -195,11 +198,11 @@ impl Node {
                     .await
                     .with_context(|| format!("binding the HTTP server to {bind}"))?;
                 tracing::info!(%addr, role = role.as_str(), "{what}");
-                (addr, Some(http))
+                (Some(addr), Some(http))
             }
             None => {
                 tracing::info!(role = role.as_str(), "started without an HTTP listener");
-                (SocketAddr::from(([0, 0, 0, 0], 0)), None)
+                (None, None)
             }
         };
         // The HTTP server outlives the engine's graceful stop: Node::stop cancels it last.
@@ -225,11 +228,6 @@ impl Node {
             fatal,
             watchdog,
         })
-    }
-
-    /// Where the HTTP server listens; None for a role without one.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(|_| self.addr)
     }
 
     /// Resolves when the node cannot run at all: the database's migrations disagree with this

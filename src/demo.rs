@@ -149,11 +149,12 @@ pub async fn run(
     let stop = CancellationToken::new();
     tokio::spawn(crate::app::cancel_on_signal(stop.clone()));
     let node = Node::start(config, secrets, Role::All, true, stop.clone()).await?;
+    let addr = node.addr.context("the demo's node listens (role all)")?;
     // Metrics from the Facebook simulator now, not at the next half hour.
     if let Some(sync) = schedules.iter().find(|s| s.name == "facebook_sync") {
         crate::schedule::command::run_now(&pool, sync).await?;
     }
-    let webhook_url = format!("http://{}/webhooks/stripe", node.addr);
+    let webhook_url = format!("http://{addr}/webhooks/stripe");
     write_state(&DemoState {
         webhook_url,
         webhook_secret,
@@ -161,11 +162,8 @@ pub async fn run(
 
     println!();
     println!("baseaim-worker demo is running (Ctrl-C stops it).");
-    println!(
-        "  dashboard:   http://{}/dashboard   (log in as {DEMO_OPERATOR} / {password})",
-        node.addr
-    );
-    println!("  health:      http://{}/readyz", node.addr);
+    println!("  dashboard:   http://{addr}/dashboard   (log in as {DEMO_OPERATOR} / {password})");
+    println!("  health:      http://{addr}/readyz");
     println!(
         "  simulators:  Stripe {}  Resend {}",
         sims.stripe.base_url(),

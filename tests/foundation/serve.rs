@@ -137,7 +137,7 @@ async fn readyz_follows_the_database_through_an_outage() {
     let node = Node::start(config, Secrets::default(), Role::All, true, stop.clone())
         .await
         .unwrap();
-    let base = format!("http://{}", node.addr);
+    let base = format!("http://{}", node.addr.expect("a node of role all listens"));
 
     assert_eq!(status(&format!("{base}/healthz")).await, Some(200));
     eventually(10, "readyz 200", || async {
@@ -493,7 +493,10 @@ async fn readyz_waits_for_the_engine() {
     let node = Node::start(config, Secrets::default(), Role::All, true, stop.clone())
         .await
         .unwrap();
-    let readyz = format!("http://{}/readyz", node.addr);
+    let readyz = format!(
+        "http://{}/readyz",
+        node.addr.expect("a node of role all listens")
+    );
     // The health monitor checks every second: by now it has seen the database ready.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let answer = reqwest::get(&readyz).await.unwrap();

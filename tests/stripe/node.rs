@@ -41,7 +41,10 @@ async fn a_webhook_wakes_idle_workers_without_waiting_for_the_poll() {
         ..Secrets::default()
     };
     let (node, stop) = node_polling(&db, secrets, "60s").await;
-    let url = format!("http://{}/webhooks/stripe", node.addr);
+    let url = format!(
+        "http://{}/webhooks/stripe",
+        node.addr.expect("a node of role all listens")
+    );
     let sender = WebhookSender::new(SECRET);
     // Let the node's first look at the queues pass, so only a wake-up can find the job.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -70,7 +73,10 @@ async fn a_running_node_verifies_stores_and_applies_a_webhook() {
         ..Secrets::default()
     };
     let (node, stop) = node(&db, secrets).await;
-    let url = format!("http://{}/webhooks/stripe", node.addr);
+    let url = format!(
+        "http://{}/webhooks/stripe",
+        node.addr.expect("a node of role all listens")
+    );
     let sender = WebhookSender::new(SECRET);
     let event = sender.event("customer.subscription.updated").unwrap();
     let forged = WebhookSender::new("whsec_forger");
@@ -98,7 +104,10 @@ async fn a_running_node_verifies_stores_and_applies_a_webhook() {
 async fn without_a_webhook_secret_deliveries_get_503_and_are_not_stored() {
     let db = TestDb::new().await;
     let (node, stop) = node(&db, Secrets::default()).await;
-    let url = format!("http://{}/webhooks/stripe", node.addr);
+    let url = format!(
+        "http://{}/webhooks/stripe",
+        node.addr.expect("a node of role all listens")
+    );
     let sender = WebhookSender::new(SECRET);
     let event = sender.event("invoice.paid").unwrap();
     assert_eq!(

@@ -87,7 +87,10 @@ pub async fn run() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(3600))
         .build()?;
     let response = client
-        .post(format!("http://{}/v1/uploads", node.addr))
+        .post(format!(
+            "http://{}/v1/uploads",
+            node.addr.context("a node of role all listens")?
+        ))
         .bearer_auth(&token)
         .header(
             "content-type",

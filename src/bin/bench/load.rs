@@ -53,7 +53,10 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     let node = Node::start(config, secrets, Role::All, false, stop.clone()).await?;
-    let url = format!("http://{}/webhooks/stripe", node.addr);
+    let url = format!(
+        "http://{}/webhooks/stripe",
+        node.addr.context("a node of role all listens")?
+    );
 
     // Each event for an invoice of its own, so the workers write distinct rows.
     let template = WebhookSender::new(SECRET)
