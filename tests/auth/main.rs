@@ -24,10 +24,8 @@ use support::TestDb;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// A router with one bearer-protected and one session-protected route, as the real surfaces use
-/// the extractors.
-fn app(db: &TestDb) -> Router {
-    let config = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+/// The application state and database health a router serves with, on `db` with `config`.
+fn app_state(db: &TestDb, config: Config) -> (AppState, DbHealth) {
     let state = AppState::new(
         db.pool.clone(),
         Arc::new(config),
@@ -39,6 +37,14 @@ fn app(db: &TestDb) -> Router {
         Duration::from_secs(1),
         CancellationToken::new(),
     );
+    (state, health)
+}
+
+/// A router with one bearer-protected and one session-protected route, as the real surfaces use
+/// the extractors.
+fn app(db: &TestDb) -> Router {
+    let config = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+    let (state, health) = app_state(db, config);
     Router::new()
         .route(
             "/v1/thing",
@@ -526,17 +532,7 @@ async fn a_user_name_no_operator_can_have_is_a_wrong_login_recording_nothing() {
         .unwrap();
     let mut config = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
     config.http.client_address_header = "x-forwarded-for".into();
-    let state = AppState::new(
-        db.pool.clone(),
-        Arc::new(config),
-        Arc::new(Secrets::default()),
-    )
-    .unwrap();
-    let health = DbHealth::spawn(
-        db.pool.clone(),
-        Duration::from_secs(1),
-        CancellationToken::new(),
-    );
+    let (state, health) = app_state(&db, config);
     let app = baseaim_worker::http::router(HttpState::new(state, health));
     let post = |username: String, password: &'static str| {
         let app = app.clone();
